@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+// The "pytun" error category: each code's message says what to do about it.
+#include <pytun/error.h>
+
+namespace pytun {
+namespace {
+
+class Category final : public std::error_category {
+public:
+    const char *name() const noexcept override { return "pytun"; }
+
+    std::string message(int code) const override
+    {
+        switch (static_cast<Errc>(code)) {
+        case Errc::ok:
+            return "success";
+        case Errc::invalid_options:
+            return "invalid tunnel options: a required setting is missing or out of range";
+        case Errc::bastion_unresolved:
+            return "the bastion's host name does not resolve: check server_host and DNS";
+        case Errc::bastion_unreachable:
+            return "the bastion refused the connection or is unreachable: check server_host, server_port "
+                   "and that sshd runs there";
+        case Errc::bastion_timeout:
+            return "the bastion did not answer in time: check the address, firewalls and the network";
+        case Errc::handshake_failed:
+            return "SSH handshake failed: the peer is not an SSH server or shares no algorithm with libssh2";
+        case Errc::host_key_unknown:
+            return "the bastion's host key is not in the known_hosts file: verify its fingerprint and add it";
+        case Errc::host_key_changed:
+            return "the bastion's host key differs from the one in known_hosts: this may be an attack; "
+                   "replace the entry only if the change is expected";
+        case Errc::host_key_revoked:
+            return "the bastion's host key is marked @revoked in known_hosts";
+        case Errc::known_hosts_unreadable:
+            return "the known_hosts file (server_key) is missing or unreadable";
+        case Errc::key_file_unreadable:
+            return "the private key file (keyfile) is missing or unreadable";
+        case Errc::key_encrypted:
+            return "the private key is encrypted: give its passphrase, or use an unencrypted key";
+        case Errc::key_unsupported:
+            return "the private key file's format is not supported: use an OpenSSH ed25519 or ecdsa key";
+        case Errc::rsa_key_refused:
+            return "the bastion refused the RSA key: libssh2 1.10 signs RSA only with SHA-1 (ssh-rsa), which "
+                   "OpenSSH 8.8 and later refuse; create an ed25519 key (ssh-keygen -t ed25519) or allow "
+                   "ssh-rsa on the bastion (PubkeyAcceptedAlgorithms +ssh-rsa)";
+        case Errc::key_not_authorized:
+            return "the bastion does not accept this key for this user: add the public key to the user's "
+                   "authorized_keys on the bastion";
+        case Errc::remote_port_refused:
+            return "the bastion refused to listen on the port: it is in use (maybe by a previous session the "
+                   "bastion has not dropped yet) or not permitted (AllowTcpForwarding, PermitListen)";
+        case Errc::transport_lost:
+            return "the SSH connection to the bastion was lost";
+        case Errc::stopped:
+            return "stopped";
+        case Errc::local_service_unreachable:
+            return "the local service (remote_host:remote_port) refused the connection or timed out";
+        }
+        return "unknown pytun error " + std::to_string(code);
+    }
+};
+
+} // namespace
+
+const std::error_category &error_category() noexcept
+{
+    static const Category category;
+    return category;
+}
+
+} // namespace pytun

@@ -1,0 +1,18 @@
+// SPDX-License-Identifier: MIT
+// Internal logging: spdlog loggers whose output goes to the handler set with
+// pytun::set_log_handler (or stderr).
+#pragma once
+
+#include "internal.h"
+
+#include <memory>
+#include <string>
+
+#include <spdlog/logger.h>
+
+namespace pytun::detail {
+
+/// A logger named `name` that follows set_log_level / set_log_handler.
+std::shared_ptr<spdlog::logger> make_logger(const std::string &name);
+
+} // namespace pytun::detail

@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: MIT
+// Uses every public header with nothing but the standard library and libpytun.
+#include <pytun/error.h>
+#include <pytun/log.h>
+#include <pytun/tunnel.h>
+#include <pytun/version.h>
+
+#include <cstdio>
+
+int main()
+{
+    std::error_code ec = pytun::Errc::host_key_unknown;
+    if (ec.category().name() != std::string("pytun") || ec.message().find("known_hosts") == std::string::npos) {
+        std::fprintf(stderr, "error category broken: %s\n", ec.message().c_str());
+        return 1;
+    }
+    pytun::set_log_level(pytun::LogLevel::warning);
+    pytun::TunnelOptions options; // defaults documented in compat.md
+    if (options.server_port != 22 || options.listen_port != 4000) {
+        std::fprintf(stderr, "unexpected option defaults\n");
+        return 1;
+    }
+    pytun::Tunnel tunnel(options);
+    // Invalid options (no host, no user) are reported as a value, not thrown.
+    std::error_code started = tunnel.start();
+    if (started != pytun::Errc::invalid_options) {
+        std::fprintf(stderr, "start() with empty options returned %s\n", started.message().c_str());
+        return 1;
+    }
+    std::printf("pytun %s (libssh2 %s, %s)\n", pytun::version().c_str(), pytun::libssh2_version().c_str(),
+                pytun::openssl_version().c_str());
+    return 0;
+}
