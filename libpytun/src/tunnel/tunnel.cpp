@@ -1,19 +1,212 @@
 // SPDX-License-Identifier: MIT
-// TEMPORARY placeholder while the engine is written (not to land).
+// pytun::Tunnel: a ReverseTunnel on an event-loop thread of its own.
 #include <pytun/tunnel.h>
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include <asio.hpp>
+
 #include <pytun/error.h>
+
+#include "log.h"
+#include "tunnel/reverse_tunnel.h"
+
 namespace pytun {
-struct Tunnel::Impl { TunnelOptions options; };
-Tunnel::Tunnel(TunnelOptions options) : impl_(std::make_unique<Impl>(Impl{std::move(options)})) {}
-Tunnel::~Tunnel() = default;
-std::error_code Tunnel::start() { return Errc::invalid_options; }
-void Tunnel::stop() {}
-std::error_code Tunnel::wait() { return Errc::stopped; }
-bool Tunnel::wait_for(std::chrono::milliseconds, std::error_code &r) { r = Errc::stopped; return true; }
-TunnelState Tunnel::state() const { return TunnelState::stopped; }
-std::uint16_t Tunnel::listen_port() const { return 0; }
-std::error_code Tunnel::last_error() const { return {}; }
-std::string Tunnel::last_error_message() const { return {}; }
-TunnelStats Tunnel::stats() const { return {}; }
-const TunnelOptions &Tunnel::options() const { return impl_->options; }
+
+namespace {
+// A stop that does not finish within this is forced (sockets closed, session
+// freed without waiting for the bastion).
+constexpr std::chrono::milliseconds k_stop_grace{700};
+} // namespace
+
+struct Tunnel::Impl {
+    TunnelOptions options;
+    std::shared_ptr<spdlog::logger> log;
+    std::shared_ptr<detail::RelayCounters> counters = std::make_shared<detail::RelayCounters>();
+
+    mutable std::mutex mutex;
+    std::condition_variable changed;
+    TunnelState state = TunnelState::stopped;
+    std::error_code error;
+    std::string message;
+    std::uint16_t port = 0;
+    bool running = false; ///< the loop thread exists and has not ended the tunnel
+
+    std::unique_ptr<asio::io_context> io;
+    std::thread thread;
+    std::shared_ptr<detail::ReverseTunnel> tunnel;
+
+    void join()
+    {
+        if (io)
+            io->stop();
+        if (thread.joinable())
+            thread.join();
+        tunnel.reset();
+        io.reset();
+    }
+};
+
+Tunnel::Tunnel(TunnelOptions options) : impl_(std::make_unique<Impl>())
+{
+    if (options.name.empty())
+        options.name = options.username + "@" + options.server_host + ":" + std::to_string(options.server_port);
+    impl_->options = std::move(options);
+    impl_->log = detail::make_logger(impl_->options.name);
 }
+
+Tunnel::~Tunnel()
+{
+    stop();
+}
+
+std::error_code Tunnel::start()
+{
+    Impl &d = *impl_;
+    std::unique_lock lock(d.mutex);
+    if (d.running)
+        return d.state == TunnelState::up ? std::error_code{} : std::error_code(Errc::invalid_options);
+    lock.unlock();
+    d.join(); // a previous run that failed
+    lock.lock();
+
+    std::string message;
+    if (auto ec = detail::ReverseTunnel::check_options(d.options, message)) {
+        d.state = TunnelState::failed;
+        d.error = ec;
+        d.message = message;
+        return ec;
+    }
+    d.state = TunnelState::connecting;
+    d.error = {};
+    d.message.clear();
+    d.port = 0;
+    d.running = true;
+    d.counters = std::make_shared<detail::RelayCounters>();
+    d.io = std::make_unique<asio::io_context>(1);
+
+    detail::ReverseTunnel::Handlers handlers;
+    handlers.up = [&d](std::uint16_t port) {
+        std::lock_guard guard(d.mutex);
+        d.state = TunnelState::up;
+        d.port = port;
+        d.changed.notify_all();
+    };
+    handlers.ended = [&d](std::error_code ec, const std::string &why) {
+        std::lock_guard guard(d.mutex);
+        d.state = ec == Errc::stopped ? TunnelState::stopped : TunnelState::failed;
+        d.error = ec;
+        d.message = ec == Errc::stopped ? std::string() : why;
+        d.running = false;
+        d.changed.notify_all();
+    };
+    d.tunnel = std::make_shared<detail::ReverseTunnel>(*d.io, d.options, d.log, d.counters, std::move(handlers));
+    d.thread = std::thread([io = d.io.get(), tunnel = d.tunnel] {
+        // libssh2 1.10 treats EINTR as fatal: signals go to other threads.
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, nullptr);
+        auto work = asio::make_work_guard(*io);
+        asio::post(*io, [tunnel] { tunnel->start(); });
+        io->run();
+    });
+    d.changed.wait(lock, [&d] { return d.state != TunnelState::connecting; });
+    return d.state == TunnelState::up ? std::error_code{} : d.error;
+}
+
+void Tunnel::stop()
+{
+    Impl &d = *impl_;
+    if (!d.thread.joinable())
+        return;
+    {
+        std::unique_lock lock(d.mutex);
+        if (d.running) {
+            auto stopped = std::make_shared<bool>(false);
+            asio::post(*d.io, [&d, stopped] {
+                d.tunnel->stop(k_stop_grace, [&d, stopped] {
+                    std::lock_guard guard(d.mutex);
+                    *stopped = true;
+                    d.changed.notify_all();
+                });
+            });
+            d.changed.wait_for(lock, k_stop_grace + std::chrono::milliseconds(250), [&] { return *stopped; });
+        }
+        d.running = false;
+        if (d.state != TunnelState::failed) {
+            d.state = TunnelState::stopped;
+            d.error = Errc::stopped;
+        }
+        d.changed.notify_all();
+    }
+    d.join();
+}
+
+std::error_code Tunnel::wait()
+{
+    std::unique_lock lock(impl_->mutex);
+    impl_->changed.wait(lock, [this] { return !impl_->running; });
+    return impl_->error;
+}
+
+bool Tunnel::wait_for(std::chrono::milliseconds timeout, std::error_code &reason)
+{
+    std::unique_lock lock(impl_->mutex);
+    if (!impl_->changed.wait_for(lock, timeout, [this] { return !impl_->running; }))
+        return false;
+    reason = impl_->error;
+    return true;
+}
+
+TunnelState Tunnel::state() const
+{
+    std::lock_guard lock(impl_->mutex);
+    return impl_->state;
+}
+
+std::uint16_t Tunnel::listen_port() const
+{
+    std::lock_guard lock(impl_->mutex);
+    return impl_->port;
+}
+
+std::error_code Tunnel::last_error() const
+{
+    std::lock_guard lock(impl_->mutex);
+    return impl_->error;
+}
+
+std::string Tunnel::last_error_message() const
+{
+    std::lock_guard lock(impl_->mutex);
+    if (!impl_->error)
+        return {};
+    if (impl_->message.empty())
+        return impl_->error.message();
+    return impl_->message + " (" + impl_->error.message() + ")";
+}
+
+TunnelStats Tunnel::stats() const
+{
+    std::lock_guard lock(impl_->mutex);
+    const auto &c = *impl_->counters;
+    TunnelStats s;
+    s.connections_active = c.active.load(std::memory_order_relaxed);
+    s.connections_total = c.total.load(std::memory_order_relaxed);
+    s.connections_failed = c.failed.load(std::memory_order_relaxed);
+    s.bytes_to_service = c.bytes_to_service.load(std::memory_order_relaxed);
+    s.bytes_from_service = c.bytes_from_service.load(std::memory_order_relaxed);
+    return s;
+}
+
+const TunnelOptions &Tunnel::options() const
+{
+    return impl_->options;
+}
+
+} // namespace pytun

@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: MIT
+// One reverse tunnel's life cycle on an event loop.
+#include "tunnel/reverse_tunnel.h"
+
+#include <pytun/error.h>
+
+#include "ssh/session.h"
+
+namespace pytun::detail {
+namespace {
+
+// Forwarded connections the bastion may queue in libssh2 before we accept
+// them (past this the bastion gets an open failure).
+constexpr int k_accept_queue = 1024;
+
+std::string target(const std::string &host, std::uint16_t port)
+{
+    return host + ":" + std::to_string(port);
+}
+
+} // namespace
+
+ReverseTunnel::ReverseTunnel(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
+                             std::shared_ptr<RelayCounters> counters, Handlers handlers)
+    : io_(io), options_(std::move(options)), log_(std::move(log)), counters_(std::move(counters)),
+      handlers_(std::move(handlers)), setup_timer_(io), stop_timer_(io)
+{
+}
+
+ReverseTunnel::~ReverseTunnel()
+{
+    if (session_)
+        session_->close();
+}
+
+std::error_code ReverseTunnel::check_options(const TunnelOptions &options, std::string &message)
+{
+    std::string missing;
+    if (options.server_host.empty())
+        missing += " server_host";
+    if (options.username.empty())
+        missing += " username";
+    if (options.remote_host.empty())
+        missing += " remote_host";
+    if (options.key_file.empty())
+        missing += " keyfile";
+    if (!missing.empty()) {
+        message = "missing required setting(s):" + missing;
+        return Errc::invalid_options;
+    }
+    if (options.server_port == 0 || options.remote_port == 0) {
+        message = "server_port and remote_port must be between 1 and 65535";
+        return Errc::invalid_options;
+    }
+    return {};
+}
+
+void ReverseTunnel::start()
+{
+    std::string message;
+    if (auto ec = check_options(options_, message)) {
+        finish(ec, message);
+        return;
+    }
+    if (auto ec = inspect_key_file(options_.key_file, key_, message)) {
+        finish(ec, message);
+        return;
+    }
+    if (key_.encrypted && options_.key_passphrase.empty()) {
+        finish(Errc::key_encrypted, "the private key " + options_.key_file +
+                                        " is encrypted and no passphrase is configured: give the passphrase, or "
+                                        "make an unencrypted copy (ssh-keygen -p -N '' -f KEY)");
+        return;
+    }
+    if (auto ec = known_hosts_.load(options_.known_hosts_file, options_.server_host, options_.server_port, *log_,
+                                    message)) {
+        finish(ec, message);
+        return;
+    }
+
+    session_ = std::make_shared<SshSession>(io_, log_);
+    auto self = shared_from_this();
+    session_->on_failure([this, self](std::error_code ec, const std::string &why) {
+        finish(ec, "connection to the bastion " + target(options_.server_host, options_.server_port) +
+                       " lost: " + why);
+    });
+    setup_timer_.expires_after(options_.connect_timeout);
+    setup_timer_.async_wait([this, self](const asio::error_code &ec) {
+        if (!ec && !up_)
+            finish(Errc::bastion_timeout, "SSH set-up with " + target(options_.server_host, options_.server_port) +
+                                              " did not finish within " +
+                                              std::to_string(options_.connect_timeout.count()) + " ms");
+    });
+    log_->debug("connecting to {}", target(options_.server_host, options_.server_port));
+    session_->connect(options_.server_host, options_.server_port, options_.connect_timeout,
+                      [this, self](std::error_code ec, const std::string &why) {
+                          if (ended_)
+                              return;
+                          if (ec) {
+                              finish(ec, why);
+                              return;
+                          }
+                          on_tcp_connected();
+                      });
+}
+
+void ReverseTunnel::on_tcp_connected()
+{
+    std::string message;
+    const std::string preference = known_hosts_.hostkey_preference();
+    if (auto ec = session_->begin(preference, message)) {
+        finish(ec, message);
+        return;
+    }
+    if (!preference.empty())
+        log_->debug("asking for host key types {} (what known_hosts holds for this host)", preference);
+    auto self = shared_from_this();
+    LIBSSH2_SESSION *ssh = session_->raw();
+    const int fd = session_->socket_fd();
+    session_->submit(
+        "handshake", [ssh, fd] { return libssh2_session_handshake(ssh, fd); },
+        [this, self](int rc) { on_handshake(rc); });
+}
+
+void ReverseTunnel::on_handshake(int rc)
+{
+    if (ended_)
+        return;
+    const std::string where = target(options_.server_host, options_.server_port);
+    if (rc != 0) {
+        std::string hint;
+        const std::string preference = known_hosts_.hostkey_preference();
+        if ((rc == LIBSSH2_ERROR_KEX_FAILURE || rc == LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE) && !preference.empty())
+            hint = "; the bastion may offer none of the host key types known_hosts holds for it (" + preference +
+                   "): its keys may have changed";
+        finish(Errc::handshake_failed, "SSH handshake with " + where + " failed: " + session_->last_error_text() + hint);
+        return;
+    }
+    std::string message;
+    if (auto ec = known_hosts_.verify(session_->raw(), message)) {
+        finish(ec, message);
+        return;
+    }
+    log_->debug("host key of {} verified", where);
+    auto self = shared_from_this();
+    LIBSSH2_SESSION *ssh = session_->raw();
+    session_->submit(
+        "authenticate",
+        [this, ssh] {
+            const char *passphrase = options_.key_passphrase.empty() ? nullptr : options_.key_passphrase.c_str();
+            return libssh2_userauth_publickey_fromfile_ex(ssh, options_.username.c_str(),
+                                                          static_cast<unsigned>(options_.username.size()), nullptr,
+                                                          options_.key_file.c_str(), passphrase);
+        },
+        [this, self](int result) { on_authenticated(result); });
+}
+
+void ReverseTunnel::on_authenticated(int rc)
+{
+    if (ended_)
+        return;
+    const std::string who = options_.username + "@" + target(options_.server_host, options_.server_port);
+    switch (rc) {
+    case 0:
+        break;
+    case LIBSSH2_ERROR_AUTHENTICATION_FAILED:
+    case LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED:
+        if (key_.is_rsa()) {
+            finish(Errc::rsa_key_refused,
+                   who + " refused the RSA key " + options_.key_file +
+                       ": libssh2 1.10 signs RSA keys only with SHA-1 (ssh-rsa), which OpenSSH 8.8 and later "
+                       "refuse. Create an ed25519 key (ssh-keygen -t ed25519 -f NEWKEY) and authorize it on the "
+                       "bastion, or allow ssh-rsa there (PubkeyAcceptedAlgorithms +ssh-rsa in sshd_config)");
+        } else {
+            finish(Errc::key_not_authorized,
+                   who + " did not accept the key " + options_.key_file + " (" + key_.key_type +
+                       "): add its public key (" + options_.key_file +
+                       ".pub) to ~" + options_.username + "/.ssh/authorized_keys on the bastion");
+        }
+        return;
+    case LIBSSH2_ERROR_FILE:
+    case LIBSSH2_ERROR_KEYFILE_AUTH_FAILED:
+        if (key_.encrypted)
+            finish(Errc::key_encrypted, "cannot decrypt the private key " + options_.key_file +
+                                            ": the configured passphrase is wrong");
+        else
+            finish(Errc::key_unsupported, "libssh2 cannot use the private key " + options_.key_file + ": " +
+                                              session_->last_error_text());
+        return;
+    default:
+        finish(Errc::transport_lost, "authentication with " + who + " failed: " + session_->last_error_text());
+        return;
+    }
+    log_->debug("authenticated as {}", who);
+    auto self = shared_from_this();
+    LIBSSH2_SESSION *ssh = session_->raw();
+    session_->submit(
+        "tcpip-forward",
+        [this, ssh] {
+            const char *bind = options_.bind_address.empty() ? nullptr : options_.bind_address.c_str();
+            listener_ = libssh2_channel_forward_listen_ex(ssh, bind, options_.listen_port, &bound_port_,
+                                                          k_accept_queue);
+            return listener_ ? 0 : libssh2_session_last_errno(ssh);
+        },
+        [this, self](int result) { on_listening(result); });
+}
+
+void ReverseTunnel::on_listening(int rc)
+{
+    if (ended_)
+        return;
+    const std::string bind = options_.bind_address.empty() ? std::string("(default address)") : options_.bind_address;
+    if (rc != 0) {
+        if (rc == LIBSSH2_ERROR_REQUEST_DENIED)
+            finish(Errc::remote_port_refused,
+                   "the bastion " + target(options_.server_host, options_.server_port) +
+                       " refused to listen on port " + std::to_string(options_.listen_port) + " " + bind +
+                       ": the port is in use (maybe still held by a previous session of this tunnel that the "
+                       "bastion has not dropped yet) or forwarding is not permitted for this user "
+                       "(AllowTcpForwarding, PermitListen)");
+        else
+            finish(Errc::transport_lost, "port forward request failed: " + session_->last_error_text());
+        return;
+    }
+    up_ = true;
+    setup_timer_.cancel();
+    const auto port = static_cast<std::uint16_t>(bound_port_ > 0 ? bound_port_ : options_.listen_port);
+    log_->info("tunnel up: bastion {} port {} -> {}", target(options_.server_host, options_.server_port), port,
+               target(options_.remote_host, options_.remote_port));
+    auto self = shared_from_this();
+    session_->serve_listener(listener_, [this, self](LIBSSH2_CHANNEL *channel) { on_channel(channel); });
+    if (handlers_.up)
+        handlers_.up(port);
+}
+
+void ReverseTunnel::on_channel(LIBSSH2_CHANNEL *channel)
+{
+    auto relay = std::make_shared<Relay>(*session_, channel, *counters_, ++next_connection_id_);
+    session_->adopt(relay);
+    relay->connect(options_.remote_host, options_.remote_port, options_.local_connect_timeout);
+}
+
+void ReverseTunnel::finish(std::error_code ec, const std::string &message)
+{
+    if (ended_)
+        return;
+    ended_ = true;
+    setup_timer_.cancel();
+    if (ec == Errc::stopped)
+        log_->info("tunnel stopped");
+    else
+        log_->error("{}", message);
+    if (session_)
+        session_->close();
+    listener_ = nullptr; // freed with the session
+    if (handlers_.ended) {
+        auto ended = std::move(handlers_.ended);
+        handlers_.ended = nullptr;
+        ended(ec, message);
+    }
+}
+
+void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> done)
+{
+    if (ended_ || !up_ || !session_ || stopping_) {
+        finish(Errc::stopped, "stopped");
+        asio::post(io_, std::move(done));
+        return;
+    }
+    stopping_ = true;
+    LIBSSH2_SESSION *ssh = session_->raw();
+    LIBSSH2_LISTENER *listener = listener_;
+    auto session = session_;
+    // Cancel first so the bastion stops accepting, then close every channel.
+    session_->submit(
+        "cancel-tcpip-forward",
+        [session, listener] {
+            session->stop_listener();
+            return libssh2_channel_forward_cancel(listener);
+        },
+        [](int) {});
+    listener_ = nullptr;
+    session_->close_all_relays();
+    session_->submit(
+        "disconnect", [ssh] { return libssh2_session_disconnect(ssh, "pytun: tunnel stopped"); }, [](int) {});
+    poll_stop(std::chrono::steady_clock::now() + grace, std::move(done));
+}
+
+// Waits until every channel is closed (or the grace period is over), then
+// frees the session without waiting for the network.
+void ReverseTunnel::poll_stop(std::chrono::steady_clock::time_point deadline, std::function<void()> done)
+{
+    if (ended_ || session_->closed() || session_->relay_count() == 0 ||
+        std::chrono::steady_clock::now() >= deadline) {
+        finish(Errc::stopped, "stopped");
+        done();
+        return;
+    }
+    stop_timer_.expires_after(std::chrono::milliseconds(10));
+    stop_timer_.async_wait([this, self = shared_from_this(), deadline, done](const asio::error_code &) {
+        poll_stop(deadline, done);
+    });
+}
+
+} // namespace pytun::detail
