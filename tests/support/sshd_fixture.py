@@ -263,6 +263,18 @@ def start_sshd(info: dict, deadline: float = 10.0) -> subprocess.Popen:
                        f"{_log_tail(info['sshd_log'])}")
 
 
+def stop_sshd(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM the sshd started by start_sshd (by PID), SIGKILL after `timeout`, reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def ssh_base_args(info: dict, key: str | None = None) -> list[str]:
     """OpenSSH client arguments that use only `key` and the bracketed known_hosts.
 

@@ -295,6 +295,49 @@ struct SshServer::Impl {
             wait_until(all_gone, 2s);
         }
     }
+
+    struct BindFailed : std::runtime_error {
+        using std::runtime_error::runtime_error;
+    };
+
+    /// Spawn sshd and wait until it accepts TCP (10 s). A failed bind is
+    /// retried when `retry_bind`, else reported as BindFailed at once.
+    void launch(bool retry_bind)
+    {
+        const std::string log_path = path("sshd_log");
+        const auto end = Clock::now() + 10s;
+        for (;;) {
+            const auto log_offset = read_file(log_path).size();
+            pid = spawn({path("sshd"), "-D", "-e", "-f", path("sshd_config")}, log_path);
+            bool exited = false;
+            while (Clock::now() < end) {
+                if (reap_if_exited(pid)) {
+                    exited = true;
+                    pid = -1;
+                    break;
+                }
+                if (tcp_port_accepts(port))
+                    return;
+                std::this_thread::sleep_for(10ms);
+            }
+            const std::string log_now = read_file(log_path);
+            const std::string fresh = log_now.substr(std::min(log_offset, log_now.size()));
+            if (!exited) {
+                signal_all(SIGKILL);
+                throw std::runtime_error("sshd did not accept on 127.0.0.1:" + std::to_string(port) +
+                                         " within 10 s; log:\n" + tail(log_now));
+            }
+            const bool bind_failed = fresh.find("Address already in use") != std::string::npos ||
+                                     fresh.find("Cannot bind any address") != std::string::npos;
+            const std::string what =
+                "sshd exited at startup on port " + std::to_string(port) + "; log:\n" + tail(log_now);
+            if (bind_failed && !retry_bind)
+                throw BindFailed(what);
+            if (!bind_failed || Clock::now() >= end)
+                throw std::runtime_error(what);
+            std::this_thread::sleep_for(100ms);
+        }
+    }
 };
 
 /// \brief Prepare a fresh server directory with sshd_fixture.py and start sshd.
@@ -313,7 +356,8 @@ SshServer::SshServer() : impl_(std::make_unique<Impl>())
         throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
     impl_->dir = tmpl;
 
-    try {
+    // Runs sshd_fixture.py prepare; its stdout is fixture.json.
+    auto prepare = [&] {
         int fds[2];
         if (pipe2(fds, O_CLOEXEC) != 0)
             throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
@@ -340,7 +384,8 @@ SshServer::SshServer() : impl_(std::make_unique<Impl>())
         while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
         }
         if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
-            std::filesystem::remove_all(impl_->dir);
+            std::error_code ec;
+            std::filesystem::remove_all(impl_->dir, ec);
             skip("sshd_fixture.py prepare: a required tool is missing");
         }
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
@@ -348,7 +393,22 @@ SshServer::SshServer() : impl_(std::make_unique<Impl>())
                                      std::to_string(status) + ")");
         impl_->info = nlohmann::json::parse(out);
         impl_->port = impl_->info.at("port").get<std::uint16_t>();
-        start();
+    };
+
+    try {
+        // The free port was only free when prepare looked; if someone else
+        // took it since, prepare again with another one.
+        constexpr int k_attempts = 3;
+        for (int attempt = 1;; ++attempt) {
+            prepare();
+            try {
+                impl_->launch(attempt == k_attempts);
+                break;
+            } catch (const Impl::BindFailed &) {
+                if (attempt == k_attempts)
+                    throw;
+            }
+        }
     } catch (...) {
         impl_->signal_all(SIGKILL);
         std::error_code ec;
@@ -377,38 +437,7 @@ void SshServer::start()
 {
     if (running())
         return;
-    const std::string log_path = impl_->path("sshd_log");
-    const auto end = Clock::now() + 10s;
-    for (;;) {
-        const auto log_offset = read_file(log_path).size();
-        impl_->pid = spawn({impl_->path("sshd"), "-D", "-e", "-f", impl_->path("sshd_config")},
-                           log_path);
-        bool exited = false;
-        while (Clock::now() < end) {
-            int status = 0;
-            if (reap_if_exited(impl_->pid, &status)) {
-                exited = true;
-                impl_->pid = -1;
-                break;
-            }
-            if (tcp_port_accepts(impl_->port))
-                return;
-            std::this_thread::sleep_for(10ms);
-        }
-        const std::string log_now = read_file(log_path);
-        const std::string fresh = log_now.substr(std::min(log_offset, log_now.size()));
-        if (!exited) {
-            impl_->signal_all(SIGKILL);
-            throw std::runtime_error("sshd did not accept on 127.0.0.1:" + std::to_string(impl_->port) +
-                                     " within 10 s; log:\n" + tail(log_now));
-        }
-        const bool bind_failed = fresh.find("Address already in use") != std::string::npos ||
-                                 fresh.find("Cannot bind any address") != std::string::npos;
-        if (!bind_failed || Clock::now() >= end)
-            throw std::runtime_error("sshd exited at startup on port " + std::to_string(impl_->port) +
-                                     "; log:\n" + tail(log_now));
-        std::this_thread::sleep_for(100ms);
-    }
+    impl_->launch(true);
 }
 
 /// \brief SIGTERM sshd (and its sessions) by PID and reap it.
