@@ -413,7 +413,7 @@ bool SshSession::accept_channels()
         // forward_accept reports every transport failure as CHANNEL_UNKNOWN.
         fail(Errc::transport_lost, peer_closed_ ? std::string("the bastion closed the connection")
                                    : socket_errno_ ? std::string("socket error: ") + std::strerror(socket_errno_)
-                                                   : last_error_text());
+                                                   : "accept failed (" + std::to_string(err) + "): " + last_error_text());
         return false;
     }
 }
@@ -486,7 +486,7 @@ bool SshSession::close_channel(Relay &relay)
     if (rc == LIBSSH2_ERROR_EAGAIN)
         return blocked({Pinned::Kind::close, &relay});
     if (rc < 0 && !is_channel_level(rc)) {
-        fail(Errc::transport_lost, last_error_text());
+        fail(Errc::transport_lost, "channel close failed (" + std::to_string(rc) + "): " + last_error_text());
         return false;
     }
     rc = libssh2_channel_free(channel);

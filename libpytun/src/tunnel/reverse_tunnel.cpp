@@ -81,6 +81,10 @@ void ReverseTunnel::start()
     session_ = std::make_shared<SshSession>(io_, log_);
     auto self = shared_from_this();
     session_->on_failure([this, self](std::error_code ec, const std::string &why) {
+        if (stopping_) { // the bastion may hang up first while we stop
+            finish(Errc::stopped, "stopped");
+            return;
+        }
         finish(ec, "connection to the bastion " + target(options_.server_host, options_.server_port) +
                        " lost: " + why);
     });
@@ -268,7 +272,6 @@ void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> 
         return;
     }
     stopping_ = true;
-    LIBSSH2_SESSION *ssh = session_->raw();
     LIBSSH2_LISTENER *listener = listener_;
     auto session = session_;
     // Cancel first so the bastion stops accepting, then close every channel.
@@ -281,8 +284,6 @@ void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> 
         [](int) {});
     listener_ = nullptr;
     session_->close_all_relays();
-    session_->submit(
-        "disconnect", [ssh] { return libssh2_session_disconnect(ssh, "pytun: tunnel stopped"); }, [](int) {});
     poll_stop(std::chrono::steady_clock::now() + grace, std::move(done));
 }
 
@@ -290,10 +291,20 @@ void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> 
 // frees the session without waiting for the network.
 void ReverseTunnel::poll_stop(std::chrono::steady_clock::time_point deadline, std::function<void()> done)
 {
-    if (ended_ || session_->closed() || session_->relay_count() == 0 ||
-        std::chrono::steady_clock::now() >= deadline) {
+    if (ended_ || session_->closed() || std::chrono::steady_clock::now() >= deadline) {
         finish(Errc::stopped, "stopped");
         done();
+        return;
+    }
+    if (session_->relay_count() == 0) {
+        // Every channel is closed: say goodbye, then free the session.
+        LIBSSH2_SESSION *ssh = session_->raw();
+        session_->submit(
+            "disconnect", [ssh] { return libssh2_session_disconnect(ssh, "pytun: tunnel stopped"); },
+            [this, self = shared_from_this(), done](int) {
+                finish(Errc::stopped, "stopped");
+                done();
+            });
         return;
     }
     stop_timer_.expires_after(std::chrono::milliseconds(10));
