@@ -358,12 +358,12 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
     out.tunnel_dirs_set = f.find("tunnel_dirs") != nullptr;
     out.tunnel_dirs_line = f.line("tunnel_dirs");
     c.tunnel_dirs = f.path("tunnel_dirs", base_dir, format == Format::ini ? "configs" : "");
-    if (out.tunnel_dirs_set && c.tunnel_dirs.empty())
+    if (out.tunnel_dirs_set && c.tunnel_dirs.empty() && f.find("tunnel_dirs")->kind == RawValue::Kind::text)
         f.error("tunnel_dirs", "is empty: set it to the directory holding the tunnel .ini files");
     c.log_level = f.log_level("log_level", LogLevel::info);
     c.log_to_console = f.boolean("log_to_console", false);
     c.log_path = f.path("log_path", base_dir, "./logs");
-    if (f.find("log_path") && c.log_path.empty())
+    if (f.find("log_path") && c.log_path.empty() && f.find("log_path")->kind == RawValue::Kind::text)
         f.error("log_path", "is empty: set it to the directory for log files (default ./logs)");
     c.inspection_port = f.port("inspection_port", 9999, "the HTTP status API port");
     c.inspection_localhost_only = f.boolean("inspection_localhost_only", true);
@@ -482,14 +482,15 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
         if (check_readable(f, "keyfile", t.keyfile, "put the private key there or fix keyfile"))
             check_private_mode(t.keyfile, s.file, f.line("keyfile"), "keyfile", "is a private key", diag);
     }
+    const std::string keyscan = "ssh-keyscan -p " + std::to_string(t.server_port) + " " +
+                                (t.server_host.empty() ? "HOST" : t.server_host);
     t.server_key = f.path("server_key", base_dir, "");
     if (!t.server_key.empty())
         check_readable(f, "server_key", t.server_key,
-                       "create it with ssh-keyscan -p " + std::to_string(t.server_port) + " " + t.server_host);
+                       "create it with " + keyscan + " > known_hosts");
     else
         f.warning("server_key", "not set: every host key of the bastion will be refused; set server_key to a "
-                                "known_hosts file (ssh-keyscan -p " +
-                                    std::to_string(t.server_port) + " " + t.server_host + " > known_hosts)");
+                                "known_hosts file (" + keyscan + " > known_hosts)");
     t.keep_alive_time = std::chrono::seconds(
         f.integer("keep_alive_time", 30, 1, 86400, "the seconds between health checks"));
     t.log_level = f.log_level("log_level", LogLevel::debug);
@@ -508,7 +509,12 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
             diag.error(t.file, t.name_line, "tunnel_name",
                        "'" + c.tunnel_name + "' is also the name of the tunnel in " + it->second->file + ":" +
                            std::to_string(it->second->name_line) + ": give each tunnel its own name");
-            continue; // the shared log file follows from the shared name: one report is enough
+        } else if (auto [lit, lfresh] = logs.try_emplace(c.source_name, &t); !lfresh) {
+            // Only checked for distinct names: a shared name already explains a shared log file.
+            diag.error(t.file, t.name_line, "tunnel_name",
+                       "the log file " + c.source_name + ".log would be shared with the tunnel in " +
+                           lit->second->file + ":" + std::to_string(lit->second->name_line) +
+                           ": rename one of them");
         }
         if (!c.server_host.empty()) {
             std::string bind = to_lower(c.server_host) + ":" + std::to_string(c.server_port) + ":" +
@@ -520,14 +526,6 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
                                ":" + std::to_string(it->second->port_line) +
                                ": the bastion can bind a port only once; choose another port");
         }
-        if (auto [it, fresh] = logs.try_emplace(c.source_name, &t); !fresh && it->second->file != t.file)
-            diag.error(t.file, t.name_line, "tunnel_name",
-                       "the log file " + c.source_name + ".log would be shared with the tunnel in " +
-                           it->second->file + ": rename one of them");
-        else if (!fresh)
-            diag.error(t.file, t.name_line, "tunnel_name",
-                       "the log file " + c.source_name + ".log would be shared with the tunnel on line " +
-                           std::to_string(it->second->section_line) + ": rename one of them");
     }
 }
 
