@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: MIT
+// Configuration of a pytun connector: the main section, one entry per tunnel,
+// and the loader that reads INI (compatible with the original) or TOML files
+// and reports every problem at once as "file:line: key: message".
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <pytun/export.h>
+#include <pytun/log.h>
+
+namespace pytun {
+
+/// How alert e-mails reach the SMTP server (`smtp_security`).
+enum class SmtpSecurity {
+    none,     ///< "none": plain SMTP
+    starttls, ///< "tls": SMTP, then STARTTLS
+    ssl,      ///< "ssl": implicit TLS from the first byte (SMTPS)
+};
+
+/// The `[pytun]` section. Field names are the key names. Empty strings mean
+/// "not set". Paths are absolute once loaded (resolved against the main file's
+/// directory).
+struct ConnectorConfig {
+    std::string tunnel_manager_id;          ///< required
+    std::string tunnel_dirs;                ///< INI default: "configs"; TOML default: none
+    LogLevel log_level = LogLevel::info;
+    bool log_to_console = false;
+    std::string log_path;                   ///< default "./logs"
+    std::uint16_t inspection_port = 9999;
+    bool inspection_localhost_only = true;
+    std::string inspection_token;           ///< required by the HTTP API to serve other hosts
+    std::string smtp_hostname;              ///< set: e-mail alerts are on
+    std::uint16_t smtp_port = 25;
+    SmtpSecurity smtp_security = SmtpSecurity::none;
+    std::string smtp_login;                 ///< set: SMTP AUTH is used
+    std::string smtp_password;
+    std::string smtp_from;                  ///< defaults to smtp_login
+    std::vector<std::string> smtp_to;       ///< one or more addresses (INI: comma-separated)
+    std::string smtp_ca_file;               ///< CA bundle for the SMTP server; empty: system store
+    bool smtp_verify_tls = true;
+    std::string http_url;                   ///< set: webhook alerts are on
+    std::string http_user;
+    std::string http_password;
+    std::string signature;                  ///< device authorization blob; empty: authorized
+    std::string mac_address_pub_key;        ///< PEM public key that checks `signature`
+    std::chrono::milliseconds grace_period_ms{5000}; ///< drain time for connections on stop/reload
+};
+
+/// One tunnel (`[tunnel]` section of a tunnel file, or a TOML `[[tunnel]]`).
+struct TunnelConfig {
+    std::string tunnel_name;                ///< default: the tunnel file's path
+    std::string server_host;                ///< required
+    std::uint16_t server_port = 22;
+    std::uint16_t port = 4000;              ///< port the bastion listens on
+    std::string bind_address;               ///< address the bastion binds; empty: its default
+    std::string remote_host;                ///< required
+    std::uint16_t remote_port = 22;
+    std::string username;                   ///< required
+    std::string keyfile;                    ///< required; absolute
+    std::string server_key;                 ///< known_hosts file; absolute; empty: none
+    std::chrono::seconds keep_alive_time{30};
+    LogLevel log_level = LogLevel::debug;
+    bool log_to_console = false;
+    std::string source_file;                ///< absolute path of the file that defined it
+    std::string source_name;                ///< base name for the tunnel's log file
+};
+
+/// A whole configuration: what the connector runs.
+struct Config {
+    ConnectorConfig connector;
+    std::vector<TunnelConfig> tunnels;      ///< in file name order (INI) or file order (TOML)
+    std::string main_file;                  ///< absolute path of the file actually read
+};
+
+/// One problem found while loading.
+struct PYTUN_EXPORT Diagnostic {
+    enum class Severity { warning, error };
+    Severity severity = Severity::error;
+    std::string file;
+    int line = 0;                           ///< 1-based; 0 when no line applies
+    std::string key;                        ///< empty when no key applies
+    std::string message;                    ///< what is wrong and what to do
+
+    /// "file:line: key: message"; warnings are prefixed "warning: ".
+    std::string to_string() const;
+};
+
+/// Result of loading: `config` is set only when no diagnostic is an error.
+struct PYTUN_EXPORT LoadResult {
+    std::optional<Config> config;
+    std::vector<Diagnostic> diagnostics;    ///< in the order found
+
+    bool ok() const;
+};
+
+/// Load the main configuration and every tunnel it names. `.toml` selects
+/// TOML, anything else INI; a missing INI path falls back to `pytun.ini` in
+/// the same directory (the original's legacy name).
+PYTUN_EXPORT LoadResult load_config(const std::string &path);
+PYTUN_EXPORT LoadResult load_config_ini(const std::string &path);
+PYTUN_EXPORT LoadResult load_config_toml(const std::string &path);
+/// Load from memory ("ini" or "toml"); relative paths resolve against
+/// `base_dir` and diagnostics name the file "<string>".
+PYTUN_EXPORT LoadResult load_config_from_string(std::string_view text, std::string_view format,
+                                                std::string base_dir);
+
+} // namespace pytun

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: MIT
+// Public entry points of configuration loading: picks the format, finds the
+// tunnel files, runs the checks across files and assembles the LoadResult.
+#include <pytun/config.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "config/ini_parser.h"
+#include "config/raw.h"
+#include "config/schema.h"
+#include "config/toml_reader.h"
+
+namespace pytun {
+
+namespace fs = std::filesystem;
+using namespace config;
+
+std::string Diagnostic::to_string() const
+{
+    std::string s = severity == Severity::warning ? "warning: " : "";
+    s += file;
+    if (line > 0)
+        s += ":" + std::to_string(line);
+    s += ": ";
+    if (!key.empty())
+        s += key + ": ";
+    s += message;
+    return s;
+}
+
+bool LoadResult::ok() const
+{
+    return config.has_value();
+}
+
+namespace {
+
+constexpr const char *k_string_file = "<string>";
+
+std::optional<std::string> read_file(const fs::path &p, std::string &why)
+{
+    std::ifstream in(p, std::ios::binary);
+    if (!in) {
+        why = std::strerror(errno);
+        return std::nullopt;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+fs::path absolute_normal(const fs::path &p)
+{
+    std::error_code ec;
+    fs::path a = fs::absolute(p, ec);
+    return (ec ? p : a).lexically_normal();
+}
+
+/// Log file names come from tunnel names in TOML, so keep them to safe characters.
+std::string file_safe(std::string_view name)
+{
+    std::string out;
+    for (unsigned char c : name)
+        out += (std::isalnum(c) || c == '.' || c == '-' || c == '_') ? static_cast<char>(c) : '_';
+    if (out.empty() || out.front() == '.')
+        out.insert(0, "tunnel");
+    return out;
+}
+
+/// Reads every *.ini directly in the connector's tunnel_dirs. Returns false
+/// when the directory itself is unusable (already reported).
+bool load_tunnel_dir(const BuiltConnector &main, const std::string &main_file, Diagnostics &diag,
+                     std::vector<BuiltTunnel> &out)
+{
+    const fs::path dir = main.config.tunnel_dirs;
+    std::error_code ec;
+    fs::file_status st = fs::status(dir, ec);
+    if (!fs::exists(st)) {
+        diag.error(main_file, main.tunnel_dirs_line, "tunnel_dirs",
+                   dir.string() + " does not exist: create it and put the tunnel .ini files there, or fix "
+                                  "tunnel_dirs (relative paths start at the main file's directory)");
+        return false;
+    }
+    if (!fs::is_directory(st)) {
+        diag.error(main_file, main.tunnel_dirs_line, "tunnel_dirs",
+                   dir.string() + " is not a directory: set tunnel_dirs to the directory of tunnel .ini files");
+        return false;
+    }
+    std::vector<fs::path> files;
+    for (const fs::directory_entry &e : fs::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename().string();
+        std::error_code fec;
+        if (name.size() > 4 && name.ends_with(".ini") && e.is_regular_file(fec))
+            files.push_back(e.path());
+    }
+    if (ec) {
+        diag.error(main_file, main.tunnel_dirs_line, "tunnel_dirs",
+                   dir.string() + " cannot be listed (" + ec.message() + "): give pytun read access to it");
+        return false;
+    }
+    std::sort(files.begin(), files.end());
+
+    for (const fs::path &path : files) {
+        const std::string file = path.string();
+        std::string why;
+        std::optional<std::string> text = read_file(path, why);
+        if (!text) {
+            diag.error(file, 0, "", "cannot read the tunnel file (" + why + "): give pytun read access to it");
+            continue;
+        }
+        std::vector<RawSection> sections = parse_ini(*text, file, diag);
+        std::optional<RawSection> tunnel;
+        for (RawSection &s : sections) {
+            if (s.name != "tunnel" && s.name != "connector") {
+                diag.warning(file, s.line, "",
+                             "unknown section [" + s.name + "]: ignored (a tunnel file has one [tunnel] section)");
+            } else if (!tunnel) {
+                tunnel = std::move(s);
+            } else {
+                diag.warning(file, s.line, "",
+                             "second tunnel section (first on line " + std::to_string(tunnel->line) +
+                                 "): one tunnel per file, so its keys are merged into the first");
+                for (RawValue &v : s.entries)
+                    tunnel->entries.push_back(std::move(v));
+            }
+        }
+        if (!tunnel) {
+            diag.error(file, 0, "", "no [tunnel] section: start the file with [tunnel] (or [connector])");
+            continue;
+        }
+        BuiltTunnel t = build_tunnel(*tunnel, path.parent_path(), file, diag);
+        t.config.source_file = file;
+        t.config.source_name = path.stem().string();
+        out.push_back(std::move(t));
+    }
+    return true;
+}
+
+/// Checks shared by both formats, then the result: a Config only without errors.
+LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> main, std::vector<BuiltTunnel> tunnels,
+                  const std::string &display, const std::optional<fs::path> &real_file, Diagnostics &diag)
+{
+    check_tunnel_set(tunnels, diag);
+    if (main && main->holds_secrets && real_file && main_section) {
+        for (const RawValue &v : main_section->entries) {
+            if ((v.key == "smtp_password" || v.key == "http_password" || v.key == "inspection_token") &&
+                !(v.kind == RawValue::Kind::text && v.text.empty())) {
+                check_private_mode(*real_file, display, v.line, v.key, "holds passwords", diag);
+                break;
+            }
+        }
+    }
+    LoadResult result;
+    if (!diag.has_errors() && main) {
+        Config c;
+        c.connector = std::move(main->config);
+        for (BuiltTunnel &t : tunnels)
+            c.tunnels.push_back(std::move(t.config));
+        c.main_file = real_file ? real_file->string() : display;
+        result.config = std::move(c);
+    }
+    result.diagnostics = diag.take();
+    return result;
+}
+
+LoadResult load_ini_text(std::string_view text, const std::string &display, const fs::path &base_dir,
+                         const std::optional<fs::path> &real_file)
+{
+    Diagnostics diag;
+    std::vector<RawSection> sections = parse_ini(text, display, diag);
+    std::optional<RawSection> main;
+    for (RawSection &s : sections) {
+        if (s.name != "pytun" && s.name != "config-connector") {
+            diag.warning(display, s.line, "", "unknown section [" + s.name + "]: ignored (expected [pytun])");
+        } else if (!main) {
+            main = std::move(s);
+        } else {
+            diag.warning(display, s.line, "",
+                         "section [" + s.name + "] repeats the main section (first on line " +
+                             std::to_string(main->line) + "): its keys are merged");
+            for (RawValue &v : s.entries)
+                main->entries.push_back(std::move(v));
+        }
+    }
+    if (!main) {
+        diag.error(display, 0, "", "no [pytun] section: start the file with [pytun] (or [config-connector])");
+        return finish(nullptr, std::nullopt, {}, display, real_file, diag);
+    }
+    BuiltConnector built = build_connector(*main, base_dir, Format::ini, diag);
+    std::vector<BuiltTunnel> tunnels;
+    if (!built.config.tunnel_dirs.empty() && load_tunnel_dir(built, display, diag, tunnels) && tunnels.empty())
+        diag.warning(display, built.tunnel_dirs_line, "tunnel_dirs",
+                     "no tunnels configured: " + built.config.tunnel_dirs + " holds no .ini files");
+    return finish(&*main, std::move(built), std::move(tunnels), display, real_file, diag);
+}
+
+LoadResult load_toml_text(std::string_view text, const std::string &display, const fs::path &base_dir,
+                          const std::optional<fs::path> &real_file)
+{
+    Diagnostics diag;
+    TomlSections toml = read_toml(text, display, diag);
+    if (diag.has_errors() && !toml.main && toml.tunnels.empty())
+        return finish(nullptr, std::nullopt, {}, display, real_file, diag);
+
+    std::optional<BuiltConnector> built;
+    if (toml.main)
+        built = build_connector(*toml.main, base_dir, Format::toml, diag);
+    else
+        diag.error(display, 0, "", "no [pytun] table: add [pytun] with tunnel_manager_id and the other main keys");
+
+    std::vector<BuiltTunnel> tunnels;
+    for (std::size_t i = 0; i < toml.tunnels.size(); ++i) {
+        BuiltTunnel t = build_tunnel(toml.tunnels[i], base_dir, "tunnel-" + std::to_string(i + 1), diag);
+        t.config.source_file = real_file ? real_file->string() : display;
+        t.config.source_name = file_safe(t.config.tunnel_name);
+        tunnels.push_back(std::move(t));
+    }
+    bool dir_ok = true;
+    if (built && !built->config.tunnel_dirs.empty())
+        dir_ok = load_tunnel_dir(*built, display, diag, tunnels);
+    if (built && dir_ok && tunnels.empty())
+        diag.warning(display, toml.main->line, "", "no tunnels configured: add [[tunnel]] tables (or tunnel_dirs)");
+    return finish(toml.main ? &*toml.main : nullptr, std::move(built), std::move(tunnels), display, real_file,
+                  diag);
+}
+
+using TextLoader = LoadResult (*)(std::string_view, const std::string &, const fs::path &,
+                                  const std::optional<fs::path> &);
+
+LoadResult load_file(const std::string &path, TextLoader loader)
+{
+    const fs::path file = absolute_normal(path);
+    std::string why;
+    std::optional<std::string> text = read_file(file, why);
+    if (!text) {
+        LoadResult r;
+        r.diagnostics.push_back({Diagnostic::Severity::error, file.string(), 0, "",
+                                 "cannot read the main config (" + why +
+                                     "): check the path given with --config_ini"});
+        return r;
+    }
+    return loader(*text, file.string(), file.parent_path(), file);
+}
+
+} // namespace
+
+LoadResult load_config(const std::string &path)
+{
+    const fs::path p(path);
+    if (to_lower(p.extension().string()) == ".toml")
+        return load_config_toml(path);
+    std::error_code ec;
+    if (!fs::exists(p, ec)) {
+        // The original's earlier releases called the main file pytun.ini.
+        fs::path legacy = absolute_normal(p).parent_path() / "pytun.ini";
+        if (fs::exists(legacy, ec))
+            return load_config_ini(legacy.string());
+    }
+    return load_config_ini(path);
+}
+
+LoadResult load_config_ini(const std::string &path)
+{
+    return load_file(path, load_ini_text);
+}
+
+LoadResult load_config_toml(const std::string &path)
+{
+    return load_file(path, load_toml_text);
+}
+
+LoadResult load_config_from_string(std::string_view text, std::string_view format, std::string base_dir)
+{
+    const fs::path base = absolute_normal(base_dir.empty() ? fs::path(".") : fs::path(base_dir));
+    const std::string f = to_lower(format);
+    if (f == "toml")
+        return load_toml_text(text, k_string_file, base, std::nullopt);
+    if (f == "ini")
+        return load_ini_text(text, k_string_file, base, std::nullopt);
+    LoadResult r;
+    r.diagnostics.push_back({Diagnostic::Severity::error, k_string_file, 0, "",
+                             "unknown format '" + std::string(format) + "': use \"ini\" or \"toml\""});
+    return r;
+}
+
+} // namespace pytun

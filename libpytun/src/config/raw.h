@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+// Format-neutral view of a config section (keys, values, line numbers) and the
+// diagnostics collector shared by the INI and TOML readers and the validator.
+#pragma once
+
+#include "internal.h"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <pytun/config.h>
+
+namespace pytun::config {
+
+/// One `key = value` as read. INI values are always text and get converted
+/// the way people write them; TOML values keep their type so a wrong type can
+/// be reported with what to write instead.
+struct RawValue {
+    enum class Kind { text, integer, boolean, floating, string_array, other };
+    Kind kind = Kind::text;
+    bool from_ini = true;
+    std::string key;                   ///< lower-cased
+    std::string text;                  ///< Kind::text
+    std::int64_t integer = 0;          ///< Kind::integer
+    bool boolean = false;              ///< Kind::boolean
+    std::vector<std::string> strings;  ///< Kind::string_array
+    int line = 0;
+};
+
+/// A section (INI) or table (TOML) with the line of its header.
+struct RawSection {
+    std::string file;
+    std::string name;                  ///< lower-cased
+    int line = 0;
+    std::vector<RawValue> entries;     ///< in file order
+};
+
+/// Collects every problem; loading never stops at the first one.
+class Diagnostics {
+public:
+    void error(std::string file, int line, std::string key, std::string message);
+    void warning(std::string file, int line, std::string key, std::string message);
+    bool has_errors() const { return errors_ > 0; }
+    std::vector<Diagnostic> take() { return std::move(list_); }
+
+private:
+    std::vector<Diagnostic> list_;
+    int errors_ = 0;
+};
+
+std::string to_lower(std::string_view s);
+std::string_view trim(std::string_view s);
+
+} // namespace pytun::config

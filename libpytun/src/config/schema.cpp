@@ -1,0 +1,532 @@
+// SPDX-License-Identifier: MIT
+// Validation of the [pytun] and [tunnel] keys: every problem is reported with
+// its line and what to write instead; nothing stops at the first error.
+#include "config/schema.h"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <string_view>
+
+namespace pytun::config {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::array<std::string_view, 23> k_main_keys = {
+    "tunnel_manager_id", "tunnel_dirs",   "log_level",         "log_to_console",    "log_path",
+    "inspection_port",   "inspection_localhost_only",          "inspection_token",  "smtp_hostname",
+    "smtp_port",         "smtp_security", "smtp_login",        "smtp_password",     "smtp_from",
+    "smtp_to",           "smtp_ca_file",  "smtp_verify_tls",   "http_url",          "http_user",
+    "http_password",     "signature",     "mac_address_pub_key", "grace_period_ms",
+};
+
+constexpr std::array<std::string_view, 14> k_tunnel_keys = {
+    "tunnel_name", "connector_name", "server_host",     "server_port", "port",
+    "bind_address", "remote_host",   "remote_port",     "username",    "keyfile",
+    "server_key",  "keep_alive_time", "log_level",      "log_to_console",
+};
+
+constexpr std::string_view k_bool_words = "1, yes, true, on, 0, no, false or off";
+
+std::string canonical_key(std::string_view key)
+{
+    // The original's tunnel files were written before the rename to "tunnel".
+    if (key == "connector_name")
+        return "tunnel_name";
+    return std::string(key);
+}
+
+std::string suggestion(std::string_view key, const std::string_view *known, std::size_t count)
+{
+    std::string_view best;
+    std::size_t best_distance = std::string_view::npos;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::size_t d = edit_distance(key, known[i]);
+        if (d < best_distance) {
+            best_distance = d;
+            best = known[i];
+        }
+    }
+    if (best_distance <= std::max<std::size_t>(1, key.size() / 3))
+        return "did you mean '" + std::string(best) + "'?";
+    return "ignored";
+}
+
+/// Typed access to one section's keys; each accessor reports its own errors
+/// and returns the default so validation can continue.
+class Fields {
+public:
+    Fields(const RawSection &s, const std::string_view *known, std::size_t count, Diagnostics &diag)
+        : section_(s), diag_(diag)
+    {
+        for (const RawValue &v : s.entries) {
+            if (std::find(known, known + count, v.key) == known + count) {
+                diag.warning(s.file, v.line, v.key,
+                             "unknown key '" + v.key + "': " + suggestion(v.key, known, count));
+                continue;
+            }
+            std::string key = canonical_key(v.key);
+            auto [it, fresh] = values_.try_emplace(key, &v);
+            if (!fresh) {
+                diag.warning(s.file, v.line, v.key,
+                             "set twice: this value replaces the one on line " + std::to_string(it->second->line) +
+                                 " (the last one wins); remove one of them");
+                it->second = &v;
+            }
+        }
+    }
+
+    const RawValue *find(const std::string &key) const
+    {
+        auto it = values_.find(key);
+        return it == values_.end() ? nullptr : it->second;
+    }
+
+    int line(const std::string &key) const
+    {
+        const RawValue *v = find(key);
+        return v ? v->line : section_.line;
+    }
+
+    /// The key as the user wrote it (connector_name for the alias).
+    std::string written(const std::string &key) const
+    {
+        const RawValue *v = find(key);
+        return v ? v->key : key;
+    }
+
+    void error(const std::string &key, std::string message) const
+    {
+        diag_.error(section_.file, line(key), written(key), std::move(message));
+    }
+    void warning(const std::string &key, std::string message) const
+    {
+        diag_.warning(section_.file, line(key), written(key), std::move(message));
+    }
+
+    /// Empty when unset or empty.
+    std::string string(const std::string &key) const
+    {
+        const RawValue *v = find(key);
+        if (!v)
+            return {};
+        if (v->kind != RawValue::Kind::text) {
+            error(key, "must be a string: write " + key + " = \"...\"");
+            return {};
+        }
+        return v->text;
+    }
+
+    std::string required(const std::string &key, const std::string &what) const
+    {
+        const RawValue *v = find(key);
+        std::string s = string(key);
+        if (!v)
+            diag_.error(section_.file, section_.line, key,
+                        "missing: add " + key + " = " + what + " to the [" + section_.name + "] section");
+        else if (s.empty() && v->kind == RawValue::Kind::text)
+            error(key, "is empty: set it to " + what);
+        return s;
+    }
+
+    bool boolean(const std::string &key, bool fallback) const
+    {
+        const RawValue *v = find(key);
+        if (!v)
+            return fallback;
+        if (v->kind == RawValue::Kind::boolean)
+            return v->boolean;
+        if (v->kind == RawValue::Kind::text && v->from_ini) {
+            std::string w = to_lower(v->text);
+            if (w == "1" || w == "yes" || w == "true" || w == "on")
+                return true;
+            if (w == "0" || w == "no" || w == "false" || w == "off")
+                return false;
+            error(key, "'" + v->text + "' is not a boolean: write one of " + std::string(k_bool_words));
+            return fallback;
+        }
+        error(key, "must be a boolean: write " + key + " = true or " + key + " = false (no quotes)");
+        return fallback;
+    }
+
+    std::int64_t integer(const std::string &key, std::int64_t fallback, std::int64_t min, std::int64_t max,
+                         const std::string &what) const
+    {
+        const RawValue *v = find(key);
+        if (!v)
+            return fallback;
+        const std::string range = "a whole number from " + std::to_string(min) + " to " + std::to_string(max);
+        std::int64_t n = 0;
+        if (v->kind == RawValue::Kind::integer) {
+            n = v->integer;
+        } else if (v->kind == RawValue::Kind::text && v->from_ini) {
+            const char *b = v->text.data();
+            const char *e = b + v->text.size();
+            auto [p, ec] = std::from_chars(b, e, n);
+            if (v->text.empty() || ec != std::errc{} || p != e) {
+                error(key, "'" + v->text + "' is not a number: write " + what + ", " + range);
+                return fallback;
+            }
+        } else if (v->kind == RawValue::Kind::text) {
+            error(key, "is a string: write the number without quotes (" + key + " = " + std::to_string(fallback) +
+                           "), " + range);
+            return fallback;
+        } else {
+            error(key, "must be " + range + " (" + what + ")");
+            return fallback;
+        }
+        if (n < min || n > max) {
+            error(key, std::to_string(n) + " is out of range: write " + what + ", " + range);
+            return fallback;
+        }
+        return n;
+    }
+
+    std::uint16_t port(const std::string &key, std::uint16_t fallback, const std::string &what) const
+    {
+        return static_cast<std::uint16_t>(integer(key, fallback, 1, 65535, what));
+    }
+
+    LogLevel log_level(const std::string &key, LogLevel fallback) const
+    {
+        const RawValue *v = find(key);
+        if (!v)
+            return fallback;
+        std::string s = string(key);
+        if (v->kind != RawValue::Kind::text)
+            return fallback;
+        std::string u = s;
+        std::transform(u.begin(), u.end(), u.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+        if (u == "DEBUG")
+            return LogLevel::debug;
+        if (u == "INFO")
+            return LogLevel::info;
+        if (u == "WARNING" || u == "WARN") // Python's logging accepts both
+            return LogLevel::warning;
+        if (u == "ERROR")
+            return LogLevel::error;
+        if (u == "CRITICAL")
+            return LogLevel::critical;
+        error(key, "'" + s + "' is not a log level: write DEBUG, INFO, WARNING, ERROR or CRITICAL");
+        return fallback;
+    }
+
+    /// Absolute path, or `fallback` resolved the same way when unset.
+    std::string path(const std::string &key, const fs::path &base_dir, const std::string &fallback) const
+    {
+        std::string s = find(key) ? string(key) : fallback;
+        if (s.empty())
+            return {};
+        return (base_dir / fs::path(s)).lexically_normal().string();
+    }
+
+private:
+    const RawSection &section_;
+    Diagnostics &diag_;
+    std::map<std::string, const RawValue *> values_;
+};
+
+/// Error when `p` is not a readable regular file; true when it is.
+bool check_readable(const Fields &f, const std::string &key, const fs::path &p, const std::string &fix)
+{
+    std::error_code ec;
+    fs::file_status st = fs::status(p, ec);
+    if (!fs::exists(st)) {
+        f.error(key, p.string() + " does not exist: " + fix);
+        return false;
+    }
+    if (!fs::is_regular_file(st)) {
+        f.error(key, p.string() + " is not a regular file: " + fix);
+        return false;
+    }
+    std::ifstream in(p);
+    if (!in) {
+        f.error(key, p.string() + " cannot be read (" + std::strerror(errno) +
+                         "): give the user pytun runs as read access, or " + fix);
+        return false;
+    }
+    return true;
+}
+
+std::vector<std::string> split_addresses(const RawValue &v)
+{
+    std::vector<std::string> out;
+    if (v.kind == RawValue::Kind::string_array) {
+        for (const auto &s : v.strings)
+            out.emplace_back(trim(s));
+        return out;
+    }
+    std::string_view rest = v.text;
+    while (!rest.empty()) {
+        std::size_t comma = rest.find(',');
+        std::string_view part = trim(rest.substr(0, comma));
+        if (!part.empty())
+            out.emplace_back(part);
+        if (comma == std::string_view::npos)
+            break;
+        rest.remove_prefix(comma + 1);
+    }
+    return out;
+}
+
+bool starts_with_nocase(std::string_view s, std::string_view prefix)
+{
+    return s.size() >= prefix.size() && to_lower(s.substr(0, prefix.size())) == prefix;
+}
+
+} // namespace
+
+std::size_t edit_distance(std::string_view a, std::string_view b)
+{
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j)
+        row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diag = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            std::size_t up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+bool valid_email(std::string_view a)
+{
+    std::size_t at = a.rfind('@');
+    if (at == std::string_view::npos || at == 0 || at + 1 >= a.size() || a.size() > 254)
+        return false;
+    std::string_view local = a.substr(0, at);
+    std::string_view domain = a.substr(at + 1);
+    if (local.size() > 64 || local.front() == '.' || local.back() == '.' || local.find("..") != local.npos)
+        return false;
+    for (unsigned char c : local) {
+        if (c <= ' ' || c == 0x7f || std::strchr("()<>[]\\,;:\"@", c))
+            return false;
+    }
+    // Labels of letters, digits and hyphens; UTF-8 bytes pass for
+    // internationalized domains. A single label (localhost) is allowed.
+    std::size_t start = 0;
+    while (true) {
+        std::size_t dot = domain.find('.', start);
+        std::string_view label = domain.substr(start, dot == domain.npos ? domain.npos : dot - start);
+        if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-')
+            return false;
+        for (unsigned char c : label) {
+            if (!(std::isalnum(c) || c == '-' || c >= 0x80))
+                return false;
+        }
+        if (dot == domain.npos)
+            break;
+        start = dot + 1;
+    }
+    return true;
+}
+
+void check_private_mode(const fs::path &path, const std::string &file, int line, const std::string &key,
+                        const std::string &why, Diagnostics &diag)
+{
+    std::error_code ec;
+    fs::perms p = fs::status(path, ec).permissions();
+    if (ec || p == fs::perms::unknown)
+        return;
+    if ((p & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none)
+        return;
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(p & fs::perms::mask));
+    diag.warning(file, line, key,
+                 path.string() + " " + why + " but is accessible by group or others (mode " + mode +
+                     "): run chmod 600 " + path.string());
+}
+
+BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Format format, Diagnostics &diag)
+{
+    Fields f(s, k_main_keys.data(), k_main_keys.size(), diag);
+    BuiltConnector out;
+    ConnectorConfig &c = out.config;
+
+    c.tunnel_manager_id = f.required("tunnel_manager_id", "a name for this connector");
+    out.tunnel_dirs_set = f.find("tunnel_dirs") != nullptr;
+    out.tunnel_dirs_line = f.line("tunnel_dirs");
+    c.tunnel_dirs = f.path("tunnel_dirs", base_dir, format == Format::ini ? "configs" : "");
+    if (out.tunnel_dirs_set && c.tunnel_dirs.empty() && f.find("tunnel_dirs")->kind == RawValue::Kind::text)
+        f.error("tunnel_dirs", "is empty: set it to the directory holding the tunnel .ini files");
+    c.log_level = f.log_level("log_level", LogLevel::info);
+    c.log_to_console = f.boolean("log_to_console", false);
+    c.log_path = f.path("log_path", base_dir, "./logs");
+    if (f.find("log_path") && c.log_path.empty() && f.find("log_path")->kind == RawValue::Kind::text)
+        f.error("log_path", "is empty: set it to the directory for log files (default ./logs)");
+    c.inspection_port = f.port("inspection_port", 9999, "the HTTP status API port");
+    c.inspection_localhost_only = f.boolean("inspection_localhost_only", true);
+    c.inspection_token = f.string("inspection_token");
+    if (!c.inspection_localhost_only && c.inspection_token.empty())
+        f.warning("inspection_localhost_only",
+                  "the status API is reachable from the network without a token: set inspection_token");
+
+    c.smtp_hostname = f.string("smtp_hostname");
+    c.smtp_port = f.port("smtp_port", 25, "the SMTP server's port");
+    if (f.find("smtp_security")) {
+        std::string sec = to_lower(f.string("smtp_security"));
+        if (sec == "none")
+            c.smtp_security = SmtpSecurity::none;
+        else if (sec == "tls")
+            c.smtp_security = SmtpSecurity::starttls;
+        else if (sec == "ssl")
+            c.smtp_security = SmtpSecurity::ssl;
+        else if (f.find("smtp_security")->kind == RawValue::Kind::text)
+            f.error("smtp_security", "'" + f.find("smtp_security")->text +
+                                         "' is not a choice: write none, tls (STARTTLS) or ssl (implicit TLS)");
+    }
+    c.smtp_login = f.string("smtp_login");
+    c.smtp_password = f.string("smtp_password");
+    c.smtp_from = f.string("smtp_from");
+    if (const RawValue *to = f.find("smtp_to")) {
+        if (to->kind == RawValue::Kind::text || to->kind == RawValue::Kind::string_array)
+            c.smtp_to = split_addresses(*to);
+        else
+            f.error("smtp_to", "must be a string or an array of strings: write smtp_to = \"ops@example.com\"");
+    }
+    c.smtp_ca_file = f.path("smtp_ca_file", base_dir, "");
+    if (!c.smtp_ca_file.empty())
+        check_readable(f, "smtp_ca_file", c.smtp_ca_file, "fix smtp_ca_file or remove it to use the system store");
+    c.smtp_verify_tls = f.boolean("smtp_verify_tls", true);
+
+    if (!c.smtp_hostname.empty()) {
+        if (c.smtp_to.empty())
+            f.error("smtp_to", f.find("smtp_to") ? "is empty: set it to the address alerts go to"
+                                                 : "missing: e-mail alerts (smtp_hostname) need smtp_to = "
+                                                   "the address alerts go to");
+        if (c.smtp_from.empty() && c.smtp_login.empty())
+            f.error("smtp_from", "missing: e-mail alerts need a sender: set smtp_from (or an smtp_login that "
+                                 "is an address)");
+        else if (c.smtp_from.empty() && !valid_email(c.smtp_login))
+            diag.error(s.file, f.line("smtp_login"), "smtp_from",
+                       "not set, and its default smtp_login '" + c.smtp_login +
+                           "' is not an e-mail address: set smtp_from to the sender address");
+        if (!c.smtp_login.empty() && c.smtp_password.empty())
+            f.warning("smtp_login", "set without smtp_password: AUTH will use an empty password");
+    } else if (!c.smtp_to.empty()) {
+        f.warning("smtp_to", "set but smtp_hostname is not: e-mail alerts are off; set smtp_hostname to enable them");
+    }
+    if (c.smtp_from.empty() && valid_email(c.smtp_login))
+        c.smtp_from = c.smtp_login;
+    else if (!c.smtp_from.empty() && !valid_email(c.smtp_from))
+        f.error("smtp_from", "'" + c.smtp_from + "' is not an e-mail address: write it as name@example.com");
+    for (const std::string &to : c.smtp_to) {
+        if (!valid_email(to))
+            f.error("smtp_to", "'" + to + "' is not an e-mail address: write it as name@example.com (separate "
+                               "several with commas)");
+    }
+
+    c.http_url = f.string("http_url");
+    c.http_user = f.string("http_user");
+    c.http_password = f.string("http_password");
+    if (!c.http_url.empty()) {
+        if (!starts_with_nocase(c.http_url, "http://") && !starts_with_nocase(c.http_url, "https://"))
+            f.error("http_url", "'" + c.http_url + "' is not an http:// or https:// URL: write the webhook's full URL");
+        if (c.http_user.empty())
+            f.error("http_user", "missing: webhook alerts (http_url) need http_user for basic auth");
+        if (c.http_password.empty())
+            f.error("http_password", "missing: webhook alerts (http_url) need http_password for basic auth");
+    }
+
+    c.signature = f.string("signature");
+    c.mac_address_pub_key = f.path("mac_address_pub_key", base_dir, "");
+    if (!c.mac_address_pub_key.empty())
+        check_readable(f, "mac_address_pub_key", c.mac_address_pub_key,
+                       "set mac_address_pub_key to the PEM public key file");
+    else if (!c.signature.empty())
+        f.error("mac_address_pub_key",
+                "missing: signature is set, so the PEM public key that checks it is needed: add "
+                "mac_address_pub_key = <path>");
+    c.grace_period_ms = std::chrono::milliseconds(
+        f.integer("grace_period_ms", 5000, 0, 3'600'000, "milliseconds connections get to finish on stop"));
+
+    out.holds_secrets = !c.smtp_password.empty() || !c.http_password.empty() || !c.inspection_token.empty();
+    return out;
+}
+
+BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::string default_name, Diagnostics &diag)
+{
+    Fields f(s, k_tunnel_keys.data(), k_tunnel_keys.size(), diag);
+    BuiltTunnel out;
+    out.file = s.file;
+    out.section_line = s.line;
+    TunnelConfig &t = out.config;
+
+    t.tunnel_name = f.string("tunnel_name");
+    if (t.tunnel_name.empty())
+        t.tunnel_name = std::move(default_name);
+    out.name_line = f.line("tunnel_name");
+    t.server_host = f.required("server_host", "the SSH bastion's host name");
+    t.server_port = f.port("server_port", 22, "the bastion's SSH port");
+    t.port = f.port("port", 4000, "the port the bastion listens on");
+    out.port_line = f.line("port");
+    t.bind_address = f.string("bind_address");
+    t.remote_host = f.required("remote_host", "the local service's host");
+    t.remote_port = f.port("remote_port", 22, "the local service's port");
+    t.username = f.required("username", "the SSH user on the bastion");
+
+    std::string keyfile = f.required("keyfile", "the private key file");
+    if (!keyfile.empty()) {
+        t.keyfile = f.path("keyfile", base_dir, "");
+        if (check_readable(f, "keyfile", t.keyfile, "put the private key there or fix keyfile"))
+            check_private_mode(t.keyfile, s.file, f.line("keyfile"), "keyfile", "is a private key", diag);
+    }
+    const std::string keyscan = "ssh-keyscan -p " + std::to_string(t.server_port) + " " +
+                                (t.server_host.empty() ? "HOST" : t.server_host);
+    t.server_key = f.path("server_key", base_dir, "");
+    if (!t.server_key.empty())
+        check_readable(f, "server_key", t.server_key,
+                       "create it with " + keyscan + " > known_hosts");
+    else
+        f.warning("server_key", "not set: every host key of the bastion will be refused; set server_key to a "
+                                "known_hosts file (" + keyscan + " > known_hosts)");
+    t.keep_alive_time = std::chrono::seconds(
+        f.integer("keep_alive_time", 30, 1, 86400, "the seconds between health checks"));
+    t.log_level = f.log_level("log_level", LogLevel::debug);
+    t.log_to_console = f.boolean("log_to_console", false);
+    return out;
+}
+
+void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag)
+{
+    std::map<std::string, const BuiltTunnel *> names;
+    std::map<std::string, const BuiltTunnel *> binds;
+    std::map<std::string, const BuiltTunnel *> logs;
+    for (const BuiltTunnel &t : tunnels) {
+        const TunnelConfig &c = t.config;
+        if (auto [it, fresh] = names.try_emplace(c.tunnel_name, &t); !fresh) {
+            diag.error(t.file, t.name_line, "tunnel_name",
+                       "'" + c.tunnel_name + "' is also the name of the tunnel in " + it->second->file + ":" +
+                           std::to_string(it->second->name_line) + ": give each tunnel its own name");
+        } else if (auto [lit, lfresh] = logs.try_emplace(c.source_name, &t); !lfresh) {
+            // Only checked for distinct names: a shared name already explains a shared log file.
+            diag.error(t.file, t.name_line, "tunnel_name",
+                       "the log file " + c.source_name + ".log would be shared with the tunnel in " +
+                           lit->second->file + ":" + std::to_string(lit->second->name_line) +
+                           ": rename one of them");
+        }
+        if (!c.server_host.empty()) {
+            std::string bind = to_lower(c.server_host) + ":" + std::to_string(c.server_port) + ":" +
+                               std::to_string(c.port);
+            if (auto [it, fresh] = binds.try_emplace(bind, &t); !fresh)
+                diag.error(t.file, t.port_line, "port",
+                           "port " + std::to_string(c.port) + " on " + c.server_host + ":" +
+                               std::to_string(c.server_port) + " is also used by the tunnel in " + it->second->file +
+                               ":" + std::to_string(it->second->port_line) +
+                               ": the bastion can bind a port only once; choose another port");
+        }
+    }
+}
+
+} // namespace pytun::config

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+// Turns RawSections into ConnectorConfig/TunnelConfig: types, defaults,
+// ranges, required keys, referenced files, and checks across tunnels.
+#pragma once
+
+#include "internal.h"
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <pytun/config.h>
+
+#include "config/raw.h"
+
+namespace pytun::config {
+
+enum class Format { ini, toml };
+
+struct BuiltConnector {
+    ConnectorConfig config;
+    int tunnel_dirs_line = 0;     ///< where tunnel_dirs was set, else the section header
+    bool tunnel_dirs_set = false;
+    bool holds_secrets = false;   ///< passwords or the API token: the file must be private
+};
+
+struct BuiltTunnel {
+    TunnelConfig config;
+    std::string file;             ///< as shown in diagnostics
+    int section_line = 0;
+    int name_line = 0;
+    int port_line = 0;
+};
+
+BuiltConnector build_connector(const RawSection &s, const std::filesystem::path &base_dir, Format format,
+                               Diagnostics &diag);
+
+/// `base_dir` resolves keyfile and server_key; `default_name` applies when
+/// neither tunnel_name nor connector_name is set.
+BuiltTunnel build_tunnel(const RawSection &s, const std::filesystem::path &base_dir, std::string default_name,
+                         Diagnostics &diag);
+
+/// Duplicate names, two tunnels on the same bastion port, shared log files.
+void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag);
+
+/// Warns when `path` is accessible by group or others, with the chmod to run.
+void check_private_mode(const std::filesystem::path &path, const std::string &file, int line,
+                        const std::string &key, const std::string &why, Diagnostics &diag);
+
+/// Syntax only: the original's DNS lookup made start-up fail without public DNS.
+bool valid_email(std::string_view address);
+
+/// Levenshtein distance, for "did you mean" suggestions.
+std::size_t edit_distance(std::string_view a, std::string_view b);
+
+} // namespace pytun::config

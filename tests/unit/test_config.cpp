@@ -1,0 +1,572 @@
+// SPDX-License-Identifier: MIT
+// Unit tests of configuration loading: the original's INI dialect, TOML, and
+// the diagnostics (file, line, key, message) for every kind of mistake.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <pytun/config.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "config/ini_parser.h"
+#include "config/schema.h"
+
+namespace fs = std::filesystem;
+using pytun::Diagnostic;
+using pytun::LoadResult;
+
+namespace {
+
+/// A fresh directory per test, removed afterwards, so key files with chosen
+/// modes can be created and fixtures copied without touching the source tree.
+struct TempDir {
+    fs::path path;
+    TempDir()
+    {
+        std::string tmpl = (fs::temp_directory_path() / "pytun-config-XXXXXX").string();
+        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+        path = tmpl;
+    }
+    ~TempDir()
+    {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    TempDir(const TempDir &) = delete;
+    TempDir &operator=(const TempDir &) = delete;
+};
+
+void write_file(const fs::path &p, const std::string &content, fs::perms mode = fs::perms::owner_read |
+                                                                                  fs::perms::owner_write)
+{
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << content;
+    fs::permissions(p, mode);
+}
+
+const fs::perms k_0644 = fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                         fs::perms::others_read;
+
+/// Copies data/config/<name> into `dir`, makes every file 0600 (git checks
+/// them out 0644, which would add permission warnings) and creates the keys.
+void install_fixture(const std::string &name, const fs::path &dir)
+{
+    fs::copy(fs::path(PYTUN_TEST_DATA) / name, dir, fs::copy_options::recursive);
+    for (const auto &e : fs::recursive_directory_iterator(dir)) {
+        if (e.is_regular_file())
+            fs::permissions(e.path(), fs::perms::owner_read | fs::perms::owner_write);
+    }
+}
+
+std::string dump(const LoadResult &r)
+{
+    std::string s;
+    for (const Diagnostic &d : r.diagnostics)
+        s += d.to_string() + "\n";
+    return s;
+}
+
+/// Number of diagnostics matching all of: severity, file name ending, line, key, a word of the message.
+int count(const LoadResult &r, Diagnostic::Severity sev, const std::string &file_end, int line,
+          const std::string &key, const std::string &word)
+{
+    int n = 0;
+    for (const Diagnostic &d : r.diagnostics) {
+        if (d.severity == sev && d.file.ends_with(file_end) && d.line == line && d.key == key &&
+            d.message.find(word) != std::string::npos)
+            ++n;
+    }
+    return n;
+}
+
+constexpr auto E = Diagnostic::Severity::error;
+constexpr auto W = Diagnostic::Severity::warning;
+
+} // namespace
+
+TEST_CASE("original-style INI installation loads with every value as written")
+{
+    TempDir tmp;
+    install_fixture("original", tmp.path);
+    write_file(tmp.path / "configs/keys/id_ldap", "not a real key\n");
+    write_file(tmp.path / "keys/id_ssh", "not a real key\n");
+
+    LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    // inspection_localhost_only=off without... a token is set, so no warning at all.
+    CHECK(r.diagnostics.empty());
+    const pytun::Config &c = *r.config;
+    CHECK(c.main_file == (tmp.path / "connector.ini").string());
+
+    const pytun::ConnectorConfig &m = c.connector;
+    CHECK(m.tunnel_manager_id == "site-42");
+    CHECK(m.tunnel_dirs == (tmp.path / "configs").string());
+    CHECK(m.log_level == pytun::LogLevel::debug);
+    CHECK(m.log_to_console == true);
+    CHECK(m.log_path == (tmp.path / "logs").string());
+    CHECK(m.inspection_port == 10999);
+    CHECK(m.inspection_localhost_only == false);
+    CHECK(m.inspection_token == "s3cret #1");
+    CHECK(m.smtp_hostname == "mail.example.com");
+    CHECK(m.smtp_port == 587);
+    CHECK(m.smtp_security == pytun::SmtpSecurity::starttls);
+    CHECK(m.smtp_login == "alerts@example.com");
+    CHECK(m.smtp_password == "pa ss");
+    CHECK(m.smtp_from == "alerts@example.com"); // defaults to smtp_login
+    CHECK(m.smtp_to == std::vector<std::string>{"ops@example.com", "oncall@example.com"});
+    CHECK(m.smtp_ca_file.empty());
+    CHECK(m.smtp_verify_tls == true);
+    CHECK(m.http_url == "https://hooks.example.com/pytun");
+    CHECK(m.http_user == "hook");
+    CHECK(m.http_password == "hookpw");
+    CHECK(m.signature.empty());
+    CHECK(m.grace_period_ms == std::chrono::milliseconds(2500));
+
+    // Only the three *.ini files directly in configs/, in name order.
+    REQUIRE(c.tunnels.size() == 3);
+    const pytun::TunnelConfig &ldap = c.tunnels[0];
+    CHECK(ldap.tunnel_name == "LDAP");
+    CHECK(ldap.server_host == "bastion.example.com");
+    CHECK(ldap.server_port == 2222);
+    CHECK(ldap.port == 10389); // the inline comment is not part of the value
+    CHECK(ldap.bind_address.empty());
+    CHECK(ldap.remote_host == "ldap.local");
+    CHECK(ldap.remote_port == 389);
+    CHECK(ldap.username == "tunnel");
+    CHECK(ldap.keyfile == (tmp.path / "configs/keys/id_ldap").string());
+    CHECK(ldap.server_key == (tmp.path / "configs/known_hosts").string());
+    CHECK(ldap.keep_alive_time == std::chrono::seconds(2));
+    CHECK(ldap.log_level == pytun::LogLevel::info);
+    CHECK(ldap.log_to_console == false); // the original read "False" as true
+    CHECK(ldap.source_file == (tmp.path / "configs/10-ldap.ini").string());
+    CHECK(ldap.source_name == "10-ldap");
+
+    const pytun::TunnelConfig &ssh = c.tunnels[1];
+    CHECK(ssh.tunnel_name == "Test Tunnel");
+    CHECK(ssh.server_port == 22);
+    CHECK(ssh.port == 4001);
+    CHECK(ssh.bind_address == "127.0.0.1");
+    CHECK(ssh.remote_host == "127.0.0.1");
+    CHECK(ssh.remote_port == 22);
+    CHECK(ssh.keyfile == (tmp.path / "keys/id_ssh").string()); // relative to the tunnel file
+    CHECK(ssh.log_to_console == true);
+    CHECK(ssh.source_name == "20-ssh");
+
+    const pytun::TunnelConfig &def = c.tunnels[2];
+    CHECK(def.tunnel_name == (tmp.path / "configs/30-defaults.ini").string());
+    CHECK(def.server_port == 22);
+    CHECK(def.port == 4000);
+    CHECK(def.remote_port == 22);
+    CHECK(def.keep_alive_time == std::chrono::seconds(30));
+    CHECK(def.log_level == pytun::LogLevel::debug);
+    CHECK(def.log_to_console == false);
+    CHECK(def.source_name == "30-defaults");
+}
+
+TEST_CASE("TOML equivalent loads to the same values")
+{
+    TempDir tmp;
+    install_fixture("original", tmp.path);
+    fs::copy(fs::path(PYTUN_TEST_DATA) / "toml/connector.toml", tmp.path / "connector.toml");
+    fs::permissions(tmp.path / "connector.toml", fs::perms::owner_read | fs::perms::owner_write);
+    write_file(tmp.path / "configs/keys/id_ldap", "not a real key\n");
+    write_file(tmp.path / "keys/id_ssh", "not a real key\n");
+
+    LoadResult ini = pytun::load_config((tmp.path / "connector.ini").string());
+    LoadResult toml = pytun::load_config((tmp.path / "connector.toml").string());
+    INFO(dump(ini), dump(toml));
+    REQUIRE(ini.ok());
+    REQUIRE(toml.ok());
+    CHECK(toml.diagnostics.empty());
+    const pytun::ConnectorConfig &a = ini.config->connector;
+    const pytun::ConnectorConfig &b = toml.config->connector;
+    CHECK(b.tunnel_dirs.empty()); // TOML holds its tunnels itself
+    CHECK(a.tunnel_manager_id == b.tunnel_manager_id);
+    CHECK(a.log_level == b.log_level);
+    CHECK(a.log_to_console == b.log_to_console);
+    CHECK(a.log_path == b.log_path);
+    CHECK(a.inspection_port == b.inspection_port);
+    CHECK(a.inspection_localhost_only == b.inspection_localhost_only);
+    CHECK(a.inspection_token == b.inspection_token);
+    CHECK(a.smtp_hostname == b.smtp_hostname);
+    CHECK(a.smtp_port == b.smtp_port);
+    CHECK(a.smtp_security == b.smtp_security);
+    CHECK(a.smtp_login == b.smtp_login);
+    CHECK(a.smtp_password == b.smtp_password);
+    CHECK(a.smtp_from == b.smtp_from);
+    CHECK(a.smtp_to == b.smtp_to);
+    CHECK(a.smtp_verify_tls == b.smtp_verify_tls);
+    CHECK(a.http_url == b.http_url);
+    CHECK(a.http_user == b.http_user);
+    CHECK(a.http_password == b.http_password);
+    CHECK(a.grace_period_ms == b.grace_period_ms);
+
+    REQUIRE(toml.config->tunnels.size() == ini.config->tunnels.size());
+    for (std::size_t i = 0; i < ini.config->tunnels.size(); ++i) {
+        const pytun::TunnelConfig &x = ini.config->tunnels[i];
+        const pytun::TunnelConfig &y = toml.config->tunnels[i];
+        CAPTURE(i);
+        if (i < 2)
+            CHECK(x.tunnel_name == y.tunnel_name);
+        CHECK(x.server_host == y.server_host);
+        CHECK(x.server_port == y.server_port);
+        CHECK(x.port == y.port);
+        CHECK(x.bind_address == y.bind_address);
+        CHECK(x.remote_host == y.remote_host);
+        CHECK(x.remote_port == y.remote_port);
+        CHECK(x.username == y.username);
+        CHECK(x.keyfile == y.keyfile);
+        CHECK(x.server_key == y.server_key);
+        CHECK(x.keep_alive_time == y.keep_alive_time);
+        CHECK(x.log_level == y.log_level);
+        CHECK(x.log_to_console == y.log_to_console);
+        CHECK(y.source_file == (tmp.path / "connector.toml").string());
+    }
+    // Unnamed TOML tunnels are numbered; log files follow the (safe) name.
+    CHECK(toml.config->tunnels[2].tunnel_name == "tunnel-3");
+    CHECK(toml.config->tunnels[1].source_name == "Test_Tunnel");
+}
+
+TEST_CASE("legacy pytun.ini is used when connector.ini is absent")
+{
+    TempDir tmp;
+    install_fixture("legacy", tmp.path);
+    write_file(tmp.path / "configs/id_only", "not a real key\n");
+    LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(r.config->main_file == (tmp.path / "pytun.ini").string());
+    CHECK(r.config->connector.tunnel_manager_id == "legacy");
+    CHECK(r.config->connector.log_path == (tmp.path / "logs").string());
+    REQUIRE(r.config->tunnels.size() == 1);
+    CHECK(r.config->tunnels[0].keyfile == (tmp.path / "configs/id_only").string());
+}
+
+TEST_CASE("a missing main file is one error, no config")
+{
+    TempDir tmp;
+    LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
+    CHECK_FALSE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].file == (tmp.path / "connector.ini").string());
+    CHECK(r.diagnostics[0].message.find("cannot read") != std::string::npos);
+}
+
+TEST_CASE("broken files: every problem reported with file, line and key")
+{
+    TempDir tmp;
+    install_fixture("broken", tmp.path);
+    write_file(tmp.path / "configs/id_c", "not a real key\n", k_0644);
+
+    LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK_FALSE(r.config.has_value());
+
+    struct Expected {
+        Diagnostic::Severity sev;
+        const char *file;
+        int line;
+        const char *key;
+        const char *word;
+    };
+    const std::string keypath = (tmp.path / "configs/missing_key").string();
+    const std::string khpath = (tmp.path / "configs/nowhere/known_hosts").string();
+    const std::string idc = (tmp.path / "configs/id_c").string();
+    const std::vector<Expected> expected = {
+        {E, "/connector.ini", 1, "tunnel_manager_id", "missing"},
+        {E, "/connector.ini", 3, "log_level", "CRITICAL"},
+        {E, "/connector.ini", 4, "log_to_console", "1, yes, true, on, 0, no, false or off"},
+        {E, "/connector.ini", 5, "inspection_port", "from 1 to 65535"},
+        {E, "/connector.ini", 7, "smtp_security", "none, tls"},
+        {E, "/connector.ini", 8, "smtp_from", "not an e-mail address"},
+        {E, "/connector.ini", 9, "smtp_port", "not a number"},
+        {W, "/connector.ini", 11, "logpath", "did you mean 'log_path'?"},
+        {W, "/connector.ini", 13, "smtp_login", "line 12"},
+        {W, "/connector.ini", 14, "keep_alive_time", "unknown key"},
+        {E, "/connector.ini", 1, "smtp_to", "missing"},
+        {E, "/connector.ini", 1, "http_user", "missing"},
+        {E, "/connector.ini", 1, "http_password", "missing"},
+        {W, "/connector.ini", 13, "smtp_login", "without smtp_password"},
+
+        {E, "/a-missing.ini", 1, "server_host", "missing"},
+        {E, "/a-missing.ini", 1, "remote_host", "missing"},
+        {E, "/a-missing.ini", 1, "username", "missing"},
+        {E, "/a-missing.ini", 1, "keyfile", "missing"},
+        {E, "/a-missing.ini", 3, "server_port", "not a number"},
+        {E, "/a-missing.ini", 4, "port", "out of range"},
+        {W, "/a-missing.ini", 5, "keyfil", "did you mean 'keyfile'?"},
+        {E, "/a-missing.ini", 6, "keep_alive_time", "from 1 to"},
+        {W, "/a-missing.ini", 1, "server_key", "refused"},
+
+        {E, "/b-dup.ini", 2, "tunnel_name", "a-missing.ini:2"},
+        {E, "/b-dup.ini", 7, "keyfile", keypath.c_str()},
+        {E, "/b-dup.ini", 8, "server_key", khpath.c_str()},
+        {E, "/b-dup.ini", 9, "log_level", "not a log level"},
+
+        {E, "/c-same-port.ini", 4, "port", "b-dup.ini:4"},
+        {W, "/c-same-port.ini", 7, "keyfile", "chmod 600"},
+        {E, "/c-same-port.ini", 9, "log_to_console", "not a boolean"},
+
+        {W, "/d-nosection.ini", 1, "", "unknown section"},
+        {E, "/d-nosection.ini", 0, "", "no [tunnel] section"},
+
+        {E, "/e-syntax.ini", 2, "", "key = value"},
+        {E, "/e-syntax.ini", 3, "", "malformed section header"},
+        // The garbage lines carried no keys, so the required ones are missing too.
+        {E, "/e-syntax.ini", 1, "server_host", "missing"},
+        {E, "/e-syntax.ini", 1, "remote_host", "missing"},
+        {E, "/e-syntax.ini", 1, "username", "missing"},
+        {E, "/e-syntax.ini", 1, "keyfile", "missing"},
+        {W, "/e-syntax.ini", 1, "server_key", "ssh-keyscan -p 22 HOST"},
+    };
+    for (const Expected &x : expected) {
+        CAPTURE(x.file);
+        CAPTURE(x.line);
+        CAPTURE(x.key);
+        CAPTURE(x.word);
+        CHECK(count(r, x.sev, x.file, x.line, x.key, x.word) == 1);
+    }
+    // Nothing else: the subdirectory-free dir and the exact list above.
+    CHECK(r.diagnostics.size() == expected.size());
+    // The chmod advice names the file.
+    CHECK(count(r, W, "/c-same-port.ini", 7, "keyfile", "chmod 600 " + idc) == 1);
+    CHECK(count(r, W, "/c-same-port.ini", 7, "keyfile", "0644") == 1);
+}
+
+TEST_CASE("file permissions: private key and password file")
+{
+    TempDir tmp;
+    install_fixture("original", tmp.path);
+    write_file(tmp.path / "configs/keys/id_ldap", "k\n", k_0644);
+    write_file(tmp.path / "keys/id_ssh", "k\n");
+    fs::permissions(tmp.path / "connector.ini", k_0644);
+
+    LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
+    INFO(dump(r));
+    REQUIRE(r.ok()); // warnings only
+    const std::string main = (tmp.path / "connector.ini").string();
+    // The first secret in the file is inspection_token on line 10.
+    CHECK(count(r, W, "/connector.ini", 10, "inspection_token", "chmod 600 " + main) == 1);
+    // id_ldap is used by two tunnels: one warning each.
+    CHECK(count(r, W, "/10-ldap.ini", 10, "keyfile", "chmod 600") == 1);
+    CHECK(count(r, W, "/30-defaults.ini", 5, "keyfile", "chmod 600") == 1);
+    CHECK(r.diagnostics.size() == 3);
+
+    fs::permissions(tmp.path / "connector.ini", fs::perms::owner_read | fs::perms::owner_write);
+    fs::permissions(tmp.path / "configs/keys/id_ldap", fs::perms::owner_read | fs::perms::owner_write);
+    r = pytun::load_config((tmp.path / "connector.ini").string());
+    CHECK(r.diagnostics.empty());
+}
+
+TEST_CASE("tunnel_dirs: absent is an error, empty is a warning")
+{
+    TempDir tmp;
+    LoadResult r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = x\ntunnel_dirs = nope\n", "ini",
+                                                  tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "<string>", 3, "tunnel_dirs", (tmp.path / "nope").string()) == 1);
+
+    // Default tunnel_dirs is "configs" next to the main file.
+    r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = x\n", "ini", tmp.path.string());
+    CHECK(count(r, E, "<string>", 1, "tunnel_dirs", (tmp.path / "configs").string()) == 1);
+
+    fs::create_directory(tmp.path / "configs");
+    write_file(tmp.path / "configs/readme.txt", "no tunnels here\n");
+    r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = x\n", "ini", tmp.path.string());
+    REQUIRE(r.ok());
+    CHECK(count(r, W, "<string>", 1, "tunnel_dirs", "no tunnels configured") == 1);
+    CHECK(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].to_string().starts_with("warning: <string>:1: tunnel_dirs: no tunnels configured"));
+}
+
+TEST_CASE("main file structure errors")
+{
+    TempDir tmp;
+    LoadResult r = pytun::load_config_from_string("tunnel_manager_id = x\n[other]\na = b\n", "ini",
+                                                  tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "<string>", 1, "tunnel_manager_id", "before any section") == 1);
+    CHECK(count(r, W, "<string>", 2, "", "unknown section [other]") == 1);
+    CHECK(count(r, E, "<string>", 0, "", "no [pytun] section") == 1);
+    CHECK(r.diagnostics.size() == 3);
+    for (const Diagnostic &d : r.diagnostics) {
+        if (d.line == 0)
+            CHECK(d.to_string() == "<string>: " + d.message);
+    }
+
+    r = pytun::load_config_from_string("", "yaml", tmp.path.string());
+    CHECK_FALSE(r.ok());
+    CHECK(r.diagnostics.at(0).message.find("ini") != std::string::npos);
+}
+
+TEST_CASE("main section checks: e-mail, webhook, signature, token")
+{
+    TempDir tmp;
+    fs::create_directory(tmp.path / "configs");
+    write_file(tmp.path / "configs/t.ini",
+               "[tunnel]\nserver_host=h\nremote_host=r\nusername=u\nkeyfile=k\nserver_key=kh\n");
+    write_file(tmp.path / "configs/k", "k\n");
+    write_file(tmp.path / "configs/kh", "kh\n");
+    const std::string text = "[pytun]\n"
+                             "tunnel_manager_id = x\n"              // 2
+                             "smtp_hostname = mail\n"               // 3
+                             "smtp_login = bob\n"                   // 4
+                             "smtp_to = ok@example.com, bad@@x\n"   // 5
+                             "http_url = ftp://x\n"                 // 6
+                             "http_user = u\n"                      // 7
+                             "http_password = p\n"                  // 8
+                             "signature = abc\n"                    // 9
+                             "inspection_localhost_only = no\n"     // 10
+                             "smtp_ca_file = ca.pem\n"              // 11
+                             "grace_period_ms = -1\n"               // 12
+                             "smtp_verify_tls = nope\n";            // 13
+    LoadResult r = pytun::load_config_from_string(text, "ini", tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "<string>", 4, "smtp_from", "'bob' is not an e-mail address") == 1);
+    CHECK(count(r, W, "<string>", 4, "smtp_login", "without smtp_password") == 1);
+    CHECK(count(r, E, "<string>", 5, "smtp_to", "'bad@@x'") == 1);
+    CHECK(count(r, E, "<string>", 6, "http_url", "https://") == 1);
+    CHECK(count(r, E, "<string>", 1, "mac_address_pub_key", "signature") == 1);
+    CHECK(count(r, W, "<string>", 10, "inspection_localhost_only", "inspection_token") == 1);
+    CHECK(count(r, E, "<string>", 11, "smtp_ca_file", (tmp.path / "ca.pem").string()) == 1);
+    CHECK(count(r, E, "<string>", 12, "grace_period_ms", "from 0 to 3600000") == 1);
+    CHECK(count(r, E, "<string>", 13, "smtp_verify_tls", "not a boolean") == 1);
+    CHECK(r.diagnostics.size() == 9);
+}
+
+TEST_CASE("TOML: types are checked and the fix is named")
+{
+    TempDir tmp;
+    write_file(tmp.path / "k", "k\n");
+    write_file(tmp.path / "kh", "kh\n");
+    const std::string text = "[pytun]\n"                         // 1
+                             "tunnel_manager_id = \"x\"\n"         // 2
+                             "inspection_port = \"9999\"\n"        // 3
+                             "log_to_console = \"yes\"\n"          // 4
+                             "log_path = 5\n"                      // 5
+                             "\n"                                  // 6
+                             "[[tunnel]]\n"                        // 7
+                             "server_host = \"h\"\n"               // 8
+                             "remote_host = \"r\"\n"               // 9
+                             "username = \"u\"\n"                  // 10
+                             "keyfile = \"k\"\n"                   // 11
+                             "server_key = \"kh\"\n"               // 12
+                             "keep_alive_time = 1.5\n"             // 13
+                             "keyfiel = \"k\"\n"                   // 14
+                             "\n"                                  // 15
+                             "[[tunnel]]\n"                        // 16
+                             "tunnel_name = \"tunnel-1\"\n"        // 17
+                             "server_host = \"H\"\n"               // 18
+                             "port = 4000\n"                       // 19
+                             "remote_host = \"r\"\n"
+                             "username = \"u\"\n"
+                             "keyfile = \"k\"\n"
+                             "server_key = \"kh\"\n"
+                             "\n"
+                             "[extra]\n";                          // 25
+    LoadResult r = pytun::load_config_from_string(text, "toml", tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "<string>", 3, "inspection_port", "without quotes") == 1);
+    CHECK(count(r, E, "<string>", 4, "log_to_console", "true or") == 1);
+    CHECK(count(r, E, "<string>", 5, "log_path", "must be a string") == 1);
+    CHECK(count(r, E, "<string>", 13, "keep_alive_time", "whole number") == 1);
+    CHECK(count(r, W, "<string>", 14, "keyfiel", "did you mean 'keyfile'?") == 1);
+    CHECK(count(r, E, "<string>", 17, "tunnel_name", "<string>:7") == 1);
+    CHECK(count(r, E, "<string>", 19, "port", "bind a port only once") == 1);
+    CHECK(count(r, W, "<string>", 25, "extra", "unknown") == 1);
+    CHECK(r.diagnostics.size() == 8);
+
+    r = pytun::load_config_from_string("[pytun]\nx = \n", "toml", tmp.path.string());
+    CHECK_FALSE(r.ok());
+    REQUIRE(r.diagnostics.size() == 1);
+    CHECK(r.diagnostics[0].line == 2);
+    CHECK(r.diagnostics[0].message.find("TOML") != std::string::npos);
+
+    r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = \"x\"\n", "toml", tmp.path.string());
+    REQUIRE(r.ok());
+    CHECK(count(r, W, "<string>", 1, "", "no tunnels configured") == 1);
+    CHECK(r.config->connector.log_path == (tmp.path / "logs").string());
+}
+
+TEST_CASE("INI values: comments, quotes, separators")
+{
+    using pytun::config::clean_ini_value;
+    CHECK(clean_ini_value(" 10389 # Port to listen on SSH server") == "10389");
+    CHECK(clean_ini_value("10389 ; comment") == "10389");
+    CHECK(clean_ini_value("\"Test Tunnel\"") == "Test Tunnel");
+    CHECK(clean_ini_value("'single'") == "single");
+    CHECK(clean_ini_value("\"Test Tunnel\" # comment") == "Test Tunnel");
+    CHECK(clean_ini_value("\"pa #ss\"") == "pa #ss"); // a quoted value may hold " #"
+    CHECK(clean_ini_value("\"mismatched'") == "\"mismatched'");
+    CHECK(clean_ini_value("http://x/#frag") == "http://x/#frag"); // no whitespace before '#'
+    CHECK(clean_ini_value("a\"b\"") == "a\"b\"");
+    CHECK(clean_ini_value("\"\"") == "");
+    CHECK(clean_ini_value("   ") == "");
+
+    pytun::config::Diagnostics diag;
+    auto sections = pytun::config::parse_ini("\xEF\xBB\xBF[Tunnel]\r\nKey: v: w\r\n a = b=c \n; x\n# y\n", "f", diag);
+    REQUIRE(sections.size() == 1);
+    CHECK(sections[0].name == "tunnel");
+    REQUIRE(sections[0].entries.size() == 2);
+    CHECK(sections[0].entries[0].key == "key");
+    CHECK(sections[0].entries[0].text == "v: w");
+    CHECK(sections[0].entries[1].key == "a");
+    CHECK(sections[0].entries[1].text == "b=c");
+    CHECK(sections[0].entries[1].line == 3);
+    CHECK(diag.take().empty());
+}
+
+TEST_CASE("booleans accept the listed words in any case, nothing else")
+{
+    TempDir tmp;
+    for (const char *w : {"1", "yes", "TRUE", "On"}) {
+        auto r = pytun::load_config_from_string(std::string("[pytun]\ntunnel_manager_id=x\ntunnel_dirs=.\n"
+                                                            "log_to_console=") + w + "\n", "ini", tmp.path.string());
+        CAPTURE(w);
+        REQUIRE(r.ok());
+        CHECK(r.config->connector.log_to_console == true);
+    }
+    for (const char *w : {"0", "No", "false", "OFF"}) {
+        auto r = pytun::load_config_from_string(std::string("[pytun]\ntunnel_manager_id=x\ntunnel_dirs=.\n"
+                                                            "log_to_console=") + w + "\n", "ini", tmp.path.string());
+        CAPTURE(w);
+        REQUIRE(r.ok());
+        CHECK(r.config->connector.log_to_console == false);
+    }
+    for (const char *w : {"", "y", "2", "False!", "enabled"}) {
+        auto r = pytun::load_config_from_string(std::string("[pytun]\ntunnel_manager_id=x\ntunnel_dirs=.\n"
+                                                            "log_to_console=") + w + "\n", "ini", tmp.path.string());
+        CAPTURE(w);
+        CHECK_FALSE(r.ok());
+        CHECK(count(r, E, "<string>", 4, "log_to_console", "not a boolean") == 1);
+    }
+}
+
+TEST_CASE("helpers: e-mail syntax and edit distance")
+{
+    using pytun::config::edit_distance;
+    using pytun::config::valid_email;
+    CHECK(valid_email("ops@example.com"));
+    CHECK(valid_email("first.last+tag@sub.example.co.uk"));
+    CHECK(valid_email("root@localhost"));
+    CHECK_FALSE(valid_email("plain"));
+    CHECK_FALSE(valid_email("@example.com"));
+    CHECK_FALSE(valid_email("a@"));
+    CHECK_FALSE(valid_email("a b@example.com"));
+    CHECK_FALSE(valid_email("a@-x.com"));
+    CHECK_FALSE(valid_email("a@x..com"));
+    CHECK_FALSE(valid_email(".a@x.com"));
+    CHECK(edit_distance("keyfil", "keyfile") == 1);
+    CHECK(edit_distance("", "abc") == 3);
+    CHECK(edit_distance("kitten", "sitting") == 3);
+}
