@@ -495,6 +495,7 @@ def measure_echo_phases(contender, echo_port, args):
                              time.monotonic() + args.latency_timeout)
                 res["latency_p50_ms"] = percentile(ms, 50)
                 res["latency_p99_ms"] = percentile(ms, 99)
+                res["latency_samples_ms"] = [round(x, 4) for x in ms]
             except (OSError, PhaseError) as e:
                 res["latency_error"] = str(e)
                 log("%s latency failed: %s" % (contender.name, e))
@@ -597,10 +598,11 @@ class FixtureInfo:
         self.port = int(info["port"])
         self.user = str(info["user"])
         args = list(fixture.ssh_base_args(info))
-        self.key = _arg_after(args, "-i") or _find_path(info, ("id_ed25519", "key"))
-        self.known_hosts = _opt_value(args, "UserKnownHostsFile") or _find_path(info, ("known_hosts",))
-        if not _has_destination(args):
-            args.append("%s@127.0.0.1" % self.user)
+        # The fixture's own key names first; the ssh arguments say the same.
+        self.key = info.get("key_ed25519") or _arg_after(args, "-i")
+        self.known_hosts = info.get("known_hosts_bracketed") or _opt_value(args, "UserKnownHostsFile")
+        if not _has_destination(args):  # the fixture leaves the host to us
+            args.append("127.0.0.1" if "-l" in args else "%s@127.0.0.1" % self.user)
         self.ssh_args = args
         if not self.key or not self.known_hosts:
             raise RuntimeError("cannot find user key / known_hosts in fixture info: %r" % info)
@@ -621,14 +623,6 @@ def _opt_value(args, name):
     return None
 
 
-def _find_path(info, wanted):
-    for want in wanted:
-        for k, v in info.items():
-            if isinstance(v, str) and (k == want or os.path.basename(v) == want) and os.path.isfile(v):
-                return v
-    return None
-
-
 def _has_destination(args):
     return bool(args) and not args[-1].startswith("-") and ("@" in args[-1] or args[-1] in ("127.0.0.1", "localhost"))
 
@@ -637,7 +631,7 @@ def restrict_server_crypto(info):
     """Make sshd offer only CIPHER and MAC, so that pytun (which has no cipher
     option) negotiates the same algorithms that `ssh -c/-m` asks for.
     Prepended because sshd_config uses the first value it reads."""
-    cfg = info.get("sshd_config") or info.get("config") or _find_path(info, ("sshd_config",))
+    cfg = info.get("sshd_config")
     if not cfg or not os.path.isfile(cfg):
         return "sshd_config not found in fixture info; server crypto not restricted"
     text = Path(cfg).read_text()
@@ -880,7 +874,6 @@ def main(argv=None):
         ports = json.loads(line)
         log("services on 127.0.0.1: %s" % ports)
 
-        os.makedirs(os.path.join(tmp, "sshd"))
         info = fixture.prepare(os.path.join(tmp, "sshd"))
         if not args.no_restrict_crypto:
             results["server_crypto"] = restrict_server_crypto(info)
