@@ -141,6 +141,20 @@ def tcp_listening(port, host="127.0.0.1"):
     return False
 
 
+def listen_overflows():
+    """TcpExt ListenOverflows of this network namespace: SYNs dropped because
+    an accept queue was full (tells whether a backlog shaped the result)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            if names.startswith("TcpExt:"):
+                return int(dict(zip(names.split()[1:], values.split()[1:]))["ListenOverflows"])
+    except (OSError, KeyError, ValueError):
+        pass
+    return None
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -392,10 +406,11 @@ def percentile(values, p):
 def concurrent(port, nconn, size, deadline):
     """nconn simultaneous connections, each sending `size` bytes to the echo
     service while reading the echo back; one thread, selectors. Returns
-    (intact, failed, wall_seconds)."""
+    (intact, failed, wall_seconds, completion_seconds)."""
     base = memoryview(os.urandom(size + 8 * 512))
     sel = selectors.DefaultSelector()
     conns = {}
+    done_at = []  # seconds from start at which each connection completed
     t0 = time.perf_counter()
     for i in range(nconn):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -428,6 +443,7 @@ def concurrent(port, nconn, size, deadline):
                     st["got"] += r
                     if st["got"] == size:
                         st["ok"] = st["buf"] == st["out"]
+                        done_at.append(time.perf_counter() - t0)
                         sel.unregister(s)
                         s.close()
                         active -= 1
@@ -449,7 +465,7 @@ def concurrent(port, nconn, size, deadline):
             st["sock"].close()
     sel.close()
     intact = sum(1 for st in conns.values() if st["ok"])
-    return intact, nconn - intact, wall
+    return intact, nconn - intact, wall, sorted(done_at)
 
 
 # --------------------------------------------------------------------------
@@ -501,10 +517,20 @@ def measure_echo_phases(contender, echo_port, args):
                 log("%s latency failed: %s" % (contender.name, e))
         if "concurrent" in args.phases:
             try:
-                intact, failed, wall = concurrent(tun.bastion_port, args.concurrent, args.concurrent_bytes,
+                ovf0 = listen_overflows()
+                cpu0 = cpu_seconds(tun.pid)
+                intact, failed, wall, done_at = concurrent(tun.bastion_port, args.concurrent, args.concurrent_bytes,
                                                   time.monotonic() + args.concurrent_timeout)
+                ovf1 = listen_overflows()
+                if tun.proc.poll() is None:
+                    res["concurrent_cpu_s"] = cpu_seconds(tun.pid) - cpu0
+                if ovf0 is not None and ovf1 is not None:
+                    res["concurrent_listen_overflows"] = ovf1 - ovf0
                 res["concurrent_intact"] = intact
                 res["concurrent_wall_s"] = wall
+                if done_at:
+                    res["concurrent_completion_p50_s"] = percentile(done_at, 50)
+                    res["concurrent_completion_p90_s"] = percentile(done_at, 90)
                 if failed:
                     log("%s concurrent: %d of %d not intact" % (contender.name, failed, args.concurrent))
             except (OSError, PhaseError) as e:
@@ -698,6 +724,8 @@ METRICS = [
     ("latency_p99_ms", "connect+echo latency p99 ms", "lower", "%.3f"),
     ("concurrent_intact", "concurrent conns intact", "higher", "%d"),
     ("concurrent_wall_s", "concurrent wall time s", "lower", "%.2f"),
+    ("concurrent_cpu_s", "concurrent: CPU s of the contender", "lower", "%.2f"),
+    ("concurrent_listen_overflows", "concurrent: listen-queue overflows", "lower", "%d"),
     ("idle_rss_mib", "idle RSS MiB (1 tunnel)", "lower", "%.2f"),
     ("idle_pss_mib", "idle PSS MiB (1 tunnel)", "lower", "%.2f"),
     ("peak_rss_mib", "peak RSS MiB (after concurrent)", "lower", "%.2f"),
