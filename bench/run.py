@@ -699,14 +699,22 @@ def environment(pytun_binary):
     deb = _cmd_output(["dpkg-query", "-W", "-f", "${Version}", "libssh2-1"])
     if deb and "no packages" not in deb:
         libssh2 += " (Debian libssh2-1 %s)" % deb
-    linked = ""
+    linked = version = ""
     if os.path.isfile(pytun_binary):
         m = re.search(r"(libssh2\S*) => (\S+)", _cmd_output(["ldd", str(pytun_binary)]))
-        linked = m.group(2) if m else "not dynamically linked to libssh2"
+        linked = ("uses " + m.group(2)) if m else "no dynamic libssh2"
+        try:
+            p = subprocess.run([str(pytun_binary), "--version"], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=5)
+            if p.returncode == 0 and p.stdout.strip():
+                version = p.stdout.decode(errors="replace").strip().splitlines()[0]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     return {
         "openssh": _cmd_output(["ssh", "-V"]),
         "libssh2": libssh2,
         "pytun_libssh2": linked,
+        "pytun_version": version,
         "nproc": len(os.sched_getaffinity(0)),
         "cpu": cpu,
         "kernel": platform.release(),
@@ -810,8 +818,10 @@ def describe(results, args):
         "(throughput: >1 means pytun is faster; latency, CPU, memory: <1 means pytun uses less)."
         % (args.runs, args.bytes // MiB),
         "OpenSSH client: ssh -N -R ... -c %s -m %s. %s." % (CIPHER, MAC, results.get("server_crypto", "")),
-        "Versions: %s; libssh2 %s%s." % (env["openssh"], env["libssh2"],
-                                         ("; pytun links " + env["pytun_libssh2"]) if env.get("pytun_libssh2") else ""),
+        "Versions: %s; libssh2 %s%s%s." % (
+            env["openssh"], env["libssh2"],
+            ("; pytun: " + env["pytun_version"]) if env.get("pytun_version") else "",
+            (" (binary %s)" % env["pytun_libssh2"]) if env.get("pytun_libssh2") else ""),
         "Machine: %d CPUs, %s, Linux %s, Python %s." % (env["nproc"], env["cpu"], env["kernel"], env["python"]),
     ]
     if d:
