@@ -829,6 +829,12 @@ def describe(results, args):
             return fmt % d[k] if d.get(k) is not None else "failed"
         lines.append("Services alone, no tunnel (the ceiling of this setup): upload %s MiB/s, download %s MiB/s, "
                      "latency p50 %s ms." % (f("up_mib_s", "%.0f"), f("down_mib_s", "%.0f"), f("latency_p50_ms", "%.3f")))
+        for key in ("up_mib_s", "down_mib_s"):
+            best = max([c["median"].get(key) or 0 for c in results["contenders"].values()] + [0])
+            if d.get(key) and best and d[key] < 2 * best:
+                lines.append("WARNING: the services alone reached only %.0f MiB/s (%s), less than twice the best "
+                             "tunnel (%.0f MiB/s): the machine is busy or the services limit the result."
+                             % (d[key], key.split("_")[0], best))
     for name, c in results["contenders"].items():
         errs = sorted({v for r in c["runs"] for k, v in r.items() if k.endswith("error")})
         for e in errs:
