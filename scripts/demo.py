@@ -192,6 +192,10 @@ def interactive(proc, bastion_port, service_port, info):
     say("\nStopping.")
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", default=os.environ.get("PYTUN_DEMO_SMOKE") == "1",
@@ -206,13 +210,15 @@ def main():
                          "ninja -C build)\n" % args.binary)
         return 1
 
+    # Until the demo is up, SIGTERM takes the same path as Ctrl-C, so the
+    # finally block below still cleans up.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     if args.smoke:
         # Bounded even if something hangs: SIGALRM lands in the finally below.
         def on_alarm(signum, frame):
             raise DemoError("smoke run did not finish within %d s" % SMOKE_DEADLINE)
         signal.signal(signal.SIGALRM, on_alarm)
         signal.alarm(SMOKE_DEADLINE)
-        signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     tmp = tempfile.mkdtemp(prefix="pytun-demo-")
     sshd = tunnel = service = None
