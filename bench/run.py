@@ -768,8 +768,10 @@ def build_rows(results, args):
         p, o = med.get("pytun", {}).get(key), med.get("OpenSSH", {}).get(key)
         ratio = "%.2f" % (p / o) if p is not None and o else "-"
         rows.append((label, cells[0], cells[1], ratio, better))
-    for n, vals in sorted(results.get("rss_tunnels", {}).get("OpenSSH", {}).items(), key=lambda kv: int(kv[0])):
-        pvals = results.get("rss_tunnels", {}).get("pytun", {}).get(n)
+    rss = results.get("rss_tunnels", {})
+    for n in sorted({k for per in rss.values() for k in per}, key=int):
+        pvals = rss.get("pytun", {}).get(n)
+        vals = rss.get("OpenSSH", {}).get(n)
         for what in ("rss_mib", "pss_mib"):
             def cell(v):
                 if v is None:
