@@ -782,7 +782,9 @@ def build_rows(results, args):
             p_ok = pvals and "error" not in pvals
             o_ok = vals and "error" not in vals
             ratio = "%.2f" % (pvals[what] / vals[what]) if p_ok and o_ok and vals[what] else "-"
-            rows.append(("%s MiB, %s tunnel(s)" % (what[:3].upper(), n), cell(pvals), cell(vals), ratio, "lower"))
+            rows.append(("%s MiB, %s tunnel(s)" % (what[:3].upper(), n),
+                         cell(pvals) if "pytun" in rss else "-", cell(vals) if "OpenSSH" in rss else "-",
+                         ratio, "lower"))
     return rows
 
 
