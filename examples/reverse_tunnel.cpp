@@ -69,12 +69,14 @@ int main(int argc, char **argv)
     options.remote_port = static_cast<std::uint16_t>(std::atoi(get("remote-port", "22").c_str()));
     pytun::set_log_level(parse_level(get("log-level", "info")));
 
-    // Signals are taken synchronously by this thread; every other thread
-    // (the tunnel's loop) inherits the blocked mask.
+    // Signals are taken synchronously by this thread (sigwait); every other
+    // thread inherits the blocked mask. SIGUSR1 is how the watcher below
+    // reports a tunnel that died on its own.
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
     pytun::Tunnel tunnel(options);
@@ -85,15 +87,11 @@ int main(int argc, char **argv)
     std::printf("READY listen_port=%u\n", tunnel.listen_port());
     std::fflush(stdout);
 
-    // A tunnel that dies on its own wakes the main thread with SIGTERM-like
-    // urgency, but with a failure status.
     std::thread watcher([&tunnel] {
         std::error_code reason = tunnel.wait();
         if (reason != pytun::Errc::stopped)
-            kill(getpid(), SIGUSR1);
+            kill(getpid(), SIGUSR1); // blocked everywhere: stays pending if main is already stopping
     });
-    sigaddset(&signals, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     int signal_number = 0;
     sigwait(&signals, &signal_number);
     int status = 0;
