@@ -536,6 +536,9 @@ void SshSession::close()
     ops_.clear();
     pinned_ = {};
     listener_ = nullptr;
+    // The callbacks hold their owners (the tunnel); dropping them breaks the cycle.
+    on_channel_ = nullptr;
+    on_failure_ = nullptr;
     if (ssh_) {
         // Frees channels and listeners too; with the callbacks failing it
         // cannot block on the network.
