@@ -4,6 +4,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -73,6 +75,20 @@ t::SshServer &shared_server()
 {
     static t::SshServer server;
     return server;
+}
+
+// A port nothing listens on right now (the kernel's choice for port 0).
+std::uint16_t free_port()
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
+    ::close(fd);
+    return ntohs(addr.sin_port);
 }
 
 std::error_code start_expecting_failure(pytun::TunnelOptions o, std::string &message)
@@ -300,11 +316,8 @@ TEST_CASE("errors name the problem and what to do")
     }
     SUBCASE("remote port already bound by another session")
     {
-        // Find a free port, let an OpenSSH client hold it on the bastion.
-        pytun::Tunnel probe(base);
-        REQUIRE(probe.start() == std::error_code{});
-        const std::uint16_t port = probe.listen_port();
-        probe.stop();
+        // An OpenSSH client holds the port on the bastion.
+        const std::uint16_t port = free_port();
         pid_t holder = server.hold_remote_port(port);
         auto o = base;
         o.listen_port = port;
@@ -315,10 +328,7 @@ TEST_CASE("errors name the problem and what to do")
     SUBCASE("bastion refuses the TCP connection")
     {
         auto o = base;
-        pytun::Tunnel probe(base);
-        REQUIRE(probe.start() == std::error_code{});
-        o.server_port = probe.listen_port(); // a port that was free a moment ago
-        probe.stop();
+        o.server_port = free_port();
         CHECK(start_expecting_failure(o, message) == Errc::bastion_unreachable);
     }
     SUBCASE("bastion accepts TCP but never speaks SSH: timeout")
