@@ -4,8 +4,11 @@
 
 #include "internal.h"
 
+#include <sys/mman.h>
+
 #include <cstddef>
 #include <memory>
+#include <new>
 #include <span>
 
 namespace pytun::detail {
@@ -24,7 +27,7 @@ public:
         if (full())
             return {};
         if (!data_)
-            data_ = std::make_unique_for_overwrite<char[]>(k_capacity);
+            data_.reset(allocate());
         if (size_ == 0)
             head_ = 0; // the largest contiguous region; no pointer into it is pinned (see Relay)
         std::size_t start = head_ + size_;
@@ -60,7 +63,20 @@ public:
     }
 
 private:
-    std::unique_ptr<char[]> data_;
+    // Buffers come straight from mmap and go straight back: after a burst of
+    // connections the memory returns to the system instead of staying in
+    // malloc's free lists (a connector idles for months between bursts).
+    static char *allocate()
+    {
+        void *p = ::mmap(nullptr, k_capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            throw std::bad_alloc();
+        return static_cast<char *>(p);
+    }
+    struct Unmap {
+        void operator()(char *p) const { ::munmap(p, k_capacity); }
+    };
+    std::unique_ptr<char, Unmap> data_;
     std::size_t head_ = 0;
     std::size_t size_ = 0;
 };

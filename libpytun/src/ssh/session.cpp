@@ -41,6 +41,9 @@ bool is_channel_level(int rc)
 // connection cannot starve the others.
 constexpr std::size_t k_send_budget_per_pass = 512 * 1024;
 
+// Reads shorter than this look like interactive traffic (see recv_callback).
+constexpr ssize_t k_small_read = 4096;
+
 } // namespace
 
 SshSession::SshSession(asio::io_context &io, Logger log)
@@ -136,11 +139,14 @@ ssize_t SshSession::recv_callback(libssh2_socket_t fd, void *buffer, std::size_t
         ssize_t n = ::recv(fd, buffer, length, flags);
         if (n > 0) {
             self->bytes_received_ += static_cast<std::uint64_t>(n);
-            // Quick ACKs are not sticky in Linux: re-arm after each read so the
-            // bastion never waits for a delayed ACK (its Nagle + our delayed ACK
-            // would add up to 40 ms to small exchanges).
-            int one = 1;
-            ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+            // Quick ACKs are not sticky in Linux: re-arm after each small read
+            // so the bastion never waits for a delayed ACK (its Nagle + our
+            // delayed ACK would add up to 40 ms to small exchanges). Bulk
+            // transfers are ACKed promptly anyway and skip the syscall.
+            if (n < k_small_read) {
+                int one = 1;
+                ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+            }
             return n;
         }
         if (n == 0) {
@@ -211,6 +217,7 @@ void SshSession::submit(const char *what, std::function<int()> attempt, std::fun
 void SshSession::serve_listener(LIBSSH2_LISTENER *listener, std::function<void(LIBSSH2_CHANNEL *)> on_channel)
 {
     listener_ = listener;
+    transport_readable_ = true; // opens may have arrived with the forward's reply
     on_channel_ = std::move(on_channel);
     wake();
 }
@@ -298,6 +305,7 @@ void SshSession::arm()
         read_armed_ = true;
         socket_.async_wait(asio::ip::tcp::socket::wait_read, [this, self](const asio::error_code &ec) {
             read_armed_ = false;
+            transport_readable_ = true;
             if (!ec)
                 service();
         });
@@ -337,6 +345,7 @@ bool SshSession::run_pinned()
     case Pinned::Kind::op:
         return run_ops();
     case Pinned::Kind::accept:
+        transport_readable_ = true; // the pinned call must run even without new data
         return accept_channels();
     case Pinned::Kind::read: {
         ssize_t rc = libssh2_channel_read(relay->channel(), pin.buffer, pin.size);
@@ -397,8 +406,11 @@ bool SshSession::run_ops()
 // confirmation or a reply to the server) after another call returned.
 bool SshSession::accept_channels()
 {
-    if (!listener_)
+    // Only after the socket reported data: a pass started by a relay would
+    // just pay for a recv() that finds nothing.
+    if (!listener_ || !transport_readable_)
         return true;
+    transport_readable_ = false;
     for (;;) {
         LIBSSH2_CHANNEL *channel = libssh2_channel_forward_accept(listener_);
         if (channel) {

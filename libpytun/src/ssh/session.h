@@ -141,6 +141,7 @@ private:
     std::uint64_t bytes_received_ = 0;
     std::uint64_t bytes_received_at_scan_ = 0;
     bool rescan_receive_ = false;
+    bool transport_readable_ = false; ///< the socket reported data since the last drain
 
     bool service_posted_ = false;
     bool read_armed_ = false;
