@@ -102,8 +102,6 @@ void Relay::sent(std::size_t n)
 {
     const bool was_full = upload_.full();
     upload_.consume(n);
-    if (!pinned_)
-        upload_.release_if_empty();
     if (was_full)
         read_local();
 }
@@ -137,8 +135,6 @@ void Relay::read_local()
         counters_.bytes_from_service.fetch_add(n, std::memory_order_relaxed);
         progress = true;
     }
-    if (!pinned_)
-        upload_.release_if_empty();
     if (progress)
         session_->wake();
 }
@@ -165,11 +161,8 @@ void Relay::write_local()
         counters_.bytes_to_service.fetch_add(n, std::memory_order_relaxed);
         freed = true;
     }
-    if (freed) {
-        if (!pinned_)
-            download_.release_if_empty();
+    if (freed)
         session_->note_receive_space();
-    }
     if (download_.empty() && channel_eof_ && !local_shut_) {
         asio::error_code ignored;
         socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
@@ -245,6 +238,14 @@ void Relay::abort()
     close_local();
 }
 
+void Relay::release_idle_buffers()
+{
+    if (pinned_)
+        return;
+    upload_.release_if_empty();
+    download_.release_if_empty();
+}
+
 void Relay::close_local()
 {
     asio::error_code ignored;
@@ -252,6 +253,7 @@ void Relay::close_local()
     resolver_.cancel();
     socket_.close(ignored);
     connected_ = false;
+    release_idle_buffers();
 }
 
 } // namespace pytun::detail

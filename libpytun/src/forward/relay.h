@@ -65,6 +65,9 @@ public:
     /// not move or be released.
     void set_pinned(bool pinned) { pinned_ = pinned; }
     bool finished() const { return channel_ == nullptr; }
+    /// Give buffer memory back if nothing is buffered (called periodically,
+    /// so busy connections keep their buffers and idle ones hold none).
+    void release_idle_buffers();
     /// The session is going away: forget the channel (libssh2 frees it with
     /// the session) and close the socket.
     void abort();

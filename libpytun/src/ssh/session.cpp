@@ -47,7 +47,7 @@ constexpr ssize_t k_small_read = 4096;
 } // namespace
 
 SshSession::SshSession(asio::io_context &io, Logger log)
-    : io_(io), log_(std::move(log)), socket_(io), resolver_(io), connect_timer_(io)
+    : io_(io), log_(std::move(log)), socket_(io), resolver_(io), connect_timer_(io), housekeeping_timer_(io)
 {
 }
 
@@ -219,7 +219,21 @@ void SshSession::serve_listener(LIBSSH2_LISTENER *listener, std::function<void(L
     listener_ = listener;
     transport_readable_ = true; // opens may have arrived with the forward's reply
     on_channel_ = std::move(on_channel);
+    schedule_housekeeping();
     wake();
+}
+
+// Once a second: idle relays give their buffer memory back.
+void SshSession::schedule_housekeeping()
+{
+    housekeeping_timer_.expires_after(std::chrono::seconds(1));
+    housekeeping_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
+        if (ec || closed_)
+            return;
+        for (auto &relay : relays_)
+            relay->release_idle_buffers();
+        schedule_housekeeping();
+    });
 }
 
 void SshSession::stop_listener()
@@ -559,6 +573,7 @@ void SshSession::close()
     }
     asio::error_code ignored;
     connect_timer_.cancel();
+    housekeeping_timer_.cancel();
     resolver_.cancel();
     socket_.close(ignored);
 }

@@ -118,12 +118,14 @@ private:
     bool channel_error(Relay &relay, int rc, const char *what);
     void fail(std::error_code ec, const std::string &message);
     void sweep_finished();
+    void schedule_housekeeping();
 
     asio::io_context &io_;
     Logger log_;
     asio::ip::tcp::socket socket_;
     asio::ip::tcp::resolver resolver_;
     asio::steady_timer connect_timer_;
+    asio::steady_timer housekeeping_timer_;
     LIBSSH2_SESSION *ssh_ = nullptr;
 
     std::deque<Op> ops_;
