@@ -13,6 +13,7 @@
 
 #include <pytun/export.h>
 #include <pytun/log.h>
+#include <pytun/tunnel.h>
 
 namespace pytun {
 
@@ -109,5 +110,9 @@ PYTUN_EXPORT LoadResult load_config_toml(const std::string &path);
 /// `base_dir` and diagnostics name the file "<string>".
 PYTUN_EXPORT LoadResult load_config_from_string(std::string_view text, std::string_view format,
                                                 std::string base_dir);
+
+/// The engine's options for a tunnel read from a file (name, paths, ports,
+/// keep_alive_time; config_path is the file it came from).
+PYTUN_EXPORT TunnelOptions to_tunnel_options(const TunnelConfig &tunnel);
 
 } // namespace pytun

@@ -30,6 +30,8 @@ struct TunnelOptions {
     std::uint16_t remote_port = 22;
     std::chrono::milliseconds connect_timeout{10000};      ///< resolve + TCP connect + SSH set-up
     std::chrono::milliseconds local_connect_timeout{2000}; ///< per forwarded connection
+    std::chrono::seconds keep_alive{30};   ///< health interval (keep_alive_time); 0: no checks
+    std::string config_path;               ///< the file this tunnel came from, if any (a status key)
 };
 
 enum class TunnelState {

@@ -289,4 +289,22 @@ LoadResult load_config_from_string(std::string_view text, std::string_view forma
     return r;
 }
 
+TunnelOptions to_tunnel_options(const TunnelConfig &tunnel)
+{
+    TunnelOptions o;
+    o.name = tunnel.tunnel_name;
+    o.server_host = tunnel.server_host;
+    o.server_port = tunnel.server_port;
+    o.username = tunnel.username;
+    o.key_file = tunnel.keyfile;
+    o.known_hosts_file = tunnel.server_key;
+    o.bind_address = tunnel.bind_address;
+    o.listen_port = tunnel.port;
+    o.remote_host = tunnel.remote_host;
+    o.remote_port = tunnel.remote_port;
+    o.keep_alive = tunnel.keep_alive_time;
+    o.config_path = tunnel.source_file;
+    return o;
+}
+
 } // namespace pytun

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: MIT
+// TunnelManager: many reverse tunnels in one process, on a small pool of
+// event-loop threads; restarts failed tunnels with backoff, watches their
+// health, reloads a new set without disturbing the unchanged ones, and keeps
+// a status snapshot that never waits on the network.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <pytun/export.h>
+#include <pytun/subscription.h>
+#include <pytun/tunnel.h>
+
+namespace pytun {
+
+enum class ManagedState {
+    connecting,   ///< a start attempt is under way
+    up,           ///< serving, and the local service answers
+    degraded,     ///< serving, but the local service does not answer
+    backing_off,  ///< the last attempt failed; the next is at next_attempt
+    stopped,      ///< stopped on request (or not started)
+};
+
+/// Human name of a state ("up", "backing off", ...).
+PYTUN_EXPORT const char *to_string(ManagedState state);
+
+/// A tunnel as the manager sees it: a copy, safe to keep.
+struct TunnelStatus {
+    std::string name;
+    std::string config_path;             ///< TunnelOptions::config_path
+    std::string server_host;
+    std::uint16_t server_port = 0;
+    std::uint16_t listen_port = 0;       ///< on the bastion (the bound one once up)
+    std::string remote_host;
+    std::uint16_t remote_port = 0;
+
+    ManagedState state = ManagedState::stopped;
+    std::chrono::system_clock::time_point state_since;
+    std::error_code last_error;          ///< of the last failed attempt or lost session
+    std::string last_error_message;
+    bool port_held = false;              ///< the bastion still holds the port (e.g. for a previous session)
+    std::chrono::system_clock::time_point next_attempt; ///< when backing_off
+
+    std::uint64_t started_times = 0;     ///< start attempts so far (compat: started_times)
+    std::chrono::system_clock::time_point last_start;   ///< of the last attempt
+
+    bool service_checked = false;        ///< the local service has been probed at least once
+    bool service_reachable = false;
+    std::string service_error;
+    std::chrono::microseconds probe_rtt{-1}; ///< last end-to-end SSH probe; -1 before the first
+
+    TunnelStats traffic;                 ///< of the current session
+};
+
+/// A state change, as published to subscribers.
+struct TunnelEvent {
+    std::string name;
+    ManagedState from = ManagedState::stopped;
+    ManagedState to = ManagedState::stopped;
+    std::error_code error;               ///< why, when the change is a failure
+    std::string message;
+    std::chrono::system_clock::time_point when;
+};
+
+struct ManagerOptions {
+    unsigned threads = 0;                                  ///< event-loop threads; 0: one per core
+    std::chrono::milliseconds backoff_initial{1000};       ///< first retry (jittered down to half)
+    std::chrono::milliseconds backoff_max{60000};          ///< the doubling stops here
+    std::chrono::milliseconds stable_after{30000};         ///< up this long resets the backoff
+    std::chrono::milliseconds port_held_retry_max{5000};   ///< retry cap while the bastion holds the port
+    std::chrono::milliseconds grace_period{5000};          ///< for open connections when stopping
+};
+
+/// What apply() did, by tunnel name.
+struct ApplyResult {
+    std::error_code error;               ///< invalid set: nothing was changed
+    std::string message;
+    std::vector<std::string> started, restarted, stopped, kept;
+};
+
+class PYTUN_EXPORT TunnelManager {
+public:
+    explicit TunnelManager(ManagerOptions options);
+    TunnelManager();
+    ~TunnelManager();
+    TunnelManager(const TunnelManager &) = delete;
+    TunnelManager &operator=(const TunnelManager &) = delete;
+
+    /// Make the running set equal to `tunnels` (names must be unique):
+    /// unchanged tunnels keep running with their connections, changed ones
+    /// restart, missing ones stop (gracefully), new ones start. Returns at
+    /// once; progress shows in status() and events.
+    ApplyResult apply(std::vector<TunnelOptions> tunnels);
+
+    /// Stop every tunnel: cancel the forwards, let open connections finish
+    /// within the grace period, then close. Returns when done.
+    void stop();
+
+    /// A snapshot; never waits on the network.
+    std::vector<TunnelStatus> status() const;
+
+    /// `handler` is called on the tunnel's event-loop thread for every state
+    /// change, never from inside subscribe(). It must not block.
+    Subscription subscribe(std::function<void(const TunnelEvent &)> handler);
+
+    std::size_t thread_count() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace pytun
