@@ -465,6 +465,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(c);
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(ec == AlertErrc::auth_failed);
         CHECK(detail.find("authentication failed") != std::string::npos);
         CHECK(detail.find(k_smtp_password) == std::string::npos);
@@ -476,6 +477,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(smtp_config(server->port(), pytun::SmtpSecurity::starttls, false));
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(ec == AlertErrc::tls_untrusted);
         CHECK(detail.find("TLS failure") != std::string::npos);
         CHECK(detail.find("not trusted") != std::string::npos);
@@ -487,6 +489,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(smtp_config(server->port(), pytun::SmtpSecurity::ssl, false));
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(ec == AlertErrc::tls_untrusted);
         CHECK(detail.find("not trusted") != std::string::npos);
     }
@@ -498,6 +501,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(c);
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(!ec);
         REQUIRE(!alerter.start());
         alerter.stop();
@@ -509,6 +513,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(smtp_config(server->port(), pytun::SmtpSecurity::none));
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(ec == AlertErrc::recipient_refused);
         CHECK(detail.find("recipient refused") != std::string::npos);
         CHECK(detail.find("550") != std::string::npos);
@@ -519,6 +524,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(smtp_config(server->port(), pytun::SmtpSecurity::starttls));
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(ec == AlertErrc::tls_failed);
         CHECK(detail.find("STARTTLS") != std::string::npos);
         CHECK(server->records().empty());
@@ -533,6 +539,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(c);
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(ec == AlertErrc::auth_failed);
         CHECK(detail.find("requires a login") != std::string::npos);
     }
@@ -541,6 +548,7 @@ TEST_CASE("email: each failure has its own error and words")
         pytun::Alerter alerter(smtp_config(closed_port(), pytun::SmtpSecurity::none));
         const auto ec = alerter.send_test_email(detail);
         INFO(detail);
+        MESSAGE(detail);
         CHECK(ec == AlertErrc::connection_refused);
         CHECK(detail.find("connection refused") != std::string::npos);
     }

@@ -37,7 +37,7 @@ std::string WebhookChannel::build_body(const Alert &a)
 {
     // The first three fields are the original connector's; receivers written
     // for it keep working.
-    nlohmann::json j = {
+    nlohmann::ordered_json j = {
         {"tunnel_name", a.tunnel_name},
         {"message", a.message},
         {"tunnel_manager_id", a.tunnel_manager_id},
@@ -54,7 +54,7 @@ std::string WebhookChannel::build_body(const Alert &a)
         j["recoveries"] = a.recoveries;
     }
     // Invalid UTF-8 in an error text must not make the alert unsendable.
-    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 std::error_code WebhookChannel::send(const Alert &alert, std::string &detail)
