@@ -19,7 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <regex>
+#include <cctype>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -364,11 +364,58 @@ private:
     std::atomic<bool> cancelled_{false};
 };
 
+// The value of header `name` (exact case) in the message's header block.
 std::string header(const std::string &message, const std::string &name)
 {
-    std::smatch m;
-    const std::regex re("(^|\r\n)" + name + ": ([^\r\n]*)\r\n", std::regex::icase);
-    return std::regex_search(message, m, re) ? m[2].str() : std::string();
+    const std::string head = message.substr(0, message.find("\r\n\r\n") + 2);
+    const std::string key = name + ": ";
+    for (std::size_t pos = 0; pos < head.size();) {
+        const auto eol = head.find("\r\n", pos);
+        if (eol == std::string::npos)
+            break;
+        if (head.compare(pos, key.size(), key) == 0)
+            return head.substr(pos + key.size(), eol - pos - key.size());
+        pos = eol + 2;
+    }
+    return {};
+}
+
+// `text` matches `pattern`, where '9' stands for any digit, 'h' for any
+// lowercase hex digit, '*' for one or more digits; other characters are literal.
+// (std::regex trips GCC 12's -Wmaybe-uninitialized under the sanitizers.)
+bool shape(const std::string &text, const std::string &pattern)
+{
+    std::size_t i = 0;
+    for (char p : pattern) {
+        if (p == '*') {
+            const std::size_t start = i;
+            while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])))
+                ++i;
+            if (i == start)
+                return false;
+        } else if (i >= text.size()) {
+            return false;
+        } else if (p == '9') {
+            if (!std::isdigit(static_cast<unsigned char>(text[i++])))
+                return false;
+        } else if (p == 'h') {
+            if (!std::isxdigit(static_cast<unsigned char>(text[i++])))
+                return false;
+        } else if (text[i++] != p) {
+            return false;
+        }
+    }
+    return i == text.size();
+}
+
+bool rfc5322_date_shape(const std::string &d)
+{
+    static const std::vector<std::string> days{"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
+    static const std::vector<std::string> months{"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                 "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    return d.size() == 31 && std::count(days.begin(), days.end(), d.substr(0, 3)) == 1 &&
+           std::count(months.begin(), months.end(), d.substr(8, 3)) == 1 &&
+           shape(d.substr(3, 5) + d.substr(11), ", 99  9999 99:99:99 +0000");
 }
 
 std::string body_of(const std::string &message)
@@ -397,9 +444,8 @@ void check_down_mail(const json &record, const std::string &tunnel)
     CHECK(header(data, "Subject") == "Connector " + tunnel + " notification");
     CHECK(header(data, "From") == k_smtp_user);
     CHECK(header(data, "To") == "ops@example.com, oncall@example.com");
-    CHECK(std::regex_match(header(data, "Date"),
-                           std::regex(R"((Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d \+0000)")));
-    CHECK(std::regex_match(header(data, "Message-ID"), std::regex(R"(<[0-9a-f]{16}\.\d+@example\.com>)")));
+    CHECK(rfc5322_date_shape(header(data, "Date")));
+    CHECK(shape(header(data, "Message-ID"), "<hhhhhhhhhhhhhhhh.*@example.com>"));
     CHECK(header(data, "MIME-Version") == "1.0");
     CHECK(header(data, "Content-Type") == "text/plain; charset=utf-8");
     CHECK(body_of(data).find("This email is to let you know that " + tunnel + " is down! Manager id: " +
@@ -595,7 +641,7 @@ TEST_CASE("webhook: JSON fields, content type and basic auth")
     CHECK(body.at("state") == "down");
     CHECK(body.at("error") == "the bastion refused the connection");
     const std::string s = body.at("since").get<std::string>();
-    CHECK(std::regex_match(s, std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")));
+    CHECK(shape(s, "9999-99-99T99:99:99Z"));
 
     const json test_body = json::parse(server->records().at(0).at("body").get<std::string>());
     CHECK(test_body.at("event") == "test");
