@@ -2,10 +2,13 @@
 // The session driver: the only caller of libssh2 for one session.
 #include "ssh/session.h"
 
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -178,6 +181,9 @@ std::error_code SshSession::begin(const std::string &hostkey_preference, std::st
     ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 
     libssh2_session_set_blocking(ssh_, 0);
+    // want_reply=0: replies to keepalives are never consumed by libssh2 and
+    // would pile up (see libssh2.md). Interval 1: send whenever we ask.
+    libssh2_keepalive_config(ssh_, 0, 1);
     // ISO C++ has no cast between function and object pointers; libssh2's
     // API takes the callback as void*.
     void *send_fn = nullptr;
@@ -195,6 +201,77 @@ std::error_code SshSession::begin(const std::string &hostkey_preference, std::st
         log_->warn("libssh2 rejected host key preference '{}': {}", hostkey_preference, last_error_text());
     }
     return {};
+}
+
+void SshSession::set_tcp_liveness(std::chrono::seconds keep_alive)
+{
+    const int fd = socket_.native_handle();
+    const int one = 1;
+    const int idle = static_cast<int>(std::max<std::int64_t>(1, keep_alive.count()));
+    const int interval = std::max(1, idle / 3);
+    const int count = 3;
+    const unsigned user_timeout = static_cast<unsigned>((keep_alive.count() + 5) * 1000);
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+    // Unacknowledged data older than this kills the connection.
+    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
+}
+
+// libssh2_keepalive_send treats EAGAIN as success and leaves the half-sent
+// packet pointing at its own stack frame: the next send would then fail with
+// BAD_USE forever. So it is only called when the whole packet surely fits
+// into the socket's send buffer.
+bool SshSession::keepalive_fits() const
+{
+    if (outbound_partial_)
+        return false;
+    const int fd = const_cast<asio::ip::tcp::socket &>(socket_).native_handle();
+    int queued = 0;
+    int sndbuf = 0;
+    socklen_t len = sizeof(sndbuf);
+    if (::ioctl(fd, SIOCOUTQ, &queued) != 0 || ::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0)
+        return false;
+    return queued < sndbuf / 4;
+}
+
+void SshSession::send_keepalive()
+{
+    submit(
+        "keepalive",
+        [this] {
+            if (!keepalive_fits())
+                return 0; // the probe checks liveness anyway
+            int seconds_to_next = 0;
+            return libssh2_keepalive_send(ssh_, &seconds_to_next);
+        },
+        [](int) {});
+}
+
+void SshSession::probe(std::function<void(int rc)> done)
+{
+    auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
+    submit(
+        "probe: open session channel",
+        [this, channel] {
+            *channel = libssh2_channel_open_ex(ssh_, "session", sizeof("session") - 1, LIBSSH2_CHANNEL_WINDOW_DEFAULT,
+                                               LIBSSH2_CHANNEL_PACKET_DEFAULT, nullptr, 0);
+            return *channel ? 0 : libssh2_session_last_errno(ssh_);
+        },
+        [this, channel, done](int rc) {
+            if (rc != 0) {
+                done(rc);
+                return;
+            }
+            submit(
+                "probe: close session channel",
+                [channel] {
+                    int close_rc = libssh2_channel_close(*channel);
+                    return close_rc == LIBSSH2_ERROR_EAGAIN ? close_rc : libssh2_channel_free(*channel);
+                },
+                [done](int) { done(0); });
+        });
 }
 
 std::string SshSession::last_error_text() const

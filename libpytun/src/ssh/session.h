@@ -68,6 +68,16 @@ public:
     /// A relay freed receive space: its channel can be read again.
     void note_receive_space() { rescan_receive_ = true; wake(); }
 
+    /// TCP keepalive and TCP_USER_TIMEOUT sized from the health interval, so
+    /// the kernel gives up on a silent bastion within keep_alive + 5 s.
+    void set_tcp_liveness(std::chrono::seconds keep_alive);
+    /// Queue an SSH keepalive (want_reply=0); skipped when it could not be
+    /// sent whole (see session.cpp).
+    void send_keepalive();
+    /// Queue an end-to-end probe: open a "session" channel and close it.
+    /// `done(rc)`: 0 or a channel-level refusal mean the bastion answered.
+    void probe(std::function<void(int rc)> done);
+
     /// Called once when the transport fails (not after close()).
     void on_failure(Done handler) { on_failure_ = std::move(handler); }
     /// Free everything now: relays are aborted, the session is freed without
@@ -119,6 +129,7 @@ private:
     void fail(std::error_code ec, const std::string &message);
     void sweep_finished();
     void schedule_housekeeping();
+    bool keepalive_fits() const;
 
     asio::io_context &io_;
     Logger log_;

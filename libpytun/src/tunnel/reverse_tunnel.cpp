@@ -15,6 +15,11 @@ namespace {
 // them (past this the bastion gets an open failure).
 constexpr int k_accept_queue = 1024;
 
+// A health probe unanswered this long means the bastion is gone.
+constexpr std::chrono::seconds k_probe_grace{5};
+// After the grace period, closing the remaining channels may take this long.
+constexpr std::chrono::milliseconds k_close_deadline{500};
+
 std::string target(const std::string &host, std::uint16_t port)
 {
     return host + ":" + std::to_string(port);
@@ -25,7 +30,7 @@ std::string target(const std::string &host, std::uint16_t port)
 ReverseTunnel::ReverseTunnel(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
                              std::shared_ptr<RelayCounters> counters, Handlers handlers)
     : io_(io), options_(std::move(options)), log_(std::move(log)), counters_(std::move(counters)),
-      handlers_(std::move(handlers)), setup_timer_(io), stop_timer_(io)
+      handlers_(std::move(handlers)), setup_timer_(io), stop_timer_(io), health_timer_(io), probe_deadline_(io)
 {
 }
 
@@ -238,8 +243,52 @@ void ReverseTunnel::on_listening(int rc)
                target(options_.remote_host, options_.remote_port));
     auto self = shared_from_this();
     session_->serve_listener(listener_, [this, self](LIBSSH2_CHANNEL *channel) { on_channel(channel); });
+    if (options_.keep_alive.count() > 0) {
+        session_->set_tcp_liveness(options_.keep_alive);
+        schedule_health_check();
+    }
     if (handlers_.up)
         handlers_.up(port);
+}
+
+void ReverseTunnel::schedule_health_check()
+{
+    health_timer_.expires_after(options_.keep_alive);
+    health_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
+        if (!ec && !ended_ && !stopping_)
+            run_health_check();
+    });
+}
+
+// Every keep_alive: an SSH keepalive, and a probe whose answer proves the
+// whole path (bastion sshd included) works. No answer within 5 s: dead.
+void ReverseTunnel::run_health_check()
+{
+    auto self = shared_from_this();
+    session_->send_keepalive();
+    const auto started = std::chrono::steady_clock::now();
+    probe_deadline_.expires_after(k_probe_grace);
+    probe_deadline_.async_wait([this, self](const asio::error_code &ec) {
+        if (!ec && !ended_ && !stopping_)
+            finish(Errc::transport_lost, "the bastion " + target(options_.server_host, options_.server_port) +
+                                             " did not answer a health probe within " +
+                                             std::to_string(k_probe_grace.count()) +
+                                             " s: the connection is dead or the network drops packets");
+    });
+    session_->probe([this, self, started](int rc) {
+        if (ended_ || stopping_)
+            return;
+        probe_deadline_.cancel();
+        // A refused channel is an answer too: the bastion is alive.
+        if (rc != 0 && rc != LIBSSH2_ERROR_CHANNEL_FAILURE && rc != LIBSSH2_ERROR_REQUEST_DENIED) {
+            finish(Errc::transport_lost, "health probe failed: " + session_->last_error_text());
+            return;
+        }
+        if (handlers_.probed)
+            handlers_.probed(std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::steady_clock::now() - started));
+        schedule_health_check();
+    });
 }
 
 void ReverseTunnel::on_channel(LIBSSH2_CHANNEL *channel)
@@ -255,6 +304,8 @@ void ReverseTunnel::finish(std::error_code ec, const std::string &message)
         return;
     ended_ = true;
     setup_timer_.cancel();
+    health_timer_.cancel();
+    probe_deadline_.cancel();
     if (ec == Errc::stopped)
         log_->info("tunnel stopped");
     else
@@ -262,11 +313,11 @@ void ReverseTunnel::finish(std::error_code ec, const std::string &message)
     if (session_)
         session_->close();
     listener_ = nullptr; // freed with the session
-    if (handlers_.ended) {
-        auto ended = std::move(handlers_.ended);
-        handlers_.ended = nullptr;
+    // The handlers hold their owner; release them all (after the last call).
+    auto ended = std::move(handlers_.ended);
+    handlers_ = {};
+    if (ended)
         ended(ec, message);
-    }
 }
 
 void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> done)
@@ -277,9 +328,11 @@ void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> 
         return;
     }
     stopping_ = true;
+    health_timer_.cancel();
+    probe_deadline_.cancel();
     LIBSSH2_LISTENER *listener = listener_;
     auto session = session_;
-    // Cancel first so the bastion stops accepting, then close every channel.
+    // Cancel first so the bastion stops accepting; open connections go on.
     session_->submit(
         "cancel-tcpip-forward",
         [session, listener] {
@@ -288,34 +341,37 @@ void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> 
         },
         [](int) {});
     listener_ = nullptr;
-    session_->close_all_relays();
-    poll_stop(std::chrono::steady_clock::now() + grace, std::move(done));
+    grace_deadline_ = std::chrono::steady_clock::now() + grace;
+    poll_stop(std::move(done));
 }
 
-// Waits until every channel is closed (or the grace period is over), then
-// frees the session without waiting for the network.
-void ReverseTunnel::poll_stop(std::chrono::steady_clock::time_point deadline, std::function<void()> done)
+// Every 10 ms until done: connections finished on their own, or the grace
+// period is over and they are closed, or closing took too long.
+void ReverseTunnel::poll_stop(std::function<void()> done)
 {
-    if (ended_ || session_->closed() || std::chrono::steady_clock::now() >= deadline) {
+    const auto now = std::chrono::steady_clock::now();
+    if (ended_ || session_->closed() || (closing_relays_ && now >= hard_deadline_)) {
         finish(Errc::stopped, "stopped");
         done();
         return;
     }
-    if (session_->relay_count() == 0) {
+    if (!disconnecting_ && session_->relay_count() == 0) {
         // Every channel is closed: say goodbye, then free the session.
+        disconnecting_ = true;
+        closing_relays_ = true;
+        hard_deadline_ = now + k_close_deadline;
         LIBSSH2_SESSION *ssh = session_->raw();
         session_->submit(
             "disconnect", [ssh] { return libssh2_session_disconnect(ssh, "pytun: tunnel stopped"); },
-            [this, self = shared_from_this(), done](int) {
-                finish(Errc::stopped, "stopped");
-                done();
-            });
-        return;
+            [this, self = shared_from_this()](int) { finish(Errc::stopped, "stopped"); });
+    } else if (!closing_relays_ && now >= grace_deadline_) {
+        log_->info("closing {} connection(s) still open after the grace period", session_->relay_count());
+        session_->close_all_relays();
+        closing_relays_ = true;
+        hard_deadline_ = now + k_close_deadline;
     }
-    stop_timer_.expires_after(std::chrono::milliseconds(10));
-    stop_timer_.async_wait([this, self = shared_from_this(), deadline, done](const asio::error_code &) {
-        poll_stop(deadline, done);
-    });
+    stop_timer_.expires_after(std::chrono::milliseconds(ended_ ? 0 : 10));
+    stop_timer_.async_wait([this, self = shared_from_this(), done](const asio::error_code &) { poll_stop(done); });
 }
 
 } // namespace pytun::detail

@@ -30,6 +30,7 @@ public:
     struct Handlers {
         std::function<void(std::uint16_t listen_port)> up;                 ///< serving
         std::function<void(std::error_code, const std::string &)> ended;   ///< once, after up or not
+        std::function<void(std::chrono::microseconds rtt)> probed;          ///< a health probe answered
     };
 
     ReverseTunnel(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
@@ -38,9 +39,10 @@ public:
 
     /// Checks the options, then connects; the handlers report the outcome.
     void start();
-    /// Graceful stop: cancel the forward, close every channel, disconnect;
-    /// forced after `grace`. `done` runs on the loop thread; `ended` reports
-    /// Errc::stopped first.
+    /// Graceful stop: cancel the forward (no new connections), let open
+    /// connections finish for up to `grace`, then close them, disconnect and
+    /// free the session (forced 500 ms later at most). `done` runs on the loop
+    /// thread; `ended` reports Errc::stopped first.
     void stop(std::chrono::milliseconds grace, std::function<void()> done);
 
     /// The checks that need no network (options, key file, known_hosts).
@@ -53,7 +55,9 @@ private:
     void on_listening(int rc);
     void on_channel(LIBSSH2_CHANNEL *channel);
     void finish(std::error_code ec, const std::string &message);
-    void poll_stop(std::chrono::steady_clock::time_point deadline, std::function<void()> done);
+    void poll_stop(std::function<void()> done);
+    void schedule_health_check();
+    void run_health_check();
 
     asio::io_context &io_;
     TunnelOptions options_;
@@ -63,6 +67,12 @@ private:
     std::shared_ptr<SshSession> session_;
     asio::steady_timer setup_timer_;
     asio::steady_timer stop_timer_;
+    asio::steady_timer health_timer_;
+    asio::steady_timer probe_deadline_;
+    std::chrono::steady_clock::time_point grace_deadline_;
+    std::chrono::steady_clock::time_point hard_deadline_;
+    bool closing_relays_ = false;
+    bool disconnecting_ = false;
     KeyFileInfo key_;
     KnownHosts known_hosts_;
     LIBSSH2_LISTENER *listener_ = nullptr;

@@ -2,26 +2,21 @@
 // pytun::Tunnel: a ReverseTunnel on an event-loop thread of its own.
 #include <pytun/tunnel.h>
 
-#include <pthread.h>
-#include <signal.h>
-
 #include <condition_variable>
 #include <mutex>
-#include <thread>
-
-#include <asio.hpp>
 
 #include <pytun/error.h>
 
 #include "log.h"
+#include "loop/event_loop.h"
 #include "tunnel/reverse_tunnel.h"
 
 namespace pytun {
 
 namespace {
-// A stop that does not finish within this is forced (sockets closed, session
-// freed without waiting for the bastion).
-constexpr std::chrono::milliseconds k_stop_grace{700};
+// stop() closes open connections at once (no grace period: that is the
+// manager's business) and forces the end after this long.
+constexpr std::chrono::milliseconds k_stop_limit{900};
 } // namespace
 
 struct Tunnel::Impl {
@@ -37,18 +32,15 @@ struct Tunnel::Impl {
     std::uint16_t port = 0;
     bool running = false; ///< the loop thread exists and has not ended the tunnel
 
-    std::unique_ptr<asio::io_context> io;
-    std::thread thread;
+    std::unique_ptr<detail::EventLoop> loop;
     std::shared_ptr<detail::ReverseTunnel> tunnel;
 
     void join()
     {
-        if (io)
-            io->stop();
-        if (thread.joinable())
-            thread.join();
+        if (loop)
+            loop->stop();
         tunnel.reset();
-        io.reset();
+        loop.reset(); // destroys what is still queued, on this thread
     }
 };
 
@@ -88,7 +80,7 @@ std::error_code Tunnel::start()
     d.port = 0;
     d.running = true;
     d.counters = std::make_shared<detail::RelayCounters>();
-    d.io = std::make_unique<asio::io_context>(1);
+    d.loop = std::make_unique<detail::EventLoop>();
 
     detail::ReverseTunnel::Handlers handlers;
     handlers.up = [&d](std::uint16_t port) {
@@ -105,16 +97,9 @@ std::error_code Tunnel::start()
         d.running = false;
         d.changed.notify_all();
     };
-    d.tunnel = std::make_shared<detail::ReverseTunnel>(*d.io, d.options, d.log, d.counters, std::move(handlers));
-    d.thread = std::thread([io = d.io.get(), tunnel = d.tunnel] {
-        // libssh2 1.10 treats EINTR as fatal: signals go to other threads.
-        sigset_t all;
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, nullptr);
-        auto work = asio::make_work_guard(*io);
-        asio::post(*io, [tunnel] { tunnel->start(); });
-        io->run();
-    });
+    d.tunnel = std::make_shared<detail::ReverseTunnel>(d.loop->io(), d.options, d.log, d.counters,
+                                                       std::move(handlers));
+    asio::post(d.loop->io(), [tunnel = d.tunnel] { tunnel->start(); });
     d.changed.wait(lock, [&d] { return d.state != TunnelState::connecting; });
     return d.state == TunnelState::up ? std::error_code{} : d.error;
 }
@@ -122,20 +107,20 @@ std::error_code Tunnel::start()
 void Tunnel::stop()
 {
     Impl &d = *impl_;
-    if (!d.thread.joinable())
+    if (!d.loop)
         return;
     {
         std::unique_lock lock(d.mutex);
         if (d.running) {
             auto stopped = std::make_shared<bool>(false);
-            asio::post(*d.io, [&d, stopped] {
-                d.tunnel->stop(k_stop_grace, [&d, stopped] {
+            asio::post(d.loop->io(), [&d, stopped] {
+                d.tunnel->stop(std::chrono::milliseconds(0), [&d, stopped] {
                     std::lock_guard guard(d.mutex);
                     *stopped = true;
                     d.changed.notify_all();
                 });
             });
-            d.changed.wait_for(lock, k_stop_grace + std::chrono::milliseconds(250), [&] { return *stopped; });
+            d.changed.wait_for(lock, k_stop_limit, [&] { return *stopped; });
         }
         d.running = false;
         if (d.state != TunnelState::failed) {

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: MIT
+// Supervisor: one tunnel's restarts, backoff and state.
+#include "manager/supervisor.h"
+
+#include <pytun/error.h>
+
+#include "log.h"
+#include "tunnel/reverse_tunnel.h"
+
+namespace pytun::detail {
+
+// --- StatusBoard ---------------------------------------------------------------
+
+void StatusBoard::put(const std::string &name, std::uint64_t generation, TunnelStatus status)
+{
+    std::lock_guard lock(mutex_);
+    Row &row = rows_[name];
+    row.generation = generation;
+    row.status = std::move(status);
+    row.counters.reset();
+}
+
+void StatusBoard::update(const std::string &name, std::uint64_t generation,
+                         const std::function<void(TunnelStatus &)> &change)
+{
+    std::lock_guard lock(mutex_);
+    auto it = rows_.find(name);
+    if (it != rows_.end() && it->second.generation == generation)
+        change(it->second.status);
+}
+
+void StatusBoard::set_counters(const std::string &name, std::uint64_t generation,
+                               std::shared_ptr<RelayCounters> counters)
+{
+    std::lock_guard lock(mutex_);
+    auto it = rows_.find(name);
+    if (it != rows_.end() && it->second.generation == generation)
+        it->second.counters = std::move(counters);
+}
+
+void StatusBoard::remove(const std::string &name, std::uint64_t generation)
+{
+    std::lock_guard lock(mutex_);
+    auto it = rows_.find(name);
+    if (it != rows_.end() && it->second.generation == generation)
+        rows_.erase(it);
+}
+
+std::vector<TunnelStatus> StatusBoard::snapshot() const
+{
+    std::lock_guard lock(mutex_);
+    std::vector<TunnelStatus> out;
+    out.reserve(rows_.size());
+    for (const auto &[name, row] : rows_) {
+        out.push_back(row.status);
+        if (const auto &c = row.counters) {
+            TunnelStats &t = out.back().traffic;
+            t.connections_active = c->active.load(std::memory_order_relaxed);
+            t.connections_total = c->total.load(std::memory_order_relaxed);
+            t.connections_failed = c->failed.load(std::memory_order_relaxed);
+            t.bytes_to_service = c->bytes_to_service.load(std::memory_order_relaxed);
+            t.bytes_from_service = c->bytes_from_service.load(std::memory_order_relaxed);
+        }
+    }
+    return out;
+}
+
+// --- Supervisor ----------------------------------------------------------------
+
+Supervisor::Supervisor(asio::io_context &io, TunnelOptions options, const ManagerOptions &manager,
+                       StatusBoard &board, EventList &events, std::uint64_t generation)
+    : io_(io), options_(std::move(options)), manager_(manager), board_(board), events_(events),
+      generation_(generation), log_(make_logger(options_.name)), retry_timer_(io),
+      backoff_(manager.backoff_initial), random_(static_cast<unsigned>(generation * 7919 + 17))
+{
+    TunnelStatus status;
+    status.name = options_.name;
+    status.config_path = options_.config_path;
+    status.server_host = options_.server_host;
+    status.server_port = options_.server_port;
+    status.listen_port = options_.listen_port;
+    status.remote_host = options_.remote_host;
+    status.remote_port = options_.remote_port;
+    status.state = ManagedState::stopped;
+    status.state_since = std::chrono::system_clock::now();
+    board_.put(options_.name, generation_, std::move(status));
+}
+
+Supervisor::~Supervisor() = default;
+
+void Supervisor::start()
+{
+    stopping_ = false;
+    attempt();
+}
+
+void Supervisor::attempt()
+{
+    if (stopping_)
+        return;
+    ++attempts_;
+    auto counters = std::make_shared<RelayCounters>();
+    board_.set_counters(options_.name, generation_, counters);
+    board_.update(options_.name, generation_, [](TunnelStatus &s) {
+        ++s.started_times;
+        s.last_start = std::chrono::system_clock::now();
+    });
+    set_state(ManagedState::connecting);
+
+    auto self = shared_from_this();
+    ReverseTunnel::Handlers handlers;
+    handlers.up = [this, self](std::uint16_t port) { on_up(port); };
+    handlers.ended = [this, self](std::error_code ec, const std::string &message) {
+        // Called from inside the tunnel: drop it only after it has returned.
+        asio::post(io_, [this, self, ec, message] { on_ended(ec, message); });
+    };
+    handlers.probed = [this, self](std::chrono::microseconds rtt) {
+        board_.update(options_.name, generation_, [rtt](TunnelStatus &s) { s.probe_rtt = rtt; });
+    };
+    tunnel_ = std::make_shared<ReverseTunnel>(io_, options_, log_, counters, std::move(handlers));
+    tunnel_->start();
+}
+
+void Supervisor::on_up(std::uint16_t port)
+{
+    up_since_ = std::chrono::steady_clock::now();
+    board_.update(options_.name, generation_, [port](TunnelStatus &s) {
+        s.listen_port = port;
+        s.port_held = false;
+    });
+    if (service_reachable_)
+        set_state(ManagedState::up);
+    else
+        set_state(ManagedState::degraded, Errc::local_service_unreachable, service_error_);
+}
+
+void Supervisor::on_ended(std::error_code ec, const std::string &message)
+{
+    const bool was_up = state_ == ManagedState::up || state_ == ManagedState::degraded;
+    tunnel_.reset();
+    if (stopping_ || ec == Errc::stopped)
+        return;
+    if (was_up && std::chrono::steady_clock::now() - up_since_ >= manager_.stable_after)
+        backoff_ = manager_.backoff_initial; // it had been fine for a while: start over
+
+    // Jitter between half and all of the backoff, so tunnels that failed
+    // together (a bastion restart) do not retry in lockstep.
+    std::uniform_int_distribution<long long> jitter(backoff_.count() / 2, backoff_.count());
+    auto delay = std::chrono::milliseconds(jitter(random_));
+    backoff_ = std::min(backoff_ * 2, manager_.backoff_max);
+
+    const bool port_held = ec == Errc::remote_port_refused;
+    std::string why = message;
+    if (port_held) {
+        // The bastion usually frees the port when its keepalive notices the
+        // old session is gone: retry often, it comes back as soon as it can.
+        delay = std::min(delay, manager_.port_held_retry_max);
+        if (attempts_ > 1)
+            why = "port " + std::to_string(options_.listen_port) +
+                  " is still held on the bastion, probably by this tunnel's previous session that the bastion "
+                  "has not dropped yet; retrying until it is free (" + message + ")";
+    }
+    const auto next = std::chrono::system_clock::now() + delay;
+    board_.update(options_.name, generation_, [&](TunnelStatus &s) {
+        s.port_held = port_held;
+        s.next_attempt = next;
+    });
+    log_->warn("retrying in {:.1f} s", static_cast<double>(delay.count()) / 1000.0);
+    set_state(ManagedState::backing_off, ec, why);
+    retry_timer_.expires_after(delay);
+    retry_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &timer_ec) {
+        if (!timer_ec)
+            attempt();
+    });
+}
+
+void Supervisor::stop(std::function<void()> done)
+{
+    stopping_ = true;
+    retry_timer_.cancel();
+    auto finish = [this, self = shared_from_this(), done] {
+        set_state(ManagedState::stopped);
+        done();
+    };
+    if (tunnel_) {
+        auto tunnel = tunnel_;
+        tunnel->stop(manager_.grace_period, finish);
+    } else {
+        asio::post(io_, finish);
+    }
+}
+
+void Supervisor::service_health(bool reachable, const std::string &error)
+{
+    service_reachable_ = reachable;
+    service_error_ = reachable ? std::string() : "local service " + options_.remote_host + ":" +
+                                                     std::to_string(options_.remote_port) +
+                                                     " unreachable: " + error;
+    board_.update(options_.name, generation_, [&](TunnelStatus &s) {
+        s.service_checked = true;
+        s.service_reachable = reachable;
+        s.service_error = error;
+    });
+    if (state_ == ManagedState::up && !reachable)
+        set_state(ManagedState::degraded, Errc::local_service_unreachable, service_error_);
+    else if (state_ == ManagedState::degraded && reachable)
+        set_state(ManagedState::up);
+}
+
+void Supervisor::set_state(ManagedState state, std::error_code ec, const std::string &message)
+{
+    const ManagedState from = state_;
+    state_ = state;
+    const auto now = std::chrono::system_clock::now();
+    board_.update(options_.name, generation_, [&](TunnelStatus &s) {
+        if (s.state != state)
+            s.state_since = now;
+        s.state = state;
+        if (ec) {
+            s.last_error = ec;
+            s.last_error_message = message;
+        }
+    });
+    if (from == state)
+        return;
+    if (state == ManagedState::degraded)
+        log_->warn("degraded: {}", message);
+    else if (state == ManagedState::up && from == ManagedState::degraded)
+        log_->info("local service reachable again");
+    TunnelEvent event;
+    event.name = options_.name;
+    event.from = from;
+    event.to = state;
+    event.error = ec;
+    event.message = message;
+    event.when = now;
+    events_.call(event);
+}
+
+} // namespace pytun::detail
