@@ -70,8 +70,8 @@ std::string local_time(std::chrono::system_clock::time_point when)
 
 void print_status(const pytun::TunnelManager &manager)
 {
-    std::printf("%-16s %-12s %8s  %-24s %6s %6s %12s %12s  %s\n", "NAME", "STATE", "STARTED", "SERVICE", "ACTIVE",
-                "TOTAL", "TO_SERVICE", "FROM_SERVICE", "LAST ERROR");
+    std::printf("%-16s %-12s %8s %6s  %-24s %6s %6s %12s %12s  %s\n", "NAME", "STATE", "STARTED", "LISTEN", "SERVICE",
+                "ACTIVE", "TOTAL", "TO_SERVICE", "FROM_SERVICE", "LAST ERROR");
     for (const pytun::TunnelStatus &s : manager.status()) {
         std::string service = s.remote_host + ":" + std::to_string(s.remote_port);
         if (s.service_checked && !s.service_reachable)
@@ -81,8 +81,9 @@ void print_status(const pytun::TunnelManager &manager)
             error = s.last_error.message() + (s.port_held ? " [port held]" : "");
         if (s.state == pytun::ManagedState::backing_off)
             error += " (next attempt " + local_time(s.next_attempt) + ")";
-        std::printf("%-16s %-12s %8llu  %-24s %6llu %6llu %12llu %12llu  %s\n", s.name.c_str(),
-                    pytun::to_string(s.state), static_cast<unsigned long long>(s.started_times), service.c_str(),
+        std::printf("%-16s %-12s %8llu %6u  %-24s %6llu %6llu %12llu %12llu  %s\n", s.name.c_str(),
+                    pytun::to_string(s.state), static_cast<unsigned long long>(s.started_times),
+                    static_cast<unsigned>(s.listen_port), service.c_str(),
                     static_cast<unsigned long long>(s.traffic.connections_active),
                     static_cast<unsigned long long>(s.traffic.connections_total),
                     static_cast<unsigned long long>(s.traffic.bytes_to_service),

@@ -477,7 +477,9 @@ TEST_CASE("silent bastion: declared dead within keep_alive + 5 s, recovers when 
         REQUIRE(up);
     }
     REQUIRE(echo_via_bastion());
-    // The end-to-end SSH probe runs every keep_alive and records its round trip.
+    // The end-to-end SSH probe runs every keep_alive and records its round
+    // trip. Going silent right after a probe was answered is the worst phase
+    // for detection: the next probe is a whole keep_alive away.
     {
         const bool probed = t::wait_until([&] { return status_of(manager, "silent")->probe_rtt.count() >= 0; },
                                           k_keep_alive * 2 + 2s);
@@ -497,8 +499,11 @@ TEST_CASE("silent bastion: declared dead within keep_alive + 5 s, recovers when 
             << "}\n";
     }
     const std::uint64_t attempts_before = status_of(manager, "silent")->started_times;
-    must({g_ip, "netns", "exec", net.bastion, g_nft, "-f", rules});
+    // Timed from just before the rules go in: the bastion may fall silent
+    // any moment from here on.
     const auto silent_at = Clock::now();
+    must({g_ip, "netns", "exec", net.bastion, g_nft, "-f", rules});
+    MESSAGE("nft drop in place " << ms_since(silent_at) << " ms after silent_at");
     REQUIRE_FALSE(tcp_accepts(k_bastion_ip, 22, 500ms)); // really silent
 
     const bool declared = t::wait_until([&] { return !serving(status_of(manager, "silent")->state); }, 20s);
