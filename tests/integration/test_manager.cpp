@@ -412,6 +412,49 @@ bool accepted_then_closed(std::uint16_t port, std::chrono::milliseconds deadline
     return closed;
 }
 
+/// A local "service" that never answers: its accept queue is full, so the
+/// kernel drops further SYNs and a connect to it hangs until its timeout.
+struct BlackHoleService {
+    int listener = -1;
+    std::vector<int> fillers;
+    std::uint16_t port = 0;
+
+    BlackHoleService()
+    {
+        listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        REQUIRE(listener >= 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof(addr);
+        REQUIRE(::bind(listener, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0);
+        REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
+        REQUIRE(::listen(listener, 0) == 0);
+        port = ntohs(addr.sin_port);
+        // Fill the queue (never accepted) until a connect no longer completes.
+        for (int i = 0; i < 8; ++i) {
+            int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            REQUIRE(fd >= 0);
+            fillers.push_back(fd);
+            if (::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0)
+                continue;
+            REQUIRE(errno == EINPROGRESS);
+            pollfd p{fd, POLLOUT, 0};
+            if (::poll(&p, 1, 300) == 0)
+                return; // this one hangs: the queue is full
+        }
+        FAIL("could not fill the accept queue of the black-hole service");
+    }
+    ~BlackHoleService()
+    {
+        for (int fd : fillers)
+            ::close(fd);
+        ::close(listener);
+    }
+    BlackHoleService(const BlackHoleService &) = delete;
+    BlackHoleService &operator=(const BlackHoleService &) = delete;
+};
+
 /// `count` tunnels written as a pytun configuration directory (connector.ini
 /// and one .ini per tunnel, each to its own echo service), loaded back.
 struct ConfigInstallation {
@@ -889,4 +932,43 @@ TEST_CASE("events: connecting -> up with the right names; a destroyed Subscripti
     manager.stop();
     CHECK(t::wait_until([&] { return kept.has("ev-two", ManagedState::up, ManagedState::stopped); }, 5s));
     CHECK(dropped_calls->load() == dropped_before);
+}
+
+TEST_CASE("status() answers at once while the health probe of a black-hole service hangs")
+{
+    t::SshServer server;
+    BlackHoleService hole;
+    // The black hole really swallows connects (the probe's connect must hang).
+    REQUIRE(t::connect_tcp(hole.port, 300ms) < 0);
+    const auto ports = free_ports(1);
+    pytun::TunnelManager manager(fast_manager_options());
+    REQUIRE_FALSE(manager.apply({options_for(server, "hole", ports[0], hole.port, 1s)}).error);
+
+    // The SSH side comes up regardless; the service probe hangs until its
+    // timeout, then the tunnel is degraded. status() must never wait for it.
+    const auto t0 = Clock::now();
+    long long slowest_us = 0;
+    std::size_t calls = 0;
+    bool degraded = false;
+    while (Clock::now() - t0 < 10s && !degraded) {
+        const auto c0 = Clock::now();
+        auto st = manager.status();
+        const auto took = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - c0).count();
+        slowest_us = std::max<long long>(slowest_us, took);
+        ++calls;
+        CHECK(took < 50000);
+        REQUIRE(st.size() == 1);
+        degraded = st[0].state == ManagedState::degraded;
+        std::this_thread::sleep_for(2ms);
+    }
+    INFO(describe(manager.status()));
+    CHECK(degraded);
+    MESSAGE("black-hole service: degraded after " << ms_since(t0) << " ms; " << calls
+                                                   << " status() calls meanwhile, slowest " << slowest_us << " us");
+    auto s = *status_of(manager, "hole");
+    CHECK_FALSE(s.service_reachable);
+    CHECK_FALSE(s.service_error.empty());
+    const auto s0 = Clock::now();
+    manager.stop();
+    CHECK(ms_since(s0) < 5000);
 }
