@@ -497,13 +497,17 @@ bool SshSession::run_ops()
 // confirmation or a reply to the server) after another call returned.
 bool SshSession::accept_channels()
 {
-    // Only after the socket reported data: a pass started by a relay would
-    // just pay for a recv() that finds nothing.
-    if (!listener_ || !transport_readable_)
+    // Only when something arrived: the socket reported data, or another call
+    // (a channel read or write drains the transport too) pulled packets in,
+    // which may have queued new connections. A pass started by a relay would
+    // otherwise just pay for a recv() that finds nothing.
+    if (!listener_ || (!transport_readable_ && bytes_received_ == bytes_received_at_accept_))
         return true;
     transport_readable_ = false;
+    bytes_received_at_accept_ = bytes_received_;
     for (;;) {
         LIBSSH2_CHANNEL *channel = libssh2_channel_forward_accept(listener_);
+        bytes_received_at_accept_ = bytes_received_;
         if (channel) {
             on_channel_(channel);
             if (closed_)

@@ -153,6 +153,7 @@ private:
     int socket_errno_ = 0;
     std::uint64_t bytes_received_ = 0;
     std::uint64_t bytes_received_at_scan_ = 0;
+    std::uint64_t bytes_received_at_accept_ = 0;
     bool rescan_receive_ = false;
     bool transport_readable_ = false; ///< the socket reported data since the last drain
 
