@@ -616,8 +616,14 @@ TEST_CASE("20 tunnels from a config directory: all up, traffic through all at on
     manager.stop();
     MESSAGE("stop() of 20 tunnels took " << ms_since(s0) << " ms");
     CHECK(install.all(manager, ManagedState::stopped));
+    // The bastion closes each listener when it has processed the cancel or
+    // the disconnect, which may be a moment after stop() returned.
+    std::size_t still_open = 0;
     for (auto port : install.listen_ports)
-        CHECK_FALSE(t::tcp_port_accepts(port));
+        still_open += t::tcp_port_accepts(port) ? 1 : 0;
+    MESSAGE(still_open << " of 20 bastion ports still accepted right after stop() returned");
+    for (auto port : install.listen_ports)
+        CHECK(t::wait_until([&] { return !t::tcp_port_accepts(port); }, 5s));
 }
 
 TEST_CASE("sshd killed: all 20 leave up within 2 s; restarted: all serve within 3 s of sshd listening")
