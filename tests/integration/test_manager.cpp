@@ -788,6 +788,15 @@ TEST_CASE("reload: A unchanged keeps its streaming connection byte-exact; B stop
     const auto a_before = *status_of(manager, "A");
     EventLog events(manager);
 
+    // An invalid set (a name twice) changes nothing.
+    pytun::ApplyResult bad = manager.apply({a, c, c});
+    CHECK(bad.error == pytun::make_error_code(Errc::invalid_options));
+    CHECK_FALSE(bad.message.empty());
+    CHECK(bad.started.empty());
+    CHECK(bad.stopped.empty());
+    CHECK(is_state(manager, "B", ManagedState::up));
+    CHECK_FALSE(status_of(manager, "C").has_value());
+
     pytun::ApplyResult r = manager.apply({a, c});
     INFO(r.message);
     REQUIRE_FALSE(r.error);
