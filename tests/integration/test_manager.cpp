@@ -22,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -81,26 +82,44 @@ void write_file(const fs::path &path, const std::string &text)
     fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
 }
 
-/// `n` distinct ports that were free on 127.0.0.1 a moment ago: all bound at
-/// once, so the kernel cannot hand out the same one twice.
+/// `n` distinct ports free on 127.0.0.1, all bound at once so that none is
+/// handed out twice, and chosen below the kernel's ephemeral range: bind(0)
+/// would pick from that range, where any outgoing connection on the machine
+/// (ours: SSH sessions, probes, echo clients; or another program's) may take
+/// the port before the bastion binds it, and the test would see a "held" port.
 std::vector<std::uint16_t> free_ports(std::size_t n)
 {
+    unsigned ephemeral_low = 32768;
+    {
+        std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+        unsigned low = 0, high = 0;
+        if (range >> low >> high && low > 2048)
+            ephemeral_low = low;
+    }
+    const unsigned first = ephemeral_low > 12000 ? 10000 : 1024;
+    const unsigned span = ephemeral_low - first;
+    std::random_device seed;
+    unsigned candidate = first + seed() % span;
     std::vector<int> fds;
     std::vector<std::uint16_t> ports;
-    for (std::size_t i = 0; i < n; ++i) {
+    for (unsigned tried = 0; ports.size() < n && tried < span; ++tried) {
+        candidate = first + (candidate + 1 - first) % span;
         int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         REQUIRE(fd >= 0);
         sockaddr_in addr{};
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t len = sizeof(addr);
-        REQUIRE(::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0);
-        REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
-        fds.push_back(fd);
-        ports.push_back(ntohs(addr.sin_port));
+        addr.sin_port = htons(static_cast<std::uint16_t>(candidate));
+        if (::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0) {
+            fds.push_back(fd);
+            ports.push_back(static_cast<std::uint16_t>(candidate));
+        } else {
+            ::close(fd);
+        }
     }
     for (int fd : fds)
         ::close(fd);
+    REQUIRE(ports.size() == n);
     return ports;
 }
 
