@@ -172,7 +172,7 @@ int make_key(const std::string &tunnel_file)
     std::cerr << "pytun: add this line to ~" << tunnel->username << "/.ssh/authorized_keys on " << tunnel->server_host
               << " (it allows listening on " << host << ":" << tunnel->port << " and nothing else):\n";
     std::cout << "restrict,port-forwarding,permitlisten=\"" << host << ":" << tunnel->port
-              << "\",permitopen=\"none\" " << type << " " << blob << " pytun-" << safe_comment(name) << "\n";
+              << "\",command=\"/bin/false\" " << type << " " << blob << " pytun-" << safe_comment(name) << "\n";
     return k_exit_ok;
 }
 
