@@ -158,6 +158,7 @@ int make_key(const std::string &tunnel_file)
                 tunnel = &t;
         if (!tunnel)
             return k_exit_failed;
+        name = tunnel->tunnel_name;
     }
 
     std::ifstream pub(key.string() + ".pub");
@@ -170,7 +171,7 @@ int make_key(const std::string &tunnel_file)
         std::cerr << "pytun: to use it, set in " << file.string() << ":  keyfile = " << key.filename().string()
                   << "\n";
     std::cerr << "pytun: add this line to ~" << tunnel->username << "/.ssh/authorized_keys on " << tunnel->server_host
-              << " (it allows listening on " << host << ":" << tunnel->port << " and nothing else):\n";
+              << " (it allows listening on " << host << ":" << tunnel->port << ", no shell, no commands):\n";
     std::cout << "restrict,port-forwarding,permitlisten=\"" << host << ":" << tunnel->port
               << "\",command=\"/bin/false\" " << type << " " << blob << " pytun-" << safe_comment(name) << "\n";
     return k_exit_ok;
