@@ -62,30 +62,14 @@ std::string tunnels_up(const TunnelManager &manager)
     return s;
 }
 
-// Manager events become log lines in the tunnel's file and alerts.
-void on_event(Logging &logging, Alerter &alerter, const TunnelEvent &e)
+// Manager events become log lines in the tunnel's file (alerts: forward_alerts).
+void log_event(Logging &logging, const TunnelEvent &e)
 {
     std::string line = std::string("state: ") + to_string(e.from) + " -> " + to_string(e.to);
     if (!e.message.empty())
         line += ": " + e.message;
     const bool bad = e.to == ManagedState::backing_off || e.to == ManagedState::degraded;
     logging.log(e.name, bad ? LogLevel::warning : LogLevel::info, line);
-
-    AlertEvent a;
-    a.tunnel_name = e.name;
-    a.since = e.when;
-    a.error = e.message.empty() && e.error ? e.error.message() : e.message;
-    if (e.to == ManagedState::backing_off &&
-        (e.from == ManagedState::up || e.from == ManagedState::connecting || e.from == ManagedState::degraded)) {
-        a.kind = AlertEvent::Kind::down;
-    } else if (e.to == ManagedState::up) {
-        a.kind = AlertEvent::Kind::recovered;
-    } else if (e.to == ManagedState::degraded) {
-        a.kind = AlertEvent::Kind::degraded;
-    } else {
-        return;
-    }
-    alerter.notify(a);
 }
 
 bool connector_changed(const ConnectorConfig &a, const ConnectorConfig &b)
@@ -144,7 +128,8 @@ int run_connector(const std::string &config_path)
     ManagerOptions mo;
     mo.grace_period = c.grace_period_ms;
     TunnelManager manager(mo);
-    Subscription events = manager.subscribe([&](const TunnelEvent &e) { on_event(logging, alerter, e); });
+    Subscription events = manager.subscribe([&logging](const TunnelEvent &e) { log_event(logging, e); });
+    Subscription alerts = forward_alerts(manager, alerter);
 
 #ifdef PYTUN_HAVE_STATUS_SERVER
     StatusServerOptions so;
@@ -240,6 +225,7 @@ int run_connector(const std::string &config_path)
 #endif
     manager.stop();
     events.reset();
+    alerts.reset();
     alerter.stop();
     logging.log(LogLevel::info, "stopped");
     logging.flush();
