@@ -15,33 +15,10 @@
 
 #include <pytun/error.h>
 
+#include "util/base64.h"
+
 namespace pytun::detail {
 namespace {
-
-std::string base64_encode(const unsigned char *data, std::size_t size, bool pad)
-{
-    std::string out(4 * ((size + 2) / 3), '\0');
-    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char *>(out.data()), data, static_cast<int>(size));
-    out.resize(static_cast<std::size_t>(n));
-    if (!pad)
-        while (!out.empty() && out.back() == '=')
-            out.pop_back();
-    return out;
-}
-
-std::vector<unsigned char> base64_decode(const std::string &text)
-{
-    std::vector<unsigned char> out(text.size() / 4 * 3 + 3);
-    int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char *>(text.data()),
-                            static_cast<int>(text.size()));
-    if (n < 0)
-        return {};
-    std::size_t padding = 0;
-    if (!text.empty() && text.back() == '=')
-        padding = (text.size() >= 2 && text[text.size() - 2] == '=') ? 2 : 1;
-    out.resize(static_cast<std::size_t>(n) - padding);
-    return out;
-}
 
 std::vector<std::string> split_ws(const std::string &line)
 {
@@ -155,6 +132,18 @@ std::error_code KnownHosts::load(const std::string &path, const std::string &hos
                   " (check server_key and the file's permissions)";
         return Errc::known_hosts_unreadable;
     }
+    parse(in, path, host, port, log);
+    return {};
+}
+
+void KnownHosts::parse(std::istream &in, const std::string &path, const std::string &host, std::uint16_t port,
+                       spdlog::logger &log)
+{
+    path_ = path;
+    host_ = host;
+    port_ = port;
+    entries_.clear();
+    revoked_.clear();
     const auto names = lookup_names(host, port);
     std::string text;
     for (int number = 1; std::getline(in, text); ++number) {
@@ -182,7 +171,6 @@ std::error_code KnownHosts::load(const std::string &path, const std::string &hos
         if (host_field_matches(fields[0], names))
             entries_.push_back({number, text, fields[1], fields[2]});
     }
-    return {};
 }
 
 std::string KnownHosts::hostkey_preference() const
