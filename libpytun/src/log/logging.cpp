@@ -19,28 +19,18 @@
 #include <spdlog/sinks/ansicolor_sink.h>
 #include <spdlog/sinks/base_sink.h>
 
+#include "log.h"
+
 namespace pytun {
 namespace {
+
+using detail::to_spdlog;
 
 namespace fs = std::filesystem;
 using SysClock = std::chrono::system_clock;
 
 constexpr const char *k_file_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%l] %v";
 constexpr const char *k_console_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%^%l%$] %v";
-
-spdlog::level::level_enum to_spdlog(LogLevel level)
-{
-    switch (level) {
-    case LogLevel::trace: return spdlog::level::trace;
-    case LogLevel::debug: return spdlog::level::debug;
-    case LogLevel::info: return spdlog::level::info;
-    case LogLevel::warning: return spdlog::level::warn;
-    case LogLevel::error: return spdlog::level::err;
-    case LogLevel::critical: return spdlog::level::critical;
-    case LogLevel::off: return spdlog::level::off;
-    }
-    return spdlog::level::info;
-}
 
 std::string utc_date(SysClock::time_point tp)
 {
