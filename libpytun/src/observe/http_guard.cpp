@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -58,20 +59,28 @@ int remaining_ms(Clock::time_point deadline)
     return left > 0 ? static_cast<int>(std::min<long long>(left, 60000)) : 0;
 }
 
-// Wait for `events` on `fd` until `deadline`; false on timeout or error.
-bool wait_for(int fd, short events, Clock::time_point deadline)
+enum class Wait { ready, timeout, error };
+
+// Wait for `events` on `fd` until `deadline` (poll's millisecond timeout
+// rounds down, so keep waiting until the deadline has really passed).
+Wait wait_until(int fd, short events, Clock::time_point deadline)
 {
     for (;;) {
         pollfd p{fd, events, 0};
-        int ms = remaining_ms(deadline);
-        int r = ::poll(&p, 1, ms);
+        const bool last = Clock::now() >= deadline;
+        int r = ::poll(&p, 1, last ? 0 : std::max(1, remaining_ms(deadline)));
         if (r > 0)
-            return (p.revents & (events | POLLHUP | POLLERR)) != 0;
-        if (r == 0)
-            return false;
-        if (errno != EINTR)
-            return false;
+            return (p.revents & (events | POLLHUP | POLLERR)) != 0 ? Wait::ready : Wait::error;
+        if (r < 0 && errno != EINTR)
+            return Wait::error;
+        if (r == 0 && last)
+            return Wait::timeout;
     }
+}
+
+bool wait_for(int fd, short events, Clock::time_point deadline)
+{
+    return wait_until(fd, events, deadline) == Wait::ready;
 }
 
 bool is_hex(char c)
@@ -265,6 +274,8 @@ HeadCheck check_head(std::string_view head, const GuardLimits &limits)
 
     std::size_t headers = 0;
     std::size_t pos = eol + 1;
+    std::string_view content_length;
+    bool chunked = false;
     while (pos < head.size()) {
         auto end = head.find('\n', pos);
         if (end == std::string_view::npos)
@@ -282,7 +293,27 @@ HeadCheck check_head(std::string_view head, const GuardLimits &limits)
         if (colon == std::string_view::npos || colon == 0 || h[0] == ' ' || h[0] == '\t' ||
             h.substr(0, colon).find_first_of(" \t") != std::string_view::npos)
             return {400, "malformed header line"};
+        std::string name(h.substr(0, colon));
+        std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+        std::string_view value = h.substr(colon + 1);
+        while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+            value.remove_prefix(1);
+        while (!value.empty() && (value.back() == ' ' || value.back() == '\t'))
+            value.remove_suffix(1);
+        if (name == "content-length") {
+            // Digits only, and one value: anything else is how requests are
+            // smuggled past proxies.
+            if (value.empty() || value.size() > 18 ||
+                !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+                (!content_length.empty() && content_length != value))
+                return {400, "malformed Content-Length"};
+            content_length = value;
+        } else if (name == "transfer-encoding") {
+            chunked = true;
+        }
     }
+    if (chunked && !content_length.empty())
+        return {400, "both Content-Length and Transfer-Encoding"};
     return {};
 }
 
@@ -290,6 +321,13 @@ GuardedServer::GuardedServer(GuardLimits limits, std::function<std::string(int, 
     : limits_(limits), error_reply_(std::move(error_reply))
 {
     new_task_queue = [this] { return new StampingQueue(limits_.threads, limits_.max_pending, pending_); };
+    // httplib's default also sets SO_REUSEPORT, which lets a second pytun
+    // bind the same port silently and share the requests: only
+    // SO_REUSEADDR (restart while old connections linger in TIME_WAIT).
+    set_socket_options([](socket_t sock) {
+        int one = 1;
+        ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    });
 }
 
 GuardedServer::~GuardedServer() = default;
@@ -334,8 +372,8 @@ bool GuardedServer::process_and_close_socket(socket_t sock)
     std::size_t head_end = std::string::npos;
     char chunk[4096];
     while (head_end == std::string::npos) {
-        if (!wait_for(sock, POLLIN, deadline)) {
-            if (buffer.empty() && Clock::now() < deadline) {
+        if (const Wait w = wait_until(sock, POLLIN, deadline); w != Wait::ready) {
+            if (w == Wait::error) {
                 ::close(sock);
                 return false;
             }
