@@ -20,6 +20,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <pytun/alerter.h>
 #include <pytun/log.h>
 #include <pytun/manager.h>
 #include <pytun/status_server.h>
@@ -500,6 +501,69 @@ TEST_CASE("/metrics: strict format, and the values move when traffic flows")
         },
         10s));
     keep_example("metrics.txt", c.Get("/metrics")->body);
+}
+
+namespace {
+
+// A channel of our own: delivers into memory, or refuses (permanently).
+class MemoryChannel final : public pytun::AlertChannel {
+public:
+    explicit MemoryChannel(bool refuse) : refuse_(refuse) {}
+    std::string name() const override { return refuse_ ? "refusing" : "memory"; }
+    std::error_code send(const pytun::Alert &, std::string &detail) override
+    {
+        detail = refuse_ ? "refused on purpose" : "kept";
+        return refuse_ ? pytun::make_error_code(pytun::AlertErrc::http_rejected) : std::error_code{};
+    }
+
+private:
+    bool refuse_;
+};
+
+} // namespace
+
+TEST_CASE("/metrics: alert counts come from the Alerter")
+{
+    pytun::TunnelManager manager(quick_manager());
+    pytun::ConnectorConfig connector;
+    connector.tunnel_manager_id = "alerts-1";
+    pytun::AlerterOptions ao(connector);
+    pytun::Alerter alerter(ao);
+    alerter.add_channel(std::make_unique<MemoryChannel>(false));
+    alerter.add_channel(std::make_unique<MemoryChannel>(true));
+    REQUIRE(alerter.start() == std::error_code{});
+    pytun::StatusServerOptions o;
+    o.port = 0;
+    pytun::StatusServer server(o, manager, &alerter);
+    std::string message;
+    REQUIRE(server.start(message) == std::error_code{});
+    httplib::Client c("127.0.0.1", server.port());
+
+    auto first = c.Get("/metrics");
+    REQUIRE(first);
+    CHECK(h::metric(first->body, "pytun_alerts_sent_total{channel=\"memory\"}") == 0);
+    pytun::AlertEvent event;
+    event.tunnel_name = "ldap";
+    event.kind = pytun::AlertEvent::Kind::test;
+    alerter.notify(event);
+    std::string text;
+    REQUIRE(t::wait_until(
+        [&] {
+            auto r = c.Get("/metrics");
+            text = r ? r->body : "";
+            return h::metric(text, "pytun_alerts_sent_total{channel=\"memory\"}") == 1 &&
+                   h::metric(text, "pytun_alerts_failed_total{channel=\"refusing\"}") == 1;
+        },
+        10s));
+    CHECK(h::bad_metrics_line(text) == "");
+    CHECK(h::metric(text, "pytun_alerts_dropped_total{channel=\"memory\"}") == 0);
+    CHECK(h::metric(text, "pytun_alerts_failed_total{channel=\"memory\"}") == 0);
+    auto api = json::parse(c.Get("/api/v1/tunnels")->body);
+    REQUIRE(api["alerts"].size() == 2);
+    CHECK(api["alerts"][0]["channel"] == "memory");
+    CHECK(api["alerts"][0]["sent"] == 1);
+    server.stop();
+    alerter.stop();
 }
 
 TEST_CASE("/healthz, /readyz (503 naming the tunnels not up), /api/v1/tunnels")

@@ -122,7 +122,8 @@ constexpr std::string_view k_tail = R"HTML(</script>
       tr.dataset.state = t.state;
       const name = document.createElement("td");
       name.appendChild(text("div", t.name));
-      name.appendChild(text("div", t.server_host + ":" + t.listen_port + " → " + t.remote_host + ":" + t.remote_port, "sub"));
+      const bastion = t.server_host + ":" + (t.listen_port ? t.listen_port : "…");
+      name.appendChild(text("div", bastion + " → " + t.remote_host + ":" + t.remote_port, "sub"));
       tr.appendChild(name);
       const state = document.createElement("td");
       const badge = document.createElement("span");
