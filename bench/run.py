@@ -21,6 +21,7 @@ import signal
 import socket
 import statistics
 import struct
+import select
 import subprocess
 import sys
 import tempfile
@@ -321,12 +322,29 @@ class Pytun(Contender):
                          % (port, START_TIMEOUT, lines[-3:], tun.stderr_tail()))
 
     def start_many(self, service_port, n):
-        # HOOK: the lead will provide a way to run N tunnels in one pytun
-        # process (e.g. the `pytun` binary with a generated config). Build the
-        # command here, start it, wait for readiness and return
-        # [Tunnel(proc, ...)] -- the RSS phase sums RSS/PSS over the distinct
-        # PIDs of the returned tunnels. Until then: not measured ("n/a").
-        return None
+        """All n tunnels in one process (bench/many_tunnels, a TunnelManager)."""
+        binary = Path(self.binary).parent.parent / "bench" / "many_tunnels"
+        if not os.access(binary, os.X_OK):
+            return None
+        err = self._stderr_file()
+        cmd = [str(binary), "--count", str(n),
+               "--server-host", "127.0.0.1", "--server-port", str(self.fx.port),
+               "--user", self.fx.user, "--key", self.fx.key, "--known-hosts", self.fx.known_hosts,
+               "--remote-host", "127.0.0.1", "--remote-port", str(service_port)]
+        proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(err, "wb"))
+        tun = Tunnel(proc, 0, err)
+        deadline = time.monotonic() + START_TIMEOUT + n * 0.2
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+            if ready:
+                line = proc.stdout.readline()
+                if line.startswith(b"READY count="):
+                    return [tun]
+            if proc.poll() is not None:
+                break
+        tun.stop()
+        raise StartError("many_tunnels did not report READY for %d tunnels; stderr=%r" % (n, tun.stderr_tail()))
 
 
 # --------------------------------------------------------------------------

@@ -28,6 +28,7 @@
 
 #include <pytun/alerter.h>
 #include <pytun/log.h>
+#include <pytun/manager.h>
 #include <pytun/tunnel.h>
 
 #include "fixture.h"
@@ -853,6 +854,68 @@ TEST_CASE("lifecycle: down (reported repeatedly) then recovered gives one of eac
         CHECK(s.failed == 0);
         CHECK(s.dropped == 0);
     }
+    alerter.stop();
+}
+
+TEST_CASE("lifecycle end to end: a managed tunnel whose bastion dies and returns alerts down, then recovered")
+{
+    t::SshServer server;
+    t::EchoService echo;
+    auto http = http_receiver();
+    auto smtp = smtp_server("plain", false);
+    auto c = http_config(http->port());
+    c.smtp_hostname = "127.0.0.1";
+    c.smtp_port = smtp->port();
+    c.smtp_from = "connector@example.com";
+    c.smtp_to = {"ops@example.com"};
+    pytun::AlerterOptions o(c);
+    o.reminder_interval = 1h;
+    auto recorded = std::make_shared<Recorded>();
+    pytun::Alerter alerter(o);
+    alerter.add_channel(std::make_unique<RecordingChannel>(recorded), o.email);
+    REQUIRE(!alerter.start());
+
+    pytun::ManagerOptions mo;
+    mo.backoff_initial = 200ms;
+    mo.backoff_max = 400ms;
+    pytun::TunnelManager manager(mo);
+    auto alerts = pytun::forward_alerts(manager, alerter);
+    pytun::TunnelOptions tunnel;
+    tunnel.name = "ldap";
+    tunnel.server_host = "127.0.0.1";
+    tunnel.server_port = server.port();
+    tunnel.username = server.user();
+    tunnel.key_file = server.key_ed25519();
+    tunnel.known_hosts_file = server.known_hosts_bracketed();
+    tunnel.bind_address = "127.0.0.1";
+    tunnel.listen_port = 0;
+    tunnel.remote_host = "127.0.0.1";
+    tunnel.remote_port = echo.port();
+    REQUIRE(!manager.apply({tunnel}).error);
+    auto state = [&] { return manager.status().at(0).state; };
+    REQUIRE(t::wait_until([&] { return state() == pytun::ManagedState::up; }, 10s));
+
+    server.kill_hard();
+    REQUIRE(t::wait_until([&] { return manager.status().at(0).started_times >= 3; }, 10s)); // several failed retries
+    server.start();
+    REQUIRE(t::wait_until([&] { return state() == pytun::ManagedState::up; }, 10s));
+
+    REQUIRE(smtp->wait_records(2));
+    REQUIRE(http->wait_records(2));
+    REQUIRE(t::wait_until([&] { return recorded->count() >= 2; }, 5s));
+    std::this_thread::sleep_for(1s); // nothing else may follow
+    CHECK(smtp->records().size() == 2);
+    CHECK(http->records().size() == 2);
+    const auto all = recorded->all();
+    REQUIRE(all.size() == 2);
+    CHECK(all[0].event == pytun::Alert::Event::down);
+    CHECK(all[0].tunnel_name == "ldap");
+    CHECK(all[1].event == pytun::Alert::Event::recovered);
+    const json h0 = json::parse(http->records()[0].at("body").get<std::string>());
+    CHECK(h0.at("event") == "down");
+    CHECK(h0.at("tunnel_name") == "ldap");
+    CHECK(h0.at("error").get<std::string>().find("lost") != std::string::npos);
+    manager.stop();
     alerter.stop();
 }
 

@@ -1,7 +1,13 @@
 // SPDX-License-Identifier: MIT
 // Uses every public header with nothing but the standard library and libpytun.
+#include <pytun/alerter.h>
+#include <pytun/config.h>
 #include <pytun/error.h>
+#include <pytun/health.h>
 #include <pytun/log.h>
+#include <pytun/manager.h>
+#include <pytun/status_server.h>
+#include <pytun/subscription.h>
 #include <pytun/tunnel.h>
 #include <pytun/version.h>
 
@@ -25,6 +31,17 @@ int main()
     std::error_code started = tunnel.start();
     if (started != pytun::Errc::invalid_options) {
         std::fprintf(stderr, "start() with empty options returned %s\n", started.message().c_str());
+        return 1;
+    }
+    // The configuration loader reports problems as values too.
+    pytun::LoadResult loaded = pytun::load_config("/nonexistent/connector.ini");
+    if (loaded.ok() || loaded.diagnostics.empty()) {
+        std::fprintf(stderr, "loading a missing file did not report a diagnostic\n");
+        return 1;
+    }
+    pytun::TunnelManager manager;
+    if (manager.thread_count() == 0 || !manager.status().empty()) {
+        std::fprintf(stderr, "a new manager should have threads and no tunnels\n");
         return 1;
     }
     std::printf("pytun %s (libssh2 %s, %s)\n", pytun::version().c_str(), pytun::libssh2_version().c_str(),

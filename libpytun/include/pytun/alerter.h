@@ -15,6 +15,7 @@
 
 #include <pytun/config.h>
 #include <pytun/export.h>
+#include <pytun/subscription.h>
 
 namespace pytun {
 
@@ -187,6 +188,15 @@ private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+class TunnelManager;
+
+/// Turns the manager's state changes into alerts: a tunnel that fails or is
+/// lost is `down` (every failed retry reports it again; the alerter keeps one
+/// outage), a tunnel serving again is `recovered`, an unreachable local
+/// service is `degraded`. Alerts flow while the Subscription lives; the
+/// alerter must outlive it.
+PYTUN_EXPORT Subscription forward_alerts(TunnelManager &manager, Alerter &alerter);
 
 } // namespace pytun
 

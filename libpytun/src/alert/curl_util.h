@@ -15,6 +15,23 @@
 
 namespace pytun::detail {
 
+/// libcurl's entry points, resolved from libcurl.so.4 when the first alert
+/// channel needs them: a connector that sends no alerts never loads curl and
+/// its dependencies (TLS, Kerberos, LDAP, ...: about 4 MiB resident).
+struct CurlApi {
+    decltype(&::curl_global_init) global_init = nullptr;
+    decltype(&::curl_easy_init) easy_init = nullptr;
+    decltype(&::curl_easy_setopt) easy_setopt = nullptr;
+    decltype(&::curl_easy_perform) easy_perform = nullptr;
+    decltype(&::curl_easy_getinfo) easy_getinfo = nullptr;
+    decltype(&::curl_easy_cleanup) easy_cleanup = nullptr;
+    decltype(&::curl_easy_strerror) easy_strerror = nullptr;
+    decltype(&::curl_slist_append) slist_append = nullptr;
+    decltype(&::curl_slist_free_all) slist_free_all = nullptr;
+    std::string error; ///< why loading failed; empty when loaded
+};
+const CurlApi &curl_api();
+
 /// curl_global_init once per process (it is not thread-safe to race it).
 void curl_global_once();
 

@@ -104,7 +104,7 @@ std::size_t read_upload(char *buffer, std::size_t size, std::size_t nitems, void
 
 class SlistGuard {
 public:
-    ~SlistGuard() { curl_slist_free_all(list); }
+    ~SlistGuard() { curl_api().slist_free_all(list); }
     curl_slist *list = nullptr;
 };
 
@@ -176,7 +176,7 @@ std::error_code EmailChannel::send(const Alert &alert, std::string &detail)
     Upload upload{&message};
     CurlEasy easy(cancel_);
     if (!easy.ok()) {
-        detail = "cannot create a libcurl handle";
+        detail = curl_api().error.empty() ? "cannot create a libcurl handle" : curl_api().error;
         return AlertErrc::send_failed;
     }
     CURL *c = easy.get();
@@ -184,30 +184,30 @@ std::error_code EmailChannel::send(const Alert &alert, std::string &detail)
     const std::string mail_from = "<" + one_line(from_address(config_)) + ">";
     SlistGuard rcpt;
     for (const auto &to : config_.smtp_to)
-        rcpt.list = curl_slist_append(rcpt.list, ("<" + one_line(to) + ">").c_str());
-    curl_easy_setopt(c, CURLOPT_URL, u.c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_FROM, mail_from.c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt.list);
-    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(c, CURLOPT_READFUNCTION, &read_upload);
-    curl_easy_setopt(c, CURLOPT_READDATA, &upload);
-    curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(message.size()));
+        rcpt.list = curl_api().slist_append(rcpt.list, ("<" + one_line(to) + ">").c_str());
+    curl_api().easy_setopt(c, CURLOPT_URL, u.c_str());
+    curl_api().easy_setopt(c, CURLOPT_MAIL_FROM, mail_from.c_str());
+    curl_api().easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt.list);
+    curl_api().easy_setopt(c, CURLOPT_UPLOAD, 1L);
+    curl_api().easy_setopt(c, CURLOPT_READFUNCTION, &read_upload);
+    curl_api().easy_setopt(c, CURLOPT_READDATA, &upload);
+    curl_api().easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(message.size()));
     // "tls" means STARTTLS is required: never fall back to plain text.
-    curl_easy_setopt(c, CURLOPT_USE_SSL,
+    curl_api().easy_setopt(c, CURLOPT_USE_SSL,
                      config_.smtp_security == SmtpSecurity::starttls ? static_cast<long>(CURLUSESSL_ALL)
                                                                      : static_cast<long>(CURLUSESSL_NONE));
     if (!config_.smtp_login.empty()) {
-        curl_easy_setopt(c, CURLOPT_USERNAME, config_.smtp_login.c_str());
-        curl_easy_setopt(c, CURLOPT_PASSWORD, config_.smtp_password.c_str());
+        curl_api().easy_setopt(c, CURLOPT_USERNAME, config_.smtp_login.c_str());
+        curl_api().easy_setopt(c, CURLOPT_PASSWORD, config_.smtp_password.c_str());
     }
     if (!config_.smtp_ca_file.empty())
-        curl_easy_setopt(c, CURLOPT_CAINFO, config_.smtp_ca_file.c_str());
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, config_.smtp_verify_tls ? 1L : 0L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, config_.smtp_verify_tls ? 2L : 0L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_.count()));
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_.count()));
+        curl_api().easy_setopt(c, CURLOPT_CAINFO, config_.smtp_ca_file.c_str());
+    curl_api().easy_setopt(c, CURLOPT_SSL_VERIFYPEER, config_.smtp_verify_tls ? 1L : 0L);
+    curl_api().easy_setopt(c, CURLOPT_SSL_VERIFYHOST, config_.smtp_verify_tls ? 2L : 0L);
+    curl_api().easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_.count()));
+    curl_api().easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_.count()));
 
-    const CURLcode rc = curl_easy_perform(c);
+    const CURLcode rc = curl_api().easy_perform(c);
     const std::string where = host_port(config_.smtp_hostname, config_.smtp_port);
     const long code = easy.response_code();
     const std::string text = easy.error_text(rc);

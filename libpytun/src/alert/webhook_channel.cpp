@@ -70,29 +70,29 @@ std::error_code WebhookChannel::send(const Alert &alert, std::string &detail)
     const std::string body = build_body(alert);
     CurlEasy easy(cancel_);
     if (!easy.ok()) {
-        detail = "cannot create a libcurl handle";
+        detail = curl_api().error.empty() ? "cannot create a libcurl handle" : curl_api().error;
         return AlertErrc::send_failed;
     }
     CURL *c = easy.get();
-    curl_slist *headers = curl_slist_append(nullptr, "Content-Type: application/json");
-    headers = curl_slist_append(headers, "Expect:"); // no 100-continue round trip
-    curl_easy_setopt(c, CURLOPT_URL, config_.http_url.c_str());
-    curl_easy_setopt(c, CURLOPT_POST, 1L);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.c_str());
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &discard);
+    curl_slist *headers = curl_api().slist_append(nullptr, "Content-Type: application/json");
+    headers = curl_api().slist_append(headers, "Expect:"); // no 100-continue round trip
+    curl_api().easy_setopt(c, CURLOPT_URL, config_.http_url.c_str());
+    curl_api().easy_setopt(c, CURLOPT_POST, 1L);
+    curl_api().easy_setopt(c, CURLOPT_POSTFIELDS, body.c_str());
+    curl_api().easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+    curl_api().easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    curl_api().easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_api().easy_setopt(c, CURLOPT_WRITEFUNCTION, &discard);
     if (!config_.http_user.empty() || !config_.http_password.empty()) {
-        curl_easy_setopt(c, CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BASIC));
-        curl_easy_setopt(c, CURLOPT_USERNAME, config_.http_user.c_str());
-        curl_easy_setopt(c, CURLOPT_PASSWORD, config_.http_password.c_str());
+        curl_api().easy_setopt(c, CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BASIC));
+        curl_api().easy_setopt(c, CURLOPT_USERNAME, config_.http_user.c_str());
+        curl_api().easy_setopt(c, CURLOPT_PASSWORD, config_.http_password.c_str());
     }
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_.count()));
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_.count()));
+    curl_api().easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_.count()));
+    curl_api().easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_.count()));
 
-    const CURLcode rc = curl_easy_perform(c);
-    curl_slist_free_all(headers);
+    const CURLcode rc = curl_api().easy_perform(c);
+    curl_api().slist_free_all(headers);
     const std::string where = redact_url(config_.http_url);
     const std::string text = easy.error_text(rc);
     const long status = easy.response_code();

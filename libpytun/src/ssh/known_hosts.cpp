@@ -155,6 +155,18 @@ std::error_code KnownHosts::load(const std::string &path, const std::string &hos
                   " (check server_key and the file's permissions)";
         return Errc::known_hosts_unreadable;
     }
+    parse(in, path, host, port, log);
+    return {};
+}
+
+void KnownHosts::parse(std::istream &in, const std::string &path, const std::string &host, std::uint16_t port,
+                       spdlog::logger &log)
+{
+    path_ = path;
+    host_ = host;
+    port_ = port;
+    entries_.clear();
+    revoked_.clear();
     const auto names = lookup_names(host, port);
     std::string text;
     for (int number = 1; std::getline(in, text); ++number) {
@@ -182,7 +194,6 @@ std::error_code KnownHosts::load(const std::string &path, const std::string &hos
         if (host_field_matches(fields[0], names))
             entries_.push_back({number, text, fields[1], fields[2]});
     }
-    return {};
 }
 
 std::string KnownHosts::hostkey_preference() const

@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <cstdint>
+#include <istream>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -25,6 +26,9 @@ public:
     /// cannot be read (message says which and why).
     std::error_code load(const std::string &path, const std::string &host, std::uint16_t port,
                          spdlog::logger &log, std::string &message);
+    /// The same from a stream (`path` is only used in messages).
+    void parse(std::istream &in, const std::string &path, const std::string &host, std::uint16_t port,
+               spdlog::logger &log);
 
     /// Host-key algorithms known_hosts holds for this host, in file order, as a
     /// libssh2 method preference ("ssh-ed25519,ecdsa-sha2-nistp256"); empty

@@ -63,7 +63,7 @@ void SshSession::connect(const std::string &host, std::uint16_t port, std::chron
 {
     auto self = shared_from_this();
     auto finished = std::make_shared<bool>(false);
-    auto complete = [this, self, finished, done, host, port](std::error_code ec, std::string message) {
+    auto complete = [this, self, finished, done](std::error_code ec, std::string message) {
         if (*finished)
             return;
         *finished = true;
