@@ -213,6 +213,18 @@ TEST_CASE("status JSON keeps the original's shape; status_data falls back to the
     CHECK(j["status_data"]["web"]["last_start"].is_number_float());
     CHECK(j["web"]["status"] == false);
     CHECK(j["tunnel_manager_id"] == "manager-1");
+    // Two tunnels of one file (TOML) both keep their entry.
+    auto shared = sample_snapshot();
+    shared.tunnels[1].config_path = shared.tunnels[0].config_path;
+    auto sj = nlohmann::json::parse(render_status(sample_context(), shared));
+    CHECK(sj["status_data"].size() == 2);
+    CHECK(sj["status_data"].contains("/etc/pytun/configs/ldap.ini#web"));
+    // Names and hosts with quotes or control characters stay valid JSON.
+    auto odd = sample_snapshot();
+    odd.tunnels[1].name = "we\"b\n";
+    odd.tunnels[1].remote_host = "h\\x";
+    auto oj = nlohmann::json::parse(render_status(sample_context(), odd));
+    CHECK(oj["we\"b\n"]["remote_host"] == "h\\x");
     // A tunnel named like a fixed key cannot break the reply.
     auto snap = sample_snapshot();
     snap.tunnels[1].name = "tunnel_manager_id";
