@@ -723,6 +723,40 @@ TEST_CASE("hostile requests get their status, and the server keeps serving")
     CHECK(serving());
 }
 
+TEST_CASE("more clients waiting than the limit: 503 for the surplus, served again afterwards")
+{
+    pytun::TunnelManager manager(quick_manager());
+    pytun::StatusServerOptions o;
+    o.port = 0;
+    o.threads = 1;
+    o.max_pending = 2;
+    o.request_timeout = 500ms;
+    pytun::StatusServer server(o, manager);
+    std::string message;
+    REQUIRE(server.start(message) == std::error_code{});
+    // Ten clients connect and say nothing: one holds the only worker, two
+    // may wait, the rest get 503 as soon as a worker reaches them, without
+    // being read from.
+    std::vector<int> idle;
+    for (int i = 0; i < 10; ++i) {
+        int fd = h::connect_to("127.0.0.1", server.port());
+        REQUIRE(fd >= 0);
+        idle.push_back(fd);
+        std::this_thread::sleep_for(5ms); // accept in order
+    }
+    int busy = 0, timed_out = 0;
+    for (int fd : idle) {
+        auto r = h::read_reply(fd, 5s);
+        busy += r.status == 503;
+        timed_out += r.status == 408;
+        ::close(fd);
+    }
+    CHECK(busy >= 6);
+    CHECK(busy + timed_out == 10);
+    auto r = h::raw(server.port(), "GET / HTTP/1.1\r\n\r\n", 5s);
+    CHECK(r.status == 200);
+}
+
 TEST_CASE("/status with 100 tunnels whose local services are all dead answers in milliseconds")
 {
     pytun::ManagerOptions m = quick_manager();
