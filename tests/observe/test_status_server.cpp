@@ -864,8 +864,17 @@ TEST_CASE("stop() right after start(), twice, and destruction while clients wait
         std::string message;
         REQUIRE(s.start(message) == std::error_code{});
         int idle = h::connect_to("127.0.0.1", s.port());
+        int slow = h::connect_to("127.0.0.1", s.port());
+        ::send(slow, "GET / HTTP/1.1\r\n", 16, MSG_NOSIGNAL);
+        std::this_thread::sleep_for(20ms); // let the workers pick them up
+        // Not held up by the clients that have not finished their requests
+        // (the request timeout is 5 s).
+        const auto start = std::chrono::steady_clock::now();
         s.stop();
+        CHECK(std::chrono::steady_clock::now() - start < 1s);
         s.stop();
+        if (slow >= 0)
+            ::close(slow);
         CHECK(!s.running());
         if (idle >= 0)
             ::close(idle);

@@ -51,6 +51,8 @@ public:
     /// Bind and serve on a thread of the server's own. A port in use is an
     /// error with a message that says which and what to do.
     std::error_code start(std::string &message);
+    /// Stop listening and cut the requests in progress short; returns
+    /// promptly whatever the clients do. Safe to call twice.
     void stop();
     /// The bound port (the chosen one when 0 was asked).
     std::uint16_t port() const;

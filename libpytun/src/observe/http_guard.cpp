@@ -356,11 +356,34 @@ void GuardedServer::reply_and_close(socket_t sock, int status, const std::string
     const auto drain_until = Clock::now() + std::chrono::milliseconds(200);
     while (wait_for(sock, POLLIN, drain_until) && ::recv(sock, sink, sizeof sink, MSG_DONTWAIT) > 0) {
     }
-    ::close(sock);
+}
+
+void GuardedServer::shutdown_clients()
+{
+    std::lock_guard lock(clients_mutex_);
+    for (int fd : clients_)
+        ::shutdown(fd, SHUT_RDWR);
 }
 
 bool GuardedServer::process_and_close_socket(socket_t sock)
 {
+    // Known while served, so that stop() can cut it short; closed under the
+    // same lock, so that shutdown_clients() never touches a reused number.
+    {
+        std::lock_guard lock(clients_mutex_);
+        clients_.insert(sock);
+    }
+    struct Closer {
+        GuardedServer &server;
+        int fd;
+        ~Closer()
+        {
+            std::lock_guard lock(server.clients_mutex_);
+            server.clients_.erase(fd);
+            ::close(fd);
+        }
+    } closer{*this, sock};
+
     const auto deadline = t_accepted_at + limits_.request_timeout;
     if (t_overloaded) {
         reply_and_close(sock, 503, "too many clients waiting; try again");
@@ -373,10 +396,8 @@ bool GuardedServer::process_and_close_socket(socket_t sock)
     char chunk[4096];
     while (head_end == std::string::npos) {
         if (const Wait w = wait_until(sock, POLLIN, deadline); w != Wait::ready) {
-            if (w == Wait::error) {
-                ::close(sock);
+            if (w == Wait::error)
                 return false;
-            }
             reply_and_close(sock, 408, "request not received within " +
                                            std::to_string(limits_.request_timeout.count()) + " ms");
             return false;
@@ -384,11 +405,8 @@ bool GuardedServer::process_and_close_socket(socket_t sock)
         ssize_t n = ::recv(sock, chunk, sizeof chunk, 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            // Gone before a complete head: nobody to answer.
-            ::close(sock);
-            return false;
-        }
+        if (n <= 0)
+            return false; // gone before a complete head: nobody to answer
         buffer.append(chunk, static_cast<std::size_t>(n));
         // Look for the blank line from a little before the new bytes.
         std::size_t from = scanned >= 3 ? scanned - 3 : 0;
@@ -437,7 +455,6 @@ bool GuardedServer::process_and_close_socket(socket_t sock)
     bool connection_closed = false;
     bool ok = process_request(stream, true, connection_closed, nullptr);
     ::shutdown(sock, SHUT_WR);
-    ::close(sock);
     return ok;
 }
 

@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -61,14 +63,21 @@ public:
 
     std::size_t rejected() const { return rejected_.load(); }
 
+    /// Shut down the connections being served, so that stop() does not
+    /// wait for slow clients to reach their deadline.
+    void shutdown_clients();
+
 private:
     bool process_and_close_socket(socket_t sock) override;
+    /// Answer with the guard's own error reply (the caller closes).
     void reply_and_close(socket_t sock, int status, const std::string &reason);
 
     GuardLimits limits_;
     std::function<std::string(int, const std::string &)> error_reply_;
     std::atomic<std::size_t> pending_{0};
     std::atomic<std::size_t> rejected_{0};
+    std::mutex clients_mutex_;
+    std::set<int> clients_;
 };
 
 } // namespace pytun::detail

@@ -313,7 +313,15 @@ void StatusServer::stop()
     std::lock_guard lock(d.mutex);
     if (!d.server)
         return;
+    // httplib's stop() closes the listener; its listen thread then waits
+    // for the workers. Cut the connections they serve (and those still
+    // queued, as they start) short, so that a slow client cannot delay
+    // stop() until its request deadline.
     d.server->stop();
+    while (d.server->is_running()) {
+        d.server->shutdown_clients();
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
     if (d.thread.joinable())
         d.thread.join();
     d.server.reset();
