@@ -214,6 +214,11 @@ TEST_CASE("GET / and unknown paths: the original's ping, Server header, JSON")
         if (std::string(path) == "/")
             keep_example("ping.json", res->body);
     }
+    // HEAD: the headers of GET, no body.
+    auto head = h::raw(rig.server->port(), "HEAD /status HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(head.status == 200);
+    CHECK(head.body.empty());
+    CHECK(h::header_value(head.head, "Server") == "Pytun Introspection web server/" + pytun::version());
 }
 
 TEST_CASE("GET /status: every key and type of compat.md, from a real manager")
