@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-# Demo behind scripts/demo: a throwaway sshd, a local web page, and pytun between them.
+# Demo behind scripts/demo: a throwaway sshd, a local web page, and the pytun command between them.
 """Show a pytun reverse tunnel end to end, entirely on 127.0.0.1.
 
 A throwaway OpenSSH server plays the bastion, a small HTTP service plays the
-thing behind the firewall, and pytun forwards a bastion port to it. Then
+thing behind the firewall, and `pytun` (run with a generated connector.ini and
+tunnel directory, as an operator would) forwards a bastion port to it. Then
 `curl http://127.0.0.1:<bastion port>/` reaches the service through the
 tunnel. With --smoke (or PYTUN_DEMO_SMOKE=1) it checks that by itself and
 exits: 0 when everything worked.
@@ -87,44 +88,53 @@ def start_service():
 # The tunnel
 
 
-def tunnel_command(binary, info, bastion_port, service_port):
-    """The one place that knows how to run pytun for the demo."""
-    return [
-        str(binary),
-        "--server-host", "127.0.0.1",
-        "--server-port", str(info["port"]),
-        "--user", info["user"],
-        "--key", info["key_ed25519"],
-        "--known-hosts", info["known_hosts_bracketed"],
-        "--bind-address", "127.0.0.1",
-        "--listen-port", str(bastion_port),
-        "--remote-host", "127.0.0.1",
-        "--remote-port", str(service_port),
-    ]
+def write_config(tmp, info, bastion_port, service_port, inspection_port):
+    """A connector.ini and a tunnel directory, as an installation has them."""
+    conf = os.path.join(tmp, "pytun")
+    tunnels = os.path.join(conf, "tunnels")
+    os.makedirs(tunnels)
+    shutil.copyfile(info["key_ed25519"], os.path.join(tunnels, "demo_ed25519"))
+    os.chmod(os.path.join(tunnels, "demo_ed25519"), 0o600)
+    shutil.copyfile(info["known_hosts_bracketed"], os.path.join(tunnels, "known_hosts"))
+    with open(os.path.join(conf, "connector.ini"), "w") as f:
+        f.write("[pytun]\n"
+                "tunnel_manager_id = demo\n"
+                "tunnel_dirs = tunnels   # relative to this file\n"
+                "log_path = logs\n"
+                "log_level = INFO\n"
+                "log_to_console = true\n"
+                "inspection_port = %d\n" % inspection_port)
+    with open(os.path.join(tunnels, "demo.ini"), "w") as f:
+        f.write("[tunnel]\n"
+                "tunnel_name = \"Demo web page\"\n"
+                "server_host = 127.0.0.1\n"
+                "server_port = %d\n"
+                "port = %d   # the bastion listens here\n"
+                "remote_host = 127.0.0.1\n"
+                "remote_port = %d   # the service behind the tunnel\n"
+                "username = %s\n"
+                "keyfile = demo_ed25519\n"
+                "server_key = known_hosts\n"
+                "keep_alive_time = 10\n"
+                "log_level = INFO\n" % (info["port"], bastion_port, service_port, info["user"]))
+    return os.path.join(conf, "connector.ini")
 
 
 def wait_ready(proc, port, timeout):
-    """Wait for pytun's 'READY listen_port=N' line; keep draining stdout after."""
-    ready = threading.Event()
-    lines = []
-
-    def drain():
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            lines.append(line)
-            if line == "READY listen_port=%d" % port:
-                ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
+    """Wait until the page answers through the bastion port."""
+    url = "http://127.0.0.1:%d/" % port
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if ready.wait(0.05):
-            return
         if proc.poll() is not None:
-            if ready.wait(0.2):
-                return
-            raise DemoError("the tunnel exited with status %s before it was ready" % proc.returncode)
-    raise DemoError("the tunnel did not report READY within %.0f s (stdout: %r)" % (timeout, lines[-3:]))
+            raise DemoError("pytun exited with status %s before the tunnel was up" % proc.returncode)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.read() == PAGE:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise DemoError("the tunnel was not up within %.0f s" % timeout)
 
 
 def stop(proc, name):
@@ -166,17 +176,21 @@ def smoke(bastion_port):
     say("smoke: POST %d MiB through the tunnel, sha256 matches (%.2f s)" % (SMOKE_BYTES >> 20, secs))
 
 
-def interactive(proc, bastion_port, service_port, info):
+def interactive(proc, bastion_port, service_port, info, inspection_port, config):
     url = "http://127.0.0.1:%d/" % bastion_port
     say()
     say("The tunnel is up.")
     say("  bastion (OpenSSH sshd) 127.0.0.1:%d, user %s" % (info["port"], info["user"]))
     say("  service (HTTP)         127.0.0.1:%d" % service_port)
     say("  pytun forwards bastion port 127.0.0.1:%d -> the service" % bastion_port)
+    say("  config: %s" % config)
     say()
     say("Try, in another terminal:")
     say("  curl %s" % url)
     say("It shows: %s" % PAGE.decode().strip())
+    say()
+    say("Status:    curl http://127.0.0.1:%d/status" % inspection_port)
+    say("Dashboard: http://127.0.0.1:%d/ui" % inspection_port)
     say()
     say("Press Ctrl-C to stop the tunnel, the sshd and the service.")
     stopping = threading.Event()
@@ -200,9 +214,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", default=os.environ.get("PYTUN_DEMO_SMOKE") == "1",
                     help="check the tunnel unattended and exit (also PYTUN_DEMO_SMOKE=1)")
-    ap.add_argument("--binary", default=str(REPO_ROOT / "build" / "examples" / "reverse_tunnel"),
-                    help="tunnel program (default: build/examples/reverse_tunnel)")
-    ap.add_argument("--verbose", action="store_true", help="show the tunnel's log on stderr")
+    ap.add_argument("--binary", default=str(REPO_ROOT / "build" / "tools" / "pytun" / "pytun"),
+                    help="the pytun program (default: build/tools/pytun/pytun)")
+    ap.add_argument("--verbose", action="store_true", help="show pytun's console log")
     args = ap.parse_args()
 
     if not os.access(args.binary, os.X_OK):
@@ -229,20 +243,28 @@ def main():
         service = start_service()
         service_port = service.server_address[1]
         bastion_port = sshd_fixture.free_port()
-        cmd = tunnel_command(args.binary, info, bastion_port, service_port)
+        inspection_port = sshd_fixture.free_port()
+        config = write_config(tmp, info, bastion_port, service_port, inspection_port)
+        cmd = [args.binary, "--config_ini", config]
         stderr = None if args.verbose else open(tunnel_log, "wb")
         # Own session: Ctrl-C reaches only the demo, which then stops the
         # tunnel by PID (and gets to see how it exits).
-        tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+        tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                                   start_new_session=True)
         if stderr is not None:
             stderr.close()
         wait_ready(tunnel, bastion_port, READY_TIMEOUT)
         if args.smoke:
+            say("try:       curl http://127.0.0.1:%d/" % bastion_port)
+            say("status:    http://127.0.0.1:%d/status" % inspection_port)
+            say("dashboard: http://127.0.0.1:%d/ui" % inspection_port)
             smoke(bastion_port)
+            stop(tunnel, "pytun")
+            if tunnel.returncode != 0:
+                raise DemoError("pytun exited with status %s on SIGTERM" % tunnel.returncode)
             say("OK")
         else:
-            interactive(tunnel, bastion_port, service_port, info)
+            interactive(tunnel, bastion_port, service_port, info, inspection_port, config)
         return 0
     except DemoError as e:
         sys.stderr.write("demo: FAILED: %s\n" % e)

@@ -15,33 +15,6 @@ namespace pytun {
 namespace detail {
 namespace {
 
-LogLevel from_spdlog(spdlog::level::level_enum level)
-{
-    switch (level) {
-    case spdlog::level::trace: return LogLevel::trace;
-    case spdlog::level::debug: return LogLevel::debug;
-    case spdlog::level::info: return LogLevel::info;
-    case spdlog::level::warn: return LogLevel::warning;
-    case spdlog::level::err: return LogLevel::error;
-    case spdlog::level::critical: return LogLevel::critical;
-    default: return LogLevel::off;
-    }
-}
-
-spdlog::level::level_enum to_spdlog(LogLevel level)
-{
-    switch (level) {
-    case LogLevel::trace: return spdlog::level::trace;
-    case LogLevel::debug: return spdlog::level::debug;
-    case LogLevel::info: return spdlog::level::info;
-    case LogLevel::warning: return spdlog::level::warn;
-    case LogLevel::error: return spdlog::level::err;
-    case LogLevel::critical: return spdlog::level::critical;
-    case LogLevel::off: return spdlog::level::off;
-    }
-    return spdlog::level::info;
-}
-
 // One sink shared by every logger: it holds the handler, so replacing the
 // handler affects loggers that already exist.
 class HandlerSink final : public spdlog::sinks::base_sink<std::mutex> {
@@ -89,6 +62,33 @@ Registry &registry()
 }
 
 } // namespace
+
+LogLevel from_spdlog(spdlog::level::level_enum level)
+{
+    switch (level) {
+    case spdlog::level::trace: return LogLevel::trace;
+    case spdlog::level::debug: return LogLevel::debug;
+    case spdlog::level::info: return LogLevel::info;
+    case spdlog::level::warn: return LogLevel::warning;
+    case spdlog::level::err: return LogLevel::error;
+    case spdlog::level::critical: return LogLevel::critical;
+    default: return LogLevel::off;
+    }
+}
+
+spdlog::level::level_enum to_spdlog(LogLevel level)
+{
+    switch (level) {
+    case LogLevel::trace: return spdlog::level::trace;
+    case LogLevel::debug: return spdlog::level::debug;
+    case LogLevel::info: return spdlog::level::info;
+    case LogLevel::warning: return spdlog::level::warn;
+    case LogLevel::error: return spdlog::level::err;
+    case LogLevel::critical: return spdlog::level::critical;
+    case LogLevel::off: return spdlog::level::off;
+    }
+    return spdlog::level::info;
+}
 
 std::shared_ptr<spdlog::logger> make_logger(const std::string &name)
 {

@@ -32,6 +32,7 @@
 #include <pytun/tunnel.h>
 
 #include "fixture.h"
+#include "log_capture.h"
 
 extern char **environ;
 
@@ -71,35 +72,9 @@ std::string base64(const std::string &in)
 }
 
 // Every log line of the library, from before the first test to the last one.
-struct LogCapture {
-    std::mutex mutex;
-    std::vector<std::string> lines;
-
-    LogCapture()
-    {
-        pytun::set_log_level(pytun::LogLevel::debug);
-        pytun::set_log_handler([this](pytun::LogLevel, std::string_view logger, std::string_view message) {
-            std::lock_guard lock(mutex);
-            lines.push_back(std::string(logger) + ": " + std::string(message));
-        });
-    }
-    std::vector<std::string> snapshot()
-    {
-        std::lock_guard lock(mutex);
-        return lines;
-    }
-    std::size_t count_containing(const std::string &needle)
-    {
-        std::lock_guard lock(mutex);
-        return static_cast<std::size_t>(std::count_if(lines.begin(), lines.end(), [&](const std::string &l) {
-            return l.find(needle) != std::string::npos;
-        }));
-    }
-};
-
-LogCapture &log_capture()
+t::LogCapture &log_capture()
 {
-    static LogCapture capture;
+    static t::LogCapture capture;
     return capture;
 }
 
@@ -111,34 +86,6 @@ std::string read_file(const fs::path &path)
     return out.str();
 }
 
-pid_t spawn(const std::vector<std::string> &argv, const std::string &output_path)
-{
-    std::vector<char *> args;
-    for (const auto &a : argv)
-        args.push_back(const_cast<char *>(a.c_str()));
-    args.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, output_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
-    pid_t pid = -1;
-    const int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0)
-        throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
-    return pid;
-}
-
-int run_and_wait(const std::vector<std::string> &argv, const std::string &output_path)
-{
-    const pid_t pid = spawn(argv, output_path);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 struct TempDir {
     fs::path path;
@@ -168,11 +115,11 @@ struct Environment {
     Environment()
     {
         log_capture();
-        if (run_and_wait({python(), "-c", "import aiosmtpd"}, (dir.path / "probe.log").string()) != 0) {
+        if (t::run_process({python(), "-c", "import aiosmtpd"}, (dir.path / "probe.log").string()) != 0) {
             fs::remove_all(dir.path); // skip() exits without running destructors
             t::skip("python3-aiosmtpd is not installed");
         }
-        const int rc = run_and_wait({python(), PYTUN_ALERT_SCRIPTS "/smtp_server.py", "mkcert", certs.string()},
+        const int rc = t::run_process({python(), PYTUN_ALERT_SCRIPTS "/smtp_server.py", "mkcert", certs.string()},
                                     (dir.path / "mkcert.log").string());
         if (rc == 77) {
             fs::remove_all(dir.path);
@@ -205,7 +152,7 @@ public:
             argv.push_back("serve");
         argv.insert(argv.end(), {"--outdir", (dir_ / "out").string(), "--ready", (dir_ / "ready").string()});
         argv.insert(argv.end(), args.begin(), args.end());
-        pid_ = spawn(argv, (dir_ / "server.log").string());
+        pid_ = t::spawn_process(argv, (dir_ / "server.log").string());
         const bool ready = t::wait_until([&] { return fs::exists(dir_ / "ready"); }, 20s);
         if (!ready) {
             t::end_process(pid_);

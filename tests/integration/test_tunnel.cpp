@@ -19,38 +19,13 @@
 #include <pytun/tunnel.h>
 
 #include "fixture.h"
+#include "log_capture.h"
 
 using namespace std::chrono_literals;
 using pytun::Errc;
 namespace t = pytun::test;
 
 namespace {
-
-// Every log line of the library, for assertions about what was logged.
-struct LogCapture {
-    std::mutex mutex;
-    std::vector<std::string> lines;
-
-    LogCapture()
-    {
-        pytun::set_log_level(pytun::LogLevel::debug);
-        pytun::set_log_handler([this](pytun::LogLevel, std::string_view logger, std::string_view message) {
-            std::lock_guard lock(mutex);
-            lines.push_back(std::string(logger) + ": " + std::string(message));
-        });
-    }
-    ~LogCapture() { pytun::set_log_handler(nullptr); }
-
-    std::size_t count_containing(const std::string &needle)
-    {
-        std::lock_guard lock(mutex);
-        std::size_t n = 0;
-        for (const auto &line : lines)
-            if (line.find(needle) != std::string::npos)
-                ++n;
-        return n;
-    }
-};
 
 pytun::TunnelOptions options_for(const t::SshServer &server, std::uint16_t service_port)
 {
@@ -143,7 +118,7 @@ TEST_CASE("64 MiB each way arrive intact (SHA-256 compared)")
 
 TEST_CASE("500 concurrent connections, 256 KiB each way at once, every byte intact")
 {
-    LogCapture log;
+    t::LogCapture log;
     auto &server = shared_server();
     t::EchoService echo;
     pytun::Tunnel tunnel(options_for(server, echo.port()));

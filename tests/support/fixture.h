@@ -77,6 +77,13 @@ private:
 /// SIGTERM then, after a short wait, SIGKILL a process we started; reaps it.
 void end_process(pid_t pid);
 
+/// Start `argv` (no shell; argv[0] looked up in PATH) with stdin from
+/// /dev/null and stdout + stderr appended to `output_path`; only fds 0-2 are
+/// inherited. Throws std::runtime_error if it cannot start.
+pid_t spawn_process(const std::vector<std::string> &argv, const std::string &output_path);
+/// spawn_process, then wait: the exit status, or -1 if it died of a signal.
+int run_process(const std::vector<std::string> &argv, const std::string &output_path);
+
 /// Local services on 127.0.0.1, port chosen by the kernel, one thread per
 /// connection. stop() closes the listener and every connection; start()
 /// listens again on the same port.

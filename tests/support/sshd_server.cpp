@@ -243,6 +243,20 @@ void end_process(pid_t pid)
     forget_holder(pid);
 }
 
+pid_t spawn_process(const std::vector<std::string> &argv, const std::string &output_path)
+{
+    return spawn(argv, output_path);
+}
+
+int run_process(const std::vector<std::string> &argv, const std::string &output_path)
+{
+    const pid_t pid = spawn(argv, output_path);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 struct SshServer::Impl {
     std::string dir;
     nlohmann::json info;

@@ -9,7 +9,7 @@
 // keepalive (want_reply=0) and an end-to-end probe whose reply is consumed
 // (a session channel opened and closed), plus TCP keepalive and
 // TCP_USER_TIMEOUT on the SSH socket. A silent bastion is declared dead
-// within keep_alive + 5 s.
+// within keep_alive + 4 s.
 #pragma once
 
 #include <chrono>

@@ -14,27 +14,10 @@
 
 #include <pytun/error.h>
 
+#include "util/base64.h"
+
 namespace pytun::detail {
 namespace {
-
-std::vector<unsigned char> base64_decode(const std::string &text)
-{
-    std::string clean;
-    clean.reserve(text.size());
-    for (char c : text)
-        if (!std::isspace(static_cast<unsigned char>(c)))
-            clean += c;
-    std::vector<unsigned char> out(clean.size() / 4 * 3 + 3);
-    int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char *>(clean.data()),
-                            static_cast<int>(clean.size()));
-    if (n < 0)
-        return {};
-    std::size_t padding = 0;
-    if (!clean.empty() && clean.back() == '=')
-        padding = (clean.size() >= 2 && clean[clean.size() - 2] == '=') ? 2 : 1;
-    out.resize(static_cast<std::size_t>(n) - padding);
-    return out;
-}
 
 // Reads one SSH wire-format string (uint32 length + bytes).
 bool read_ssh_string(const std::vector<unsigned char> &buf, std::size_t &pos, std::string &out)

@@ -15,33 +15,10 @@
 
 #include <pytun/error.h>
 
+#include "util/base64.h"
+
 namespace pytun::detail {
 namespace {
-
-std::string base64_encode(const unsigned char *data, std::size_t size, bool pad)
-{
-    std::string out(4 * ((size + 2) / 3), '\0');
-    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char *>(out.data()), data, static_cast<int>(size));
-    out.resize(static_cast<std::size_t>(n));
-    if (!pad)
-        while (!out.empty() && out.back() == '=')
-            out.pop_back();
-    return out;
-}
-
-std::vector<unsigned char> base64_decode(const std::string &text)
-{
-    std::vector<unsigned char> out(text.size() / 4 * 3 + 3);
-    int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char *>(text.data()),
-                            static_cast<int>(text.size()));
-    if (n < 0)
-        return {};
-    std::size_t padding = 0;
-    if (!text.empty() && text.back() == '=')
-        padding = (text.size() >= 2 && text[text.size() - 2] == '=') ? 2 : 1;
-    out.resize(static_cast<std::size_t>(n) - padding);
-    return out;
-}
 
 std::vector<std::string> split_ws(const std::string &line)
 {

@@ -210,12 +210,13 @@ void SshSession::set_tcp_liveness(std::chrono::seconds keep_alive)
     const int idle = static_cast<int>(std::max<std::int64_t>(1, keep_alive.count()));
     const int interval = std::max(1, idle / 3);
     const int count = 3;
-    const unsigned user_timeout = static_cast<unsigned>((keep_alive.count() + 5) * 1000);
+    const unsigned user_timeout = static_cast<unsigned>((keep_alive.count() + 4) * 1000);
     ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
-    // Unacknowledged data older than this kills the connection.
+    // Unacknowledged data older than this kills the connection (the same
+    // bound as the health probe's: keep_alive + 4 s).
     ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
 }
 

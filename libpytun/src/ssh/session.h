@@ -69,7 +69,7 @@ public:
     void note_receive_space() { rescan_receive_ = true; wake(); }
 
     /// TCP keepalive and TCP_USER_TIMEOUT sized from the health interval, so
-    /// the kernel gives up on a silent bastion within keep_alive + 5 s.
+    /// the kernel gives up on a silent bastion within keep_alive + 4 s.
     void set_tcp_liveness(std::chrono::seconds keep_alive);
     /// Queue an SSH keepalive (want_reply=0); skipped when it could not be
     /// sent whole (see session.cpp).

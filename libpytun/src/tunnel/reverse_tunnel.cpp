@@ -15,8 +15,10 @@ namespace {
 // them (past this the bastion gets an open failure).
 constexpr int k_accept_queue = 1024;
 
-// A health probe unanswered this long means the bastion is gone.
-constexpr std::chrono::seconds k_probe_grace{5};
+// A health probe unanswered this long means the bastion is gone. With probes
+// every keep_alive, a bastion that goes silent right after an answer is
+// declared dead after keep_alive + this (+ scheduling): under keep_alive + 5 s.
+constexpr std::chrono::seconds k_probe_grace{4};
 // After the grace period, closing the remaining channels may take this long.
 constexpr std::chrono::milliseconds k_close_deadline{500};
 
@@ -340,6 +342,10 @@ void ReverseTunnel::stop(std::chrono::milliseconds grace, std::function<void()> 
             return libssh2_channel_forward_cancel(listener);
         },
         [](int) {});
+    // libssh2 does not wait for the cancel's reply. A probe after it is a
+    // barrier: sshd handles requests in order, so once the probe is answered
+    // the port is free again (a restart on reload can bind it at once).
+    session_->probe([this, self = shared_from_this()](int) { cancel_confirmed_ = true; });
     listener_ = nullptr;
     grace_deadline_ = std::chrono::steady_clock::now() + grace;
     poll_stop(std::move(done));
@@ -355,7 +361,7 @@ void ReverseTunnel::poll_stop(std::function<void()> done)
         done();
         return;
     }
-    if (!disconnecting_ && session_->relay_count() == 0) {
+    if (!disconnecting_ && session_->relay_count() == 0 && cancel_confirmed_) {
         // Every channel is closed: say goodbye, then free the session.
         disconnecting_ = true;
         closing_relays_ = true;

@@ -73,6 +73,7 @@ private:
     std::chrono::steady_clock::time_point hard_deadline_;
     bool closing_relays_ = false;
     bool disconnecting_ = false;
+    bool cancel_confirmed_ = false;
     KeyFileInfo key_;
     KnownHosts known_hosts_;
     LIBSSH2_LISTENER *listener_ = nullptr;

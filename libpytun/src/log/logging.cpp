@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: MIT
+// Connector logging: daily-rotated files per logger, console output, and the
+// routing of libpytun's lines to them.
+#include <pytun/logging.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+
+#include <spdlog/details/file_helper.h>
+#include <spdlog/logger.h>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/ansicolor_sink.h>
+#include <spdlog/sinks/base_sink.h>
+
+#include "log.h"
+
+namespace pytun {
+namespace {
+
+using detail::to_spdlog;
+
+namespace fs = std::filesystem;
+using SysClock = std::chrono::system_clock;
+
+constexpr const char *k_file_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%l] %v";
+constexpr const char *k_console_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%^%l%$] %v";
+
+std::string utc_date(SysClock::time_point tp)
+{
+    std::time_t t = SysClock::to_time_t(tp);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[16];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d", &tm);
+    return buf;
+}
+
+SysClock::time_point next_utc_midnight(SysClock::time_point tp)
+{
+    auto day = std::chrono::floor<std::chrono::days>(tp);
+    return day + std::chrono::days(1);
+}
+
+// Writes NAME.log; at the first line after midnight UTC the file becomes
+// NAME.log.YYYY-MM-DD (the day it covers) and a new NAME.log is started, as
+// Python's TimedRotatingFileHandler did. Only `max_files` old files are kept.
+class DailyUtcFileSink final : public spdlog::sinks::base_sink<std::mutex> {
+public:
+    DailyUtcFileSink(std::string path, std::size_t max_files) : path_(std::move(path)), max_files_(max_files)
+    {
+        file_.open(path_, false);
+        std::error_code ec;
+        auto written = fs::last_write_time(path_, ec);
+        auto start = SysClock::now();
+        if (!ec && fs::file_size(path_, ec) > 0 && !ec)
+            start = std::chrono::time_point_cast<SysClock::duration>(std::chrono::file_clock::to_sys(written));
+        rotate_at_ = next_utc_midnight(std::min(start, SysClock::now()));
+    }
+
+protected:
+    void sink_it_(const spdlog::details::log_msg &msg) override
+    {
+        if (msg.time >= rotate_at_)
+            rotate(msg.time);
+        spdlog::memory_buf_t line;
+        formatter_->format(msg, line);
+        file_.write(line);
+    }
+    void flush_() override { file_.flush(); }
+
+private:
+    void rotate(SysClock::time_point now)
+    {
+        file_.close();
+        std::string dated = path_ + "." + utc_date(rotate_at_ - std::chrono::seconds(1));
+        std::error_code ec;
+        if (!fs::exists(dated, ec))
+            fs::rename(path_, dated, ec);
+        file_.open(path_, false);
+        rotate_at_ = next_utc_midnight(now);
+        prune();
+    }
+    void prune()
+    {
+        const fs::path p(path_);
+        const std::string prefix = p.filename().string() + ".";
+        std::vector<fs::path> old;
+        std::error_code ec;
+        for (const auto &entry : fs::directory_iterator(p.parent_path(), ec)) {
+            const std::string name = entry.path().filename().string();
+            if (name.size() == prefix.size() + 10 && name.starts_with(prefix))
+                old.push_back(entry.path());
+        }
+        if (old.size() <= max_files_)
+            return;
+        std::sort(old.begin(), old.end()); // dates sort as strings
+        for (std::size_t i = 0; i + max_files_ < old.size(); ++i)
+            fs::remove(old[i], ec);
+    }
+
+    std::string path_;
+    std::size_t max_files_;
+    spdlog::details::file_helper file_;
+    SysClock::time_point rotate_at_;
+};
+
+} // namespace
+
+LoggingOptions logging_options(const ConnectorConfig &connector)
+{
+    LoggingOptions o;
+    o.directory = connector.log_path;
+    o.level = connector.log_level;
+    o.to_console = connector.log_to_console;
+    return o;
+}
+
+LogFileTarget log_target(const TunnelConfig &tunnel)
+{
+    LogFileTarget t;
+    t.logger = to_tunnel_options(tunnel).name;
+    t.file_base = tunnel.source_name;
+    t.level = tunnel.log_level;
+    t.to_console = tunnel.log_to_console;
+    return t;
+}
+
+struct Logging::Impl {
+    LoggingOptions options;
+    std::shared_ptr<spdlog::sinks::sink> console;
+    std::shared_ptr<spdlog::sinks::sink> main_file;
+    std::shared_ptr<spdlog::logger> main;
+
+    mutable std::shared_mutex mutex;
+    std::map<std::string, std::shared_ptr<spdlog::logger>, std::less<>> targets;  // by logger name
+    std::map<std::string, std::shared_ptr<spdlog::logger>, std::less<>> others;   // lazily, main sinks
+    std::map<std::string, std::shared_ptr<spdlog::sinks::sink>> files;            // by file base
+    bool installed = false;
+
+    std::shared_ptr<spdlog::sinks::sink> file_sink(const std::string &base, std::string &message)
+    {
+        if (options.directory.empty())
+            return nullptr;
+        if (auto it = files.find(base); it != files.end())
+            return it->second;
+        const std::string path = (fs::path(options.directory) / (base + ".log")).string();
+        try {
+            auto sink = std::make_shared<DailyUtcFileSink>(path, options.max_files);
+            sink->set_formatter(
+                std::make_unique<spdlog::pattern_formatter>(k_file_pattern, spdlog::pattern_time_type::utc));
+            files.emplace(base, sink);
+            return sink;
+        } catch (const std::exception &e) {
+            message = "cannot open the log file " + path + ": " + e.what();
+            return nullptr;
+        }
+    }
+
+    std::shared_ptr<spdlog::logger> make(const std::string &name, std::shared_ptr<spdlog::sinks::sink> file,
+                                         bool to_console, LogLevel level)
+    {
+        std::vector<spdlog::sink_ptr> sinks;
+        if (file)
+            sinks.push_back(std::move(file));
+        if (to_console)
+            sinks.push_back(console);
+        auto logger = std::make_shared<spdlog::logger>(name, sinks.begin(), sinks.end());
+        logger->set_level(to_spdlog(level));
+        logger->flush_on(spdlog::level::trace); // operators tail these files
+        return logger;
+    }
+
+    std::shared_ptr<spdlog::logger> find(std::string_view logger)
+    {
+        {
+            std::shared_lock lock(mutex);
+            if (auto it = targets.find(logger); it != targets.end())
+                return it->second;
+            if (logger == options.main_logger)
+                return main;
+            if (auto it = others.find(logger); it != others.end())
+                return it->second;
+        }
+        std::unique_lock lock(mutex);
+        auto &slot = others[std::string(logger)];
+        if (!slot)
+            slot = make(std::string(logger), main_file, options.to_console, options.level);
+        return slot;
+    }
+
+    // libpytun filters before the handler: let through what any logger wants.
+    void update_library_level()
+    {
+        LogLevel lowest = options.level;
+        for (const auto &[name, logger] : targets)
+            lowest = std::min(lowest, static_cast<LogLevel>(std::clamp(static_cast<int>(logger->level()), 0, 6)));
+        set_log_level(lowest);
+    }
+};
+
+Logging::Logging(LoggingOptions options) : impl_(std::make_unique<Impl>())
+{
+    impl_->options = std::move(options);
+}
+
+Logging::~Logging()
+{
+    if (impl_->installed)
+        set_log_handler({});
+    if (impl_->main)
+        impl_->main->flush();
+}
+
+std::error_code Logging::start(std::string &message)
+{
+    Impl &d = *impl_;
+    auto console = std::make_shared<spdlog::sinks::ansicolor_stderr_sink_mt>(
+        d.options.color == LoggingOptions::Color::always  ? spdlog::color_mode::always
+        : d.options.color == LoggingOptions::Color::never ? spdlog::color_mode::never
+                                                          : spdlog::color_mode::automatic);
+    console->set_formatter(
+        std::make_unique<spdlog::pattern_formatter>(k_console_pattern, spdlog::pattern_time_type::utc));
+    d.console = console;
+    if (!d.options.directory.empty()) {
+        std::error_code ec;
+        fs::create_directories(d.options.directory, ec);
+        if (ec) {
+            message = "cannot create the log directory " + d.options.directory + ": " + ec.message();
+            return ec;
+        }
+        d.main_file = d.file_sink(d.options.main_file_base, message);
+        if (!d.main_file)
+            return std::make_error_code(std::errc::io_error);
+    }
+    d.main = d.make(d.options.main_logger, d.main_file, d.options.to_console || d.options.directory.empty(),
+                    d.options.level);
+    set_log_handler([&d](LogLevel level, std::string_view logger, std::string_view text) {
+        d.find(logger)->log(to_spdlog(level), "{}", text);
+    });
+    d.installed = true;
+    d.update_library_level();
+    return {};
+}
+
+std::error_code Logging::set_targets(const std::vector<LogFileTarget> &targets, std::string &message)
+{
+    Impl &d = *impl_;
+    std::unique_lock lock(d.mutex);
+    std::map<std::string, std::shared_ptr<spdlog::logger>, std::less<>> next;
+    std::error_code result;
+    for (const auto &t : targets) {
+        std::string why;
+        auto file = d.file_sink(t.file_base, why);
+        if (!file && !d.options.directory.empty()) {
+            message += (message.empty() ? "" : "; ") + why;
+            result = std::make_error_code(std::errc::io_error);
+        }
+        next[t.logger] = d.make(t.logger, file, t.to_console, t.level);
+    }
+    d.targets = std::move(next);
+    d.update_library_level();
+    return result;
+}
+
+void Logging::log(LogLevel level, std::string_view message)
+{
+    if (impl_->main)
+        impl_->main->log(to_spdlog(level), "{}", message);
+}
+
+void Logging::log(std::string_view logger, LogLevel level, std::string_view message)
+{
+    if (impl_->main)
+        impl_->find(logger)->log(to_spdlog(level), "{}", message);
+}
+
+void Logging::flush()
+{
+    std::shared_lock lock(impl_->mutex);
+    if (impl_->main)
+        impl_->main->flush();
+    for (const auto &[name, logger] : impl_->targets)
+        logger->flush();
+}
+
+} // namespace pytun

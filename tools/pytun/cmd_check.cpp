@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: MIT
+// pytun --check: load and validate everything, print every problem, start nothing.
+#include "commands.h"
+
+#include <iostream>
+
+#include <pytun/device.h>
+
+namespace pytun::cli {
+
+int check_config(const std::string &config_path)
+{
+    auto config = load_or_report(config_path);
+    if (!config)
+        return k_exit_failed;
+    DeviceAuthorization device = check_device_authorization(config->connector);
+    if (!device.authorized) {
+        std::cerr << config->main_file << ": signature: " << device.message << "\n"
+                  << "pytun: this device is not authorized to run the connector\n";
+        return k_exit_failed;
+    }
+    std::cout << "pytun: " << config->main_file << " is valid: " << config->tunnels.size()
+              << (config->tunnels.size() == 1 ? " tunnel" : " tunnels") << "\n";
+    for (const auto &t : config->tunnels)
+        std::cout << "  " << t.tunnel_name << ": " << t.server_host << ":" << t.server_port << " port " << t.port
+                  << " -> " << t.remote_host << ":" << t.remote_port << " (" << t.source_file << ")\n";
+    if (!config->connector.signature.empty())
+        std::cout << "  " << device.message << "\n";
+    return k_exit_ok;
+}
+
+} // namespace pytun::cli

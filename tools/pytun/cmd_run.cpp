@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: MIT
+// pytun (run mode): the connector until SIGTERM/SIGINT; SIGHUP reloads.
+#include "commands.h"
+
+#include <signal.h>
+#include <time.h>
+
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <sstream>
+
+#include <pytun/alerter.h>
+#include <pytun/device.h>
+#include <pytun/logging.h>
+#include <pytun/manager.h>
+#include <pytun/version.h>
+#ifdef PYTUN_HAVE_STATUS_SERVER
+#include <pytun/status_server.h>
+#endif
+
+#include "service_notify.h"
+
+namespace pytun::cli {
+namespace {
+
+std::vector<TunnelOptions> tunnel_options(const Config &config)
+{
+    std::vector<TunnelOptions> out;
+    for (const auto &t : config.tunnels)
+        out.push_back(to_tunnel_options(t));
+    return out;
+}
+
+std::vector<LogFileTarget> log_targets(const Config &config)
+{
+    std::vector<LogFileTarget> out;
+    for (const auto &t : config.tunnels)
+        out.push_back(log_target(t));
+    return out;
+}
+
+std::string join(const std::vector<std::string> &names)
+{
+    std::string s;
+    for (const auto &n : names)
+        s += (s.empty() ? "" : ", ") + n;
+    return s.empty() ? "-" : s;
+}
+
+std::string tunnels_up(const TunnelManager &manager)
+{
+    auto status = manager.status();
+    std::size_t up = 0, degraded = 0;
+    for (const auto &t : status) {
+        up += t.state == ManagedState::up;
+        degraded += t.state == ManagedState::degraded;
+    }
+    std::string s = std::to_string(up) + " of " + std::to_string(status.size()) + " tunnels up";
+    if (degraded)
+        s += ", " + std::to_string(degraded) + " degraded (local service not answering)";
+    return s;
+}
+
+// Manager events become log lines in the tunnel's file (alerts: forward_alerts).
+void log_event(Logging &logging, const TunnelEvent &e)
+{
+    std::string line = std::string("state: ") + to_string(e.from) + " -> " + to_string(e.to);
+    if (!e.message.empty())
+        line += ": " + e.message;
+    const bool bad = e.to == ManagedState::backing_off || e.to == ManagedState::degraded;
+    logging.log(e.name, bad ? LogLevel::warning : LogLevel::info, line);
+}
+
+bool connector_changed(const ConnectorConfig &a, const ConnectorConfig &b)
+{
+    return a.tunnel_manager_id != b.tunnel_manager_id || a.log_path != b.log_path ||
+           a.inspection_port != b.inspection_port || a.inspection_localhost_only != b.inspection_localhost_only ||
+           a.inspection_token != b.inspection_token || a.smtp_hostname != b.smtp_hostname ||
+           a.smtp_port != b.smtp_port || a.smtp_to != b.smtp_to || a.smtp_login != b.smtp_login ||
+           a.smtp_password != b.smtp_password || a.http_url != b.http_url || a.http_user != b.http_user ||
+           a.http_password != b.http_password || a.signature != b.signature;
+}
+
+} // namespace
+
+int run_connector(const std::string &config_path)
+{
+    auto loaded = load_or_report(config_path);
+    if (!loaded)
+        return k_exit_failed;
+    Config config = std::move(*loaded);
+    const ConnectorConfig &c = config.connector;
+
+    Logging logging(logging_options(c));
+    std::string message;
+    if (logging.start(message)) {
+        std::cerr << "pytun: " << message << "\n";
+        return k_exit_failed;
+    }
+    if (logging.set_targets(log_targets(config), message))
+        logging.log(LogLevel::error, message);
+    logging.log(LogLevel::info, "pytun " + version() + " (libssh2 " + libssh2_version() + ", " +
+                                    openssl_version() + ") starting: " + config.main_file + ", " +
+                                    std::to_string(config.tunnels.size()) + " tunnel(s), tunnel_manager_id " +
+                                    c.tunnel_manager_id);
+
+    Alerter alerter(c);
+    if (std::error_code ec = alerter.start()) {
+        logging.log(LogLevel::critical, "the alerter cannot start: " + ec.message());
+        return k_exit_failed;
+    }
+
+    DeviceAuthorization device = check_device_authorization(c);
+    if (!device.authorized) {
+        logging.log(LogLevel::critical,
+                    "Connector down! The device where it is installed is not allowed to run it. " + device.message);
+        AlertEvent a;
+        a.kind = AlertEvent::Kind::unauthorized;
+        a.error = device.message;
+        alerter.notify(a);
+        alerter.stop();
+        std::cerr << "pytun: this device is not authorized to run the connector: " << device.message << "\n";
+        return k_exit_failed;
+    }
+    logging.log(LogLevel::info, device.message);
+
+    ManagerOptions mo;
+    mo.grace_period = c.grace_period_ms;
+    TunnelManager manager(mo);
+    Subscription events = manager.subscribe([&logging](const TunnelEvent &e) { log_event(logging, e); });
+    Subscription alerts = forward_alerts(manager, alerter);
+
+#ifdef PYTUN_HAVE_STATUS_SERVER
+    StatusServerOptions so;
+    so.bind_address = c.inspection_localhost_only ? "127.0.0.1" : "0.0.0.0";
+    so.port = c.inspection_port;
+    so.token = c.inspection_token;
+    so.tunnel_manager_id = c.tunnel_manager_id;
+    so.mac_address = device.mac_address;
+    so.main_config_file = config.main_file;
+    so.config_dir = c.tunnel_dirs;
+    so.log_dir = c.log_path;
+    StatusServer server(so, manager, &alerter);
+    if (std::error_code ec = server.start(message)) {
+        logging.log(LogLevel::critical, "status API: " + message);
+        std::cerr << "pytun: " << message << "\n";
+        alerter.stop();
+        return k_exit_failed;
+    }
+    logging.log(LogLevel::info, "status API on http://" + so.bind_address + ":" + std::to_string(server.port()) +
+                                    "/status");
+#endif
+
+    ApplyResult applied = manager.apply(tunnel_options(config));
+    if (applied.error) {
+        logging.log(LogLevel::critical, "cannot start the tunnels: " + applied.message);
+        std::cerr << "pytun: cannot start the tunnels: " << applied.message << "\n";
+        manager.stop();
+        alerter.stop();
+        return k_exit_failed;
+    }
+    logging.log(LogLevel::info, "started: " + join(applied.started));
+
+    ServiceNotifier notifier;
+    notifier.ready(tunnels_up(manager));
+
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    const auto tick = notifier.tick();
+    std::string last_status;
+    int stop_signal = 0;
+    while (!stop_signal) {
+        timespec timeout{static_cast<time_t>(tick.count() / 1000), static_cast<long>(tick.count() % 1000) * 1000000L};
+        const int sig = sigtimedwait(&signals, nullptr, &timeout);
+        if (sig == SIGTERM || sig == SIGINT) {
+            stop_signal = sig;
+        } else if (sig == SIGHUP) {
+            notifier.reloading();
+            logging.log(LogLevel::info, "SIGHUP: reloading " + config.main_file);
+            LoadResult next = load_config(config.main_file);
+            for (const auto &d : next.diagnostics)
+                logging.log(d.severity == Diagnostic::Severity::error ? LogLevel::error : LogLevel::warning,
+                            "reload: " + d.to_string());
+            if (!next.ok()) {
+                logging.log(LogLevel::error, "reload rejected: the new configuration has errors (listed above); "
+                                             "the running tunnels continue unchanged");
+            } else {
+                if (connector_changed(c, next.config->connector))
+                    logging.log(LogLevel::warning, "reload: changes to the [pytun] section (alerts, status API, "
+                                                   "log_path, signature) take effect after a restart");
+                if (logging.set_targets(log_targets(*next.config), message))
+                    logging.log(LogLevel::error, message);
+                ApplyResult r = manager.apply(tunnel_options(*next.config));
+                if (r.error) {
+                    logging.log(LogLevel::error, "reload rejected: " + r.message);
+                    logging.set_targets(log_targets(config), message);
+                } else {
+                    config.tunnels = std::move(next.config->tunnels);
+                    logging.log(LogLevel::info, "reload: started " + join(r.started) + "; restarted " +
+                                                    join(r.restarted) + "; stopped " + join(r.stopped) +
+                                                    "; kept " + join(r.kept));
+                }
+            }
+            notifier.ready(tunnels_up(manager));
+        }
+        notifier.watchdog();
+        std::string now = tunnels_up(manager);
+        if (now != last_status) {
+            notifier.status(now);
+            logging.log(LogLevel::debug, now);
+            last_status = std::move(now);
+        }
+    }
+
+    notifier.stopping();
+    logging.log(LogLevel::info, std::string(stop_signal == SIGINT ? "SIGINT" : "SIGTERM") +
+                                    ": stopping (open connections get " +
+                                    std::to_string(c.grace_period_ms.count()) + " ms)");
+#ifdef PYTUN_HAVE_STATUS_SERVER
+    server.stop();
+#endif
+    manager.stop();
+    events.reset();
+    alerts.reset();
+    alerter.stop();
+    logging.log(LogLevel::info, "stopped");
+    logging.flush();
+    return k_exit_ok;
+}
+
+} // namespace pytun::cli

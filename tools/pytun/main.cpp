@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: MIT
+// pytun: the connector command (drop-in for the original; see docs/cli.md).
+#include "commands.h"
+
+#include <signal.h>
+
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+int main(int argc, char **argv)
+{
+    using namespace pytun::cli;
+    // One thread handles signals (sigtimedwait in run mode); every thread
+    // started later inherits this mask, so no libssh2 call sees EINTR.
+    sigset_t blocked;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+
+    CLI::App app{"pytun: keeps reverse SSH tunnels up (drop-in for the pytun connector).\n"
+                 "Without a test flag it runs the connector until SIGTERM/SIGINT; SIGHUP reloads.",
+                 "pytun"};
+    std::string config_ini = "connector.ini";
+    std::string make_key_file;
+    bool check = false, smtp = false, http = false, connections = false, tunnels = false, all = false,
+         show_version = false;
+    app.add_option("--config_ini", config_ini, "main configuration file")->capture_default_str();
+    app.add_flag("--check", check, "load and validate everything, print every problem; exit 0 or 1, start nothing");
+    app.add_flag("--test_smtp", smtp, "send one test e-mail (exit 0 sent, 1 failed, 2 not configured)");
+    app.add_flag("--test_http", http, "send one test webhook (exit 0 sent, 1 failed, 2 not configured)");
+    app.add_flag("--test_connections", connections,
+                 "TCP-connect to every tunnel's remote_host:remote_port (exit 0, or 3 if any failed)");
+    app.add_flag("--test_tunnels,--test_connectors", tunnels,
+                 "SSH connect, verify, authenticate, request and cancel each forward (exit 0, or 4)");
+    app.add_flag("--test_all", all, "all of the above plus the service state, as a readable report (exit 0)");
+    app.add_option("--make-key", make_key_file,
+                   "create an ed25519 key next to this tunnel file and print its authorized_keys line")
+        ->type_name("TUNNEL.ini");
+    app.add_flag("-v,--version", show_version, "print the versions of pytun, libssh2 and OpenSSL");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp &e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError &e) {
+        app.exit(e);
+        return 2;
+    }
+
+    if (show_version)
+        return print_version(std::cout);
+    if (!make_key_file.empty())
+        return make_key(make_key_file);
+    if (check)
+        return check_config(config_ini);
+    if (!(smtp || http || connections || tunnels || all))
+        return run_connector(config_ini);
+
+    auto config = load_or_report(config_ini);
+    if (!config)
+        return k_exit_failed;
+    if (all)
+        return test_all(*config, std::cout);
+    // Several test flags: run each, the first failure's status wins.
+    int rc = 0;
+    auto step = [&rc](int r) {
+        if (rc == 0)
+            rc = r;
+    };
+    if (smtp)
+        step(test_smtp(*config, std::cout));
+    if (http)
+        step(test_http(*config, std::cout));
+    if (connections)
+        step(test_connections(*config, std::cout));
+    if (tunnels)
+        step(test_tunnels(*config, std::cout));
+    return rc;
+}
