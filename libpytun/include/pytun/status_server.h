@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -27,6 +28,16 @@ struct StatusServerOptions {
     std::string main_config_file;              ///< connector.ini, redacted into /configs
     std::string config_dir;                    ///< tunnel_dirs, redacted into /configs
     std::string log_dir;                       ///< log_path, its *.log files make /logs
+
+    // Limits that keep a hostile or slow client from holding the server.
+    unsigned threads = 4;                                 ///< request workers
+    std::chrono::milliseconds request_timeout{5000};      ///< whole request, from accept to last byte
+    std::size_t max_header_bytes = 16 * 1024;             ///< request line plus headers; more: 431
+    std::size_t max_headers = 64;                         ///< header lines; more: 431
+    std::size_t max_target_length = 2048;                 ///< request target; longer: 414
+    std::size_t max_body_bytes = 64 * 1024;               ///< request body; more: 413
+    std::size_t max_pending = 256;                        ///< accepted, not yet served; more: 503
+    std::size_t max_archive_bytes = 64u << 20;            ///< input of one /configs or /logs zip
 };
 
 class PYTUN_EXPORT StatusServer {
@@ -40,9 +51,16 @@ public:
     /// Bind and serve on a thread of the server's own. A port in use is an
     /// error with a message that says which and what to do.
     std::error_code start(std::string &message);
+    /// Stop listening and cut the requests in progress short; returns
+    /// promptly whatever the clients do. Safe to call twice.
     void stop();
     /// The bound port (the chosen one when 0 was asked).
     std::uint16_t port() const;
+    /// True between a successful start() and stop().
+    bool running() const;
+    /// True when the archive endpoints (and, with a token, every endpoint)
+    /// need `Authorization: Bearer <token>`: the bind address is not loopback.
+    bool requires_token() const;
 
 private:
     struct Impl;

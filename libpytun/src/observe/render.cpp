@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: MIT
+// JSON and Prometheus replies of the inspection API, made from a snapshot.
+#include "observe/render.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+namespace pytun::detail {
+
+namespace {
+
+using ordered_json = nlohmann::ordered_json;
+
+// Tunnel names and errors come from files and peers: never let invalid UTF-8
+// turn a status reply into an exception.
+std::string dump(const ordered_json &j, int indent = -1)
+{
+    return j.dump(indent, ' ', false, ordered_json::error_handler_t::replace);
+}
+
+const char *state_key(ManagedState s)
+{
+    switch (s) {
+    case ManagedState::connecting: return "connecting";
+    case ManagedState::up: return "up";
+    case ManagedState::degraded: return "degraded";
+    case ManagedState::backing_off: return "backing_off";
+    case ManagedState::stopped: return "stopped";
+    }
+    return "stopped";
+}
+
+constexpr ManagedState k_states[] = {ManagedState::connecting, ManagedState::up, ManagedState::degraded,
+                                     ManagedState::backing_off, ManagedState::stopped};
+
+bool serving(ManagedState s)
+{
+    return s == ManagedState::up || s == ManagedState::degraded;
+}
+
+bool is_set(std::chrono::system_clock::time_point t)
+{
+    return t.time_since_epoch().count() != 0;
+}
+
+ordered_json time_or_null(std::chrono::system_clock::time_point t)
+{
+    return is_set(t) ? ordered_json(unix_seconds(t)) : ordered_json(nullptr);
+}
+
+// The original keyed status_data by the tunnel's file; tunnels embedded by
+// an application have none, and their name is the next best stable key.
+const std::string &status_key(const TunnelStatus &t)
+{
+    return t.config_path.empty() ? t.name : t.config_path;
+}
+
+ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_point now)
+{
+    ordered_json j;
+    j["name"] = t.name;
+    j["config_path"] = t.config_path;
+    j["state"] = state_key(t.state);
+    j["state_text"] = to_string(t.state);
+    j["state_since"] = time_or_null(t.state_since);
+    j["uptime_seconds"] = serving(t.state) && is_set(t.state_since)
+                              ? ordered_json(std::chrono::duration<double>(now - t.state_since).count())
+                              : ordered_json(nullptr);
+    j["server_host"] = t.server_host;
+    j["server_port"] = t.server_port;
+    j["listen_port"] = t.listen_port;
+    j["remote_host"] = t.remote_host;
+    j["remote_port"] = t.remote_port;
+    if (t.last_error) {
+        j["last_error"] = {{"code", t.last_error.value()},
+                           {"category", t.last_error.category().name()},
+                           {"message", t.last_error_message.empty() ? t.last_error.message() : t.last_error_message}};
+    } else if (!t.last_error_message.empty()) {
+        j["last_error"] = {{"code", 0}, {"category", "pytun"}, {"message", t.last_error_message}};
+    } else {
+        j["last_error"] = nullptr;
+    }
+    j["port_held"] = t.port_held;
+    j["next_attempt"] = t.state == ManagedState::backing_off ? time_or_null(t.next_attempt) : ordered_json(nullptr);
+    j["backoff_seconds"] = t.state == ManagedState::backing_off && is_set(t.next_attempt)
+                               ? ordered_json(std::max(0.0, std::chrono::duration<double>(t.next_attempt - now).count()))
+                               : ordered_json(nullptr);
+    j["started_times"] = t.started_times;
+    j["last_start"] = time_or_null(t.last_start);
+    j["service"] = {{"checked", t.service_checked},
+                    {"reachable", t.service_checked ? ordered_json(t.service_reachable) : ordered_json(nullptr)},
+                    {"error", t.service_error}};
+    j["probe_rtt_ms"] = t.probe_rtt.count() >= 0 ? ordered_json(static_cast<double>(t.probe_rtt.count()) / 1000.0)
+                                                  : ordered_json(nullptr);
+    j["connections"] = {{"active", t.traffic.connections_active},
+                        {"total", t.traffic.connections_total},
+                        {"failed", t.traffic.connections_failed}};
+    j["bytes"] = {{"to_service", t.traffic.bytes_to_service}, {"from_service", t.traffic.bytes_from_service}};
+    return j;
+}
+
+// Shortest text that reads back as the same double; Prometheus accepts it.
+std::string number(double v)
+{
+    if (std::isnan(v))
+        return "NaN";
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    // Prefer the short form when it round-trips.
+    for (int precision = 6; precision < 17; ++precision) {
+        char shorter[64];
+        std::snprintf(shorter, sizeof shorter, "%.*g", precision, v);
+        if (std::strtod(shorter, nullptr) == v)
+            return shorter;
+    }
+    return buf;
+}
+
+std::string number(std::uint64_t v)
+{
+    return std::to_string(v);
+}
+
+// One metric family: HELP and TYPE once, then its samples.
+class Family {
+public:
+    Family(std::string &out, const char *name, const char *type, const char *help) : out_(out), name_(name)
+    {
+        out_ += "# HELP ";
+        out_ += name;
+        out_ += ' ';
+        out_ += help;
+        out_ += "\n# TYPE ";
+        out_ += name;
+        out_ += ' ';
+        out_ += type;
+        out_ += '\n';
+    }
+    void sample(const std::string &labels, const std::string &value)
+    {
+        out_ += name_;
+        if (!labels.empty()) {
+            out_ += '{';
+            out_ += labels;
+            out_ += '}';
+        }
+        out_ += ' ';
+        out_ += value;
+        out_ += '\n';
+    }
+
+private:
+    std::string &out_;
+    const char *name_;
+};
+
+std::string label(const char *name, const std::string &value)
+{
+    return std::string(name) + "=\"" + escape_label(value) + "\"";
+}
+
+} // namespace
+
+double unix_seconds(std::chrono::system_clock::time_point t)
+{
+    return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
+std::string escape_label(const std::string &value)
+{
+    std::string out;
+    out.reserve(value.size());
+    for (char c : value) {
+        if (c == '\\')
+            out += "\\\\";
+        else if (c == '"')
+            out += "\\\"";
+        else if (c == '\n')
+            out += "\\n";
+        else
+            out += c;
+    }
+    return out;
+}
+
+std::string render_ping(const RenderContext &ctx)
+{
+    ordered_json j;
+    j["status"] = "ok";
+    j["version"] = ctx.version;
+    j["tunnel_manager_id"] = ctx.tunnel_manager_id;
+    return dump(j);
+}
+
+std::string render_error(const RenderContext &ctx, const std::string &error)
+{
+    ordered_json j;
+    j["error"] = error;
+    j["tunnel_manager_id"] = ctx.tunnel_manager_id;
+    return dump(j);
+}
+
+std::string render_status(const RenderContext &ctx, const Snapshot &snap)
+{
+    // Written piece by piece: an ordered_json object finds keys by linear
+    // search, which with hundreds of tunnels costs more than everything
+    // else in the request. The key order is the original's.
+    auto text = [](const std::string &s) { return dump(ordered_json(s)); };
+    std::string out;
+    out.reserve(256 + snap.tunnels.size() * 192);
+    out += "{\"created_at\":";
+    out += dump(ordered_json(unix_seconds(ctx.created_at)));
+    out += ",\"mac_address\":";
+    out += ctx.mac_address.empty() ? "null" : text(ctx.mac_address);
+    out += ",\"status_data\":{";
+    // Several tunnels of one TOML file share a path: keep every one of them,
+    // the later ones as "path#name".
+    std::set<std::string> seen;
+    bool first = true;
+    for (const auto &t : snap.tunnels) {
+        std::string key = status_key(t);
+        if (!seen.insert(key).second) {
+            key += "#" + t.name;
+            seen.insert(key);
+        }
+        out += first ? "" : ",";
+        first = false;
+        out += text(key);
+        out += ":{\"started_times\":";
+        out += std::to_string(t.started_times);
+        out += ",\"last_start\":";
+        out += dump(ordered_json(unix_seconds(t.last_start)));
+        out += '}';
+    }
+    out += '}';
+    // A tunnel named like one of the fixed keys would overwrite it and break
+    // every monitor reading the reply: the fixed keys win.
+    static const std::set<std::string> reserved = {"created_at", "mac_address", "status_data", "tunnel_manager_id"};
+    for (const auto &t : snap.tunnels) {
+        if (reserved.count(t.name))
+            continue;
+        // `status`: the local service accepted the HealthMonitor's last TCP
+        // probe; not probed yet counts as not reachable, as a failed connect did.
+        out += ',';
+        out += text(t.name);
+        out += ":{\"remote_host\":";
+        out += text(t.remote_host);
+        out += ",\"remote_port\":";
+        out += std::to_string(t.remote_port);
+        out += ",\"status\":";
+        out += t.service_checked && t.service_reachable ? "true" : "false";
+        out += '}';
+    }
+    out += ",\"tunnel_manager_id\":";
+    out += text(ctx.tunnel_manager_id);
+    out += '}';
+    return out;
+}
+
+std::string render_tunnels(const RenderContext &ctx, const Snapshot &snap)
+{
+    ordered_json j;
+    j["tunnel_manager_id"] = ctx.tunnel_manager_id;
+    j["version"] = ctx.version;
+    j["generated_at"] = unix_seconds(snap.now);
+    j["created_at"] = unix_seconds(ctx.created_at);
+    ordered_json list = ordered_json::array();
+    for (const auto &t : snap.tunnels)
+        list.push_back(tunnel_json(t, snap.now));
+    j["tunnels"] = std::move(list);
+    ordered_json alerts = ordered_json::array();
+    for (const auto &a : snap.alerts)
+        alerts.push_back({{"channel", a.channel},
+                          {"sent", a.sent},
+                          {"failed", a.failed},
+                          {"retried", a.retried},
+                          {"dropped", a.dropped},
+                          {"suppressed", a.suppressed},
+                          {"queued", a.queued}});
+    j["alerts"] = std::move(alerts);
+    return dump(j);
+}
+
+std::string render_healthz(const RenderContext &ctx, const Snapshot &snap)
+{
+    ordered_json j;
+    j["status"] = "ok";
+    j["tunnels"] = snap.tunnels.size();
+    j["tunnel_manager_id"] = ctx.tunnel_manager_id;
+    return dump(j);
+}
+
+std::string render_readyz(const RenderContext &ctx, const Snapshot &snap, bool &ready)
+{
+    ordered_json not_up = ordered_json::array();
+    for (const auto &t : snap.tunnels) {
+        if (t.state == ManagedState::up)
+            continue;
+        ordered_json e;
+        e["name"] = t.name;
+        e["state"] = state_key(t.state);
+        e["error"] = t.last_error_message;
+        not_up.push_back(std::move(e));
+    }
+    ready = not_up.empty();
+    ordered_json j;
+    j["ready"] = ready;
+    j["tunnels"] = snap.tunnels.size();
+    j["not_up"] = std::move(not_up);
+    j["tunnel_manager_id"] = ctx.tunnel_manager_id;
+    return dump(j);
+}
+
+std::string render_metrics(const RenderContext &ctx, const Snapshot &snap)
+{
+    std::string out;
+    out.reserve(512 + snap.tunnels.size() * 2048);
+    {
+        Family f(out, "pytun_info", "gauge", "Version and manager id of this connector.");
+        f.sample(label("version", ctx.version) + "," + label("tunnel_manager_id", ctx.tunnel_manager_id), "1");
+    }
+    Family(out, "pytun_start_time_seconds", "gauge", "Unix time the connector started.")
+        .sample("", number(unix_seconds(ctx.created_at)));
+    Family(out, "pytun_tunnels", "gauge", "Tunnels managed.").sample("", number(std::uint64_t(snap.tunnels.size())));
+
+    auto per_tunnel = [&](const char *name, const char *type, const char *help, auto &&value) {
+        Family f(out, name, type, help);
+        for (const auto &t : snap.tunnels) {
+            std::string v = value(t);
+            if (!v.empty())
+                f.sample(label("tunnel", t.name), v);
+        }
+    };
+    per_tunnel("pytun_tunnel_up", "gauge", "1 when the tunnel serves (state up or degraded).",
+               [](const TunnelStatus &t) { return std::string(serving(t.state) ? "1" : "0"); });
+    {
+        Family f(out, "pytun_tunnel_state", "gauge", "1 for the state the tunnel is in, 0 for the others.");
+        for (const auto &t : snap.tunnels)
+            for (auto s : k_states)
+                f.sample(label("tunnel", t.name) + "," + label("state", state_key(s)), t.state == s ? "1" : "0");
+    }
+    per_tunnel("pytun_tunnel_state_change_timestamp_seconds", "gauge", "Unix time of the last state change.",
+               [](const TunnelStatus &t) { return is_set(t.state_since) ? number(unix_seconds(t.state_since)) : ""; });
+    per_tunnel("pytun_tunnel_starts_total", "counter", "Start attempts (the original's started_times).",
+               [](const TunnelStatus &t) { return number(t.started_times); });
+    per_tunnel("pytun_tunnel_restarts_total", "counter", "Start attempts after the first one.",
+               [](const TunnelStatus &t) { return number(t.started_times > 0 ? t.started_times - 1 : 0); });
+    per_tunnel("pytun_tunnel_last_start_timestamp_seconds", "gauge", "Unix time of the last start attempt.",
+               [](const TunnelStatus &t) { return is_set(t.last_start) ? number(unix_seconds(t.last_start)) : ""; });
+    per_tunnel("pytun_tunnel_connections_active", "gauge", "Forwarded connections open now.",
+               [](const TunnelStatus &t) { return number(t.traffic.connections_active); });
+    per_tunnel("pytun_tunnel_connections_total", "counter", "Forwarded connections in the current session.",
+               [](const TunnelStatus &t) { return number(t.traffic.connections_total); });
+    per_tunnel("pytun_tunnel_connections_failed_total", "counter",
+               "Forwarded connections whose local service refused or timed out (current session).",
+               [](const TunnelStatus &t) { return number(t.traffic.connections_failed); });
+    per_tunnel("pytun_tunnel_bytes_in_total", "counter",
+               "Bytes relayed from the bastion to the local service (current session).",
+               [](const TunnelStatus &t) { return number(t.traffic.bytes_to_service); });
+    per_tunnel("pytun_tunnel_bytes_out_total", "counter",
+               "Bytes relayed from the local service to the bastion (current session).",
+               [](const TunnelStatus &t) { return number(t.traffic.bytes_from_service); });
+    per_tunnel("pytun_tunnel_probe_rtt_seconds", "gauge", "Round trip of the last end-to-end SSH health probe.",
+               [](const TunnelStatus &t) {
+                   return t.probe_rtt.count() >= 0 ? number(static_cast<double>(t.probe_rtt.count()) / 1e6) : "";
+               });
+    per_tunnel("pytun_tunnel_service_up", "gauge",
+               "1 when the local service accepted the last TCP probe (absent before the first).",
+               [](const TunnelStatus &t) {
+                   return t.service_checked ? std::string(t.service_reachable ? "1" : "0") : std::string();
+               });
+    per_tunnel("pytun_tunnel_port_held", "gauge", "1 while the bastion still holds the port for another session.",
+               [](const TunnelStatus &t) { return std::string(t.port_held ? "1" : "0"); });
+
+    auto per_channel = [&](const char *name, const char *type, const char *help, auto &&value) {
+        Family f(out, name, type, help);
+        for (const auto &a : snap.alerts)
+            f.sample(label("channel", a.channel), number(static_cast<std::uint64_t>(value(a))));
+    };
+    per_channel("pytun_alerts_sent_total", "counter", "Alerts delivered.",
+                [](const AlertChannelStats &a) { return a.sent; });
+    per_channel("pytun_alerts_failed_total", "counter", "Alerts given up on.",
+                [](const AlertChannelStats &a) { return a.failed; });
+    per_channel("pytun_alerts_dropped_total", "counter", "Alerts dropped from a full queue or at stop.",
+                [](const AlertChannelStats &a) { return a.dropped; });
+    per_channel("pytun_alerts_retried_total", "counter", "Alert attempts that failed and were retried.",
+                [](const AlertChannelStats &a) { return a.retried; });
+    per_channel("pytun_alerts_suppressed_total", "counter", "Alerts held back by the rate limit.",
+                [](const AlertChannelStats &a) { return a.suppressed; });
+    per_channel("pytun_alerts_queued", "gauge", "Alerts waiting to be sent.",
+                [](const AlertChannelStats &a) { return a.queued; });
+    return out;
+}
+
+} // namespace pytun::detail

@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: MIT
+// Unit tests of the inspection API's parts: secret redaction, private-key
+// detection, request-head checks, Prometheus text and JSON shapes.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <pytun/error.h>
+
+#include "http_util.h"
+#include "observe/archive.h"
+#include "observe/http_guard.h"
+#include "observe/redact.h"
+#include "observe/render.h"
+
+using namespace pytun::detail;
+namespace h = pytun::test::http;
+
+TEST_CASE("private keys are recognised by content")
+{
+    CHECK(private_key_kind("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n") ==
+          "OpenSSH private key");
+    CHECK(private_key_kind("junk\n-----BEGIN RSA PRIVATE KEY-----\nMIIE\n") == "PEM private key (RSA PRIVATE KEY)");
+    CHECK(private_key_kind("-----BEGIN EC PRIVATE KEY-----\n") == "PEM private key (EC PRIVATE KEY)");
+    CHECK(private_key_kind("-----BEGIN PRIVATE KEY-----\nMC4CAQ\n") == "PKCS#8 private key");
+    CHECK(private_key_kind("-----BEGIN ENCRYPTED PRIVATE KEY-----\n") == "encrypted PKCS#8 private key");
+    CHECK(private_key_kind("PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n") == "PuTTY private key");
+    CHECK(private_key_kind("---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\n") == "SSH2 private key");
+    CHECK(private_key_kind(std::string_view("openssh-key-v1\0\0\0\0", 18)) == "OpenSSH private key (binary)");
+    // Public material is not a private key.
+    CHECK(private_key_kind("-----BEGIN PUBLIC KEY-----\nMCow\n-----END PUBLIC KEY-----\n").empty());
+    CHECK(private_key_kind("-----BEGIN CERTIFICATE-----\n").empty());
+    CHECK(private_key_kind("ssh-ed25519 AAAAC3Nza user@host\n").empty());
+    CHECK(private_key_kind("[tunnel]\nkeyfile = id_ed25519\n").empty());
+}
+
+TEST_CASE("binary content is recognised")
+{
+    CHECK(looks_binary(std::string_view("\x30\x82\x04\xa4\x02\x01\x00", 7)));
+    CHECK(looks_binary("abc\xff\xfe"));
+    CHECK(!looks_binary("plain ascii\n\ttabs\r\n"));
+    CHECK(!looks_binary("utf-8: caf\xc3\xa9 \xe2\x86\x92\n"));
+    CHECK(looks_binary("truncated \xe2\x86"));
+}
+
+TEST_CASE("secret key names")
+{
+    for (const char *k : {"smtp_password", "http_password", "signature", "inspection_token", "SMTP_PASSWORD",
+                          "key_passphrase", "api_key", "alert.smtp_password", "\"db_secret\"", "client_secret"})
+        CHECK_MESSAGE(is_secret_key(k), k);
+    for (const char *k : {"smtp_login", "http_user", "keyfile", "server_key", "tunnel_name", "smtp_hostname",
+                          "mac_address_pub_key", "port"})
+        CHECK_MESSAGE(!is_secret_key(k), k);
+}
+
+TEST_CASE("INI secrets are replaced, everything else kept")
+{
+    const std::string ini = "[pytun]\n"
+                            "tunnel_manager_id = m1\n"
+                            "smtp_login=alerts@example.com\n"
+                            "smtp_password=hunter2\n"
+                            "SMTP_PASSWORD : Hunter3 # inline comment\n"
+                            "; smtp_password = commented out stays\n"
+                            "http_password = \"quoted pass\"\n"
+                            "http_url = https://bob:urlpass@hooks.example.com/x\n"
+                            "signature=eyJwYXlsb2FkIjoi\n"
+                            "  continued-signature-part\n"
+                            "inspection_token = tok-123\n";
+    std::vector<Redaction> r;
+    const std::string out = redact_config(ini, r);
+    for (const char *secret : {"hunter2", "Hunter3", "quoted pass", "urlpass", "eyJwYXlsb2FkIjoi",
+                               "continued-signature-part", "tok-123"})
+        CHECK_MESSAGE(out.find(secret) == std::string::npos, secret);
+    CHECK(out.find("tunnel_manager_id = m1\n") != std::string::npos);
+    CHECK(out.find("smtp_login=alerts@example.com\n") != std::string::npos);
+    CHECK(out.find("smtp_password=***REDACTED***\n") != std::string::npos);
+    CHECK(out.find("http_password = \"***REDACTED***\"\n") != std::string::npos);
+    CHECK(out.find("https://bob:***REDACTED***@hooks.example.com/x") != std::string::npos);
+    CHECK(out.find("; smtp_password = commented out stays") != std::string::npos);
+    REQUIRE(r.size() == 6);
+    CHECK(r[0].line == 4);
+    CHECK(r[0].key == "smtp_password");
+}
+
+TEST_CASE("TOML secrets are replaced, also in inline tables and multi-line strings")
+{
+    const std::string toml = "[pytun]\n"
+                             "smtp_password = \"toml-secret\"\n"
+                             "alert.http_password = 'single'\n"
+                             "smtp = { host = \"mail\", password = \"inline-secret\", port = 25 }\n"
+                             "signature = \"\"\"\n"
+                             "multi-line-secret\n"
+                             "\"\"\"\n"
+                             "tunnel_dirs = \"configs\"\n";
+    std::vector<Redaction> r;
+    const std::string out = redact_config(toml, r);
+    for (const char *secret : {"toml-secret", "single", "inline-secret", "multi-line-secret"})
+        CHECK_MESSAGE(out.find(secret) == std::string::npos, secret);
+    CHECK(out.find("host = \"mail\"") != std::string::npos);
+    CHECK(out.find("port = 25") != std::string::npos);
+    CHECK(out.find("tunnel_dirs = \"configs\"") != std::string::npos);
+    CHECK(r.size() == 4);
+}
+
+TEST_CASE("request targets: path tricks are refused")
+{
+    GuardLimits limits;
+    CHECK(check_target("/", limits).status == 0);
+    CHECK(check_target("/status?x=1", limits).status == 0);
+    CHECK(check_target("/api/v1/tunnels", limits).status == 0);
+    CHECK(check_target("/a%20b", limits).status == 0);
+    CHECK(check_target("/../etc/passwd", limits).status == 400);
+    CHECK(check_target("/configs/../../etc", limits).status == 400);
+    CHECK(check_target("/%2e%2e/etc/passwd", limits).status == 400);
+    CHECK(check_target("/configs/..%2f..%2fetc", limits).status == 400);
+    CHECK(check_target("/configs%2Fx", limits).status == 400);
+    CHECK(check_target("/a%5cb", limits).status == 400);
+    CHECK(check_target("/a%00b", limits).status == 400);
+    CHECK(check_target("/a\\b", limits).status == 400);
+    CHECK(check_target("/a%zz", limits).status == 400);
+    CHECK(check_target("/a%2", limits).status == 400);
+    CHECK(check_target("http://evil/", limits).status == 400);
+    CHECK(check_target("*", limits).status == 400);
+    CHECK(check_target("/" + std::string(3000, 'a'), limits).status == 414);
+}
+
+TEST_CASE("request heads: syntax and header count")
+{
+    GuardLimits limits;
+    limits.max_headers = 3;
+    CHECK(check_head("GET / HTTP/1.1\r\nHost: x\r\n\r\n", limits).status == 0);
+    CHECK(check_head("GET / HTTP/1.0\n\n", limits).status == 0);
+    CHECK(check_head("GET / HTTP/2.0\r\n\r\n", limits).status == 505);
+    CHECK(check_head("GET /\r\n\r\n", limits).status == 400);
+    CHECK(check_head("GET  / HTTP/1.1\r\n\r\n", limits).status == 400);
+    CHECK(check_head("get / HTTP/1.1\r\n\r\n", limits).status == 400);
+    CHECK(check_head("GET / FTP/1.1\r\n\r\n", limits).status == 400);
+    CHECK(check_head("GET / HTTP/1.1\r\nno colon\r\n\r\n", limits).status == 400);
+    CHECK(check_head("GET / HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n", limits).status == 400);
+    CHECK(check_head("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", limits).status == 0);
+    CHECK(check_head("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", limits).status == 431);
+    CHECK(check_head("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n", limits).status == 0);
+    CHECK(check_head("POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n", limits).status == 400);
+    CHECK(check_head("POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n", limits).status == 400);
+    CHECK(check_head("POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 6\r\n\r\n", limits).status == 400);
+    CHECK(check_head("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", limits).status ==
+          400);
+}
+
+namespace {
+
+Snapshot sample_snapshot()
+{
+    Snapshot s;
+    s.now = std::chrono::system_clock::now();
+    pytun::TunnelStatus a;
+    a.name = "ldap \"main\"\\";
+    a.config_path = "/etc/pytun/configs/ldap.ini";
+    a.remote_host = "ldap.local";
+    a.remote_port = 389;
+    a.state = pytun::ManagedState::up;
+    a.state_since = s.now - std::chrono::seconds(90);
+    a.started_times = 3;
+    a.last_start = s.now - std::chrono::seconds(90);
+    a.service_checked = true;
+    a.service_reachable = true;
+    a.probe_rtt = std::chrono::microseconds(1500);
+    a.traffic.bytes_to_service = 1234;
+    s.tunnels.push_back(a);
+    pytun::TunnelStatus b;
+    b.name = "web";
+    b.remote_host = "10.0.0.5";
+    b.remote_port = 80;
+    b.state = pytun::ManagedState::backing_off;
+    b.last_error = pytun::make_error_code(pytun::Errc::bastion_unreachable);
+    b.last_error_message = "connection refused";
+    b.next_attempt = s.now + std::chrono::seconds(4);
+    s.tunnels.push_back(b);
+    s.alerts.push_back({"email", 2, 1, 0, 3, 0, 0});
+    return s;
+}
+
+RenderContext sample_context()
+{
+    return {"manager-1", "0.1.0", "", std::chrono::system_clock::now()};
+}
+
+} // namespace
+
+TEST_CASE("metrics: strict line format, escaping, values")
+{
+    const std::string text = render_metrics(sample_context(), sample_snapshot());
+    CHECK(h::bad_metrics_line(text) == "");
+    CHECK(h::metric(text, "pytun_tunnel_up{tunnel=\"web\"}") == 0);
+    CHECK(h::metric(text, "pytun_tunnel_up{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 1);
+    CHECK(h::metric(text, "pytun_tunnel_state{tunnel=\"web\",state=\"backing_off\"}") == 1);
+    CHECK(h::metric(text, "pytun_tunnel_restarts_total{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 2);
+    CHECK(h::metric(text, "pytun_tunnel_probe_rtt_seconds{tunnel=\"ldap \\\"main\\\"\\\\\"}") == doctest::Approx(0.0015));
+    CHECK(h::metric(text, "pytun_tunnel_bytes_in_total{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 1234);
+    CHECK(h::metric(text, "pytun_alerts_dropped_total{channel=\"email\"}") == 3);
+    // No probe yet: no sample rather than a made-up value.
+    CHECK(text.find("pytun_tunnel_probe_rtt_seconds{tunnel=\"web\"}") == std::string::npos);
+}
+
+TEST_CASE("status JSON keeps the original's shape; status_data falls back to the name")
+{
+    auto j = nlohmann::json::parse(render_status(sample_context(), sample_snapshot()));
+    CHECK(j["created_at"].is_number_float());
+    CHECK(j["mac_address"].is_null());
+    CHECK(j["status_data"].contains("/etc/pytun/configs/ldap.ini"));
+    CHECK(j["status_data"].contains("web"));
+    CHECK(j["status_data"]["web"]["last_start"].is_number_float());
+    CHECK(j["web"]["status"] == false);
+    CHECK(j["tunnel_manager_id"] == "manager-1");
+    // Two tunnels of one file (TOML) both keep their entry.
+    auto shared = sample_snapshot();
+    shared.tunnels[1].config_path = shared.tunnels[0].config_path;
+    auto sj = nlohmann::json::parse(render_status(sample_context(), shared));
+    CHECK(sj["status_data"].size() == 2);
+    CHECK(sj["status_data"].contains("/etc/pytun/configs/ldap.ini#web"));
+    // Names and hosts with quotes or control characters stay valid JSON.
+    auto odd = sample_snapshot();
+    odd.tunnels[1].name = "we\"b\n";
+    odd.tunnels[1].remote_host = "h\\x";
+    auto oj = nlohmann::json::parse(render_status(sample_context(), odd));
+    CHECK(oj["we\"b\n"]["remote_host"] == "h\\x");
+    // A tunnel named like a fixed key cannot break the reply.
+    auto snap = sample_snapshot();
+    snap.tunnels[1].name = "tunnel_manager_id";
+    auto k = nlohmann::json::parse(render_status(sample_context(), snap));
+    CHECK(k["tunnel_manager_id"] == "manager-1");
+}
+
+TEST_CASE("dashboard: the inlined snapshot cannot close the script element")
+{
+    auto snap = sample_snapshot();
+    snap.tunnels[1].name = "</script><script>alert(1)</script>";
+    const std::string page = render_dashboard(sample_context(), snap);
+    CHECK(page.find("</script><script>alert(1)") == std::string::npos);
+    CHECK(page.find("\\u003c/script>") != std::string::npos);
+}
+
+TEST_CASE("zip round trip, and an empty archive is still a zip")
+{
+    auto entries = h::unzip(make_zip({{"a.txt", "alpha"}, {"dir/b.txt", std::string(100000, 'b')}}));
+    CHECK(entries.size() == 2);
+    CHECK(entries["a.txt"] == "alpha");
+    CHECK(entries["dir/b.txt"].size() == 100000);
+    CHECK(h::unzip(make_zip({})).empty());
+}
