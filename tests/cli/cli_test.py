@@ -15,7 +15,6 @@ import urllib.request
 from clitest import (Env, Failure, LOG_LINE, Skip, check, echo_roundtrip, kill_pid, main, port_accepts,
                      read_json_files, session_processes, sshd_fixture, wait_until)
 
-HAVE_STATUS_SERVER = os.environ.get("PYTUN_HAVE_STATUS_SERVER") == "1"
 
 
 def get_json(port, path):
@@ -48,12 +47,9 @@ def case_original_install(binary):
         proc = env.start(["--config_ini", "connector.ini"])
         check(wait_until(lambda: echo_roundtrip(p1) and echo_roundtrip(p2), 30),
               "both tunnels of the original-style installation serve")
-        if HAVE_STATUS_SERVER:
-            st = get_json(env.inspection_port, "/status")
-            check(st.get("tunnel_manager_id") == "cli-test-manager", "/status answers with tunnel_manager_id")
-            check(st.get("LDAP Tunnel", {}).get("remote_port") == echo1.port, "/status lists the tunnel by name")
-        else:
-            print("note: status server not in this build; /status not checked")
+        st = get_json(env.inspection_port, "/status")
+        check(st.get("tunnel_manager_id") == "cli-test-manager", "/status answers with tunnel_manager_id")
+        check(st.get("LDAP Tunnel", {}).get("remote_port") == echo1.port, "/status lists the tunnel by name")
         # A tunnel goes down: the bastion stops. Both channels get the alert.
         env.stop_sshd()
         check(wait_until(lambda: any("is down" in m["data"] for m in read_json_files(smtp_out, "msg-")), 60),
@@ -313,11 +309,10 @@ def case_device(binary):
             if expect_ok:
                 check(wait_until(lambda: "device authorized: MAC " + mac in env.log("main_connector"), 15),
                       what + ": authorized, the MAC is logged")
-                if HAVE_STATUS_SERVER:
-                    st = json.loads(subprocess.run(inns + ["curl", "-s", "http://127.0.0.1:%d/status"
-                                                           % env.inspection_port], capture_output=True,
-                                                   text=True).stdout)
-                    check(st.get("mac_address") == mac, "/status shows the authorized MAC")
+                st = json.loads(subprocess.run(inns + ["curl", "-s", "http://127.0.0.1:%d/status"
+                                                       % env.inspection_port], capture_output=True,
+                                               text=True).stdout)
+                check(st.get("mac_address") == mac, "/status shows the authorized MAC")
                 check(proc.poll() is None, what + ": pytun runs")
                 rc, _ = stop_pytun(env, proc)
                 check(rc == 0, what + ": clean exit")

@@ -15,9 +15,7 @@
 #include <pytun/logging.h>
 #include <pytun/manager.h>
 #include <pytun/version.h>
-#ifdef PYTUN_HAVE_STATUS_SERVER
 #include <pytun/status_server.h>
-#endif
 
 #include "service_notify.h"
 
@@ -131,7 +129,6 @@ int run_connector(const std::string &config_path)
     Subscription events = manager.subscribe([&logging](const TunnelEvent &e) { log_event(logging, e); });
     Subscription alerts = forward_alerts(manager, alerter);
 
-#ifdef PYTUN_HAVE_STATUS_SERVER
     StatusServerOptions so;
     so.bind_address = c.inspection_localhost_only ? "127.0.0.1" : "0.0.0.0";
     so.port = c.inspection_port;
@@ -150,7 +147,6 @@ int run_connector(const std::string &config_path)
     }
     logging.log(LogLevel::info, "status API on http://" + so.bind_address + ":" + std::to_string(server.port()) +
                                     "/status");
-#endif
 
     ApplyResult applied = manager.apply(tunnel_options(config));
     if (applied.error) {
@@ -220,9 +216,7 @@ int run_connector(const std::string &config_path)
     logging.log(LogLevel::info, std::string(stop_signal == SIGINT ? "SIGINT" : "SIGTERM") +
                                     ": stopping (open connections get " +
                                     std::to_string(c.grace_period_ms.count()) + " ms)");
-#ifdef PYTUN_HAVE_STATUS_SERVER
     server.stop();
-#endif
     manager.stop();
     events.reset();
     alerts.reset();
