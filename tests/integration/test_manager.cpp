@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -1005,4 +1006,38 @@ TEST_CASE("status() answers at once while the health probe of a black-hole servi
     const auto s0 = Clock::now();
     manager.stop();
     CHECK(ms_since(s0) < 5000);
+}
+
+TEST_CASE("responsive(): true while the loops run handlers, false while one is stuck (the watchdog's basis)")
+{
+    t::SshServer server;
+    t::EchoService echo;
+    const auto ports = free_ports(1);
+    pytun::TunnelManager manager(fast_manager_options());
+    CHECK(manager.responsive(1s));
+
+    // A subscriber that blocks its loop thread on the first event: that loop
+    // is stuck until the test releases it.
+    std::mutex mutex;
+    std::condition_variable released_cv;
+    bool released = false;
+    std::atomic<bool> blocking{false};
+    pytun::Subscription blocker = manager.subscribe([&](const pytun::TunnelEvent &) {
+        if (blocking.exchange(true))
+            return;
+        std::unique_lock lock(mutex);
+        released_cv.wait(lock, [&] { return released; });
+    });
+    REQUIRE_FALSE(manager.apply({options_for(server, "stuck", ports[0], echo.port())}).error);
+    REQUIRE(t::wait_until([&] { return blocking.load(); }, 10s));
+    CHECK_FALSE(manager.responsive(300ms));
+    {
+        std::lock_guard lock(mutex);
+        released = true;
+    }
+    released_cv.notify_all();
+    CHECK(t::wait_until([&] { return manager.responsive(300ms); }, 5s));
+    blocker.reset();
+    manager.stop();
+    CHECK_FALSE(manager.responsive(100ms)); // stopped: no loop answers
 }

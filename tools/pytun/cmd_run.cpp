@@ -203,7 +203,10 @@ int run_connector(const std::string &config_path)
             }
             notifier.ready(tunnels_up(manager));
         }
-        notifier.watchdog();
+        // The watchdog vouches for the tunnels' event loops, not just this
+        // thread: a stuck loop withholds it and systemd restarts pytun.
+        if (notifier.enabled() && manager.responsive(std::chrono::seconds(1)))
+            notifier.watchdog();
         std::string now = tunnels_up(manager);
         if (now != last_status) {
             notifier.status(now);

@@ -111,6 +111,11 @@ public:
 
     std::size_t thread_count() const;
 
+    /// True when every event-loop thread runs a posted handler within
+    /// `timeout`. A loop that does not is stuck, and so are its tunnels: a
+    /// service manager's watchdog should then restart the process.
+    bool responsive(std::chrono::milliseconds timeout) const;
+
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;

@@ -240,4 +240,31 @@ std::size_t TunnelManager::thread_count() const
     return impl_->loops.size();
 }
 
+bool TunnelManager::responsive(std::chrono::milliseconds timeout) const
+{
+    Impl &d = *impl_;
+    struct Answers {
+        std::mutex mutex;
+        std::condition_variable arrived;
+        std::size_t count = 0;
+    };
+    auto answers = std::make_shared<Answers>();
+    std::size_t loops = 0;
+    {
+        std::lock_guard lock(d.mutex);
+        for (auto &loop : d.loops) {
+            asio::post(loop->io(), [answers] {
+                std::lock_guard guard(answers->mutex);
+                ++answers->count;
+                answers->arrived.notify_all();
+            });
+            ++loops;
+        }
+    }
+    if (loops == 0)
+        return false; // stopped
+    std::unique_lock wait(answers->mutex);
+    return answers->arrived.wait_for(wait, timeout, [&] { return answers->count == loops; });
+}
+
 } // namespace pytun
