@@ -116,6 +116,55 @@ TEST_CASE("64 MiB each way arrive intact (SHA-256 compared)")
     }
 }
 
+TEST_CASE("the bastion re-keys every 4 MiB: 64 MiB each way still arrive intact")
+{
+    // New keys mean new cipher contexts mid-stream (and, with the batched
+    // AES-CTR, keystream made for the old key thrown away).
+    t::SshServer server;
+    server.configure("RekeyLimit 4M");
+    server.configure("Ciphers aes128-ctr");
+    server.configure("LogLevel DEBUG1");
+    constexpr std::size_t size = 64u << 20;
+    auto data = t::random_bytes(size, 7);
+    const std::string expected = t::sha256_hex(data.data(), data.size());
+
+    t::SinkService sink;
+    pytun::Tunnel up(options_for(server, sink.port()));
+    REQUIRE(up.start() == std::error_code{});
+    int fd = t::connect_tcp(up.listen_port());
+    REQUIRE(fd >= 0);
+    REQUIRE(t::send_all(fd, data.data(), data.size()));
+    ::shutdown(fd, SHUT_WR);
+    t::read_until_eof(fd);
+    ::close(fd);
+    REQUIRE(t::wait_until([&] { return !sink.received().empty(); }, 30s));
+    CHECK(sink.received()[0].bytes == size);
+    CHECK(sink.received()[0].sha256 == expected);
+    CHECK(up.state() == pytun::TunnelState::up);
+    up.stop();
+
+    t::SourceService source(size);
+    pytun::Tunnel down(options_for(server, source.port()));
+    REQUIRE(down.start() == std::error_code{});
+    fd = t::connect_tcp(down.listen_port());
+    REQUIRE(fd >= 0);
+    auto got = t::read_until_eof(fd);
+    ::close(fd);
+    REQUIRE(got.size() == size);
+    REQUIRE(t::wait_until([&] { return !source.sent_sha256().empty(); }, 10s));
+    CHECK(t::sha256_hex(got.data(), got.size()) == source.sent_sha256()[0]);
+    CHECK(down.state() == pytun::TunnelState::up);
+
+    // sshd's own account: one key exchange per 4 MiB or so, each way (and
+    // the two initial ones).
+    const std::string log = server.log();
+    std::size_t rekeys = 0;
+    for (auto at = log.find("SSH2_MSG_KEXINIT sent"); at != std::string::npos; at = log.find("SSH2_MSG_KEXINIT sent", at + 1))
+        ++rekeys;
+    MESSAGE("key exchanges seen by sshd: " << rekeys);
+    CHECK(rekeys > 16);
+}
+
 TEST_CASE("500 concurrent connections, 256 KiB each way at once, every byte intact")
 {
     t::LogCapture log;

@@ -2,6 +2,7 @@
 // Uses every public header with nothing but the standard library and libpytun.
 #include <pytun/alerter.h>
 #include <pytun/config.h>
+#include <pytun/crypto.h>
 #include <pytun/error.h>
 #include <pytun/health.h>
 #include <pytun/log.h>
@@ -42,6 +43,11 @@ int main()
     pytun::TunnelManager manager;
     if (manager.thread_count() == 0 || !manager.status().empty()) {
         std::fprintf(stderr, "a new manager should have threads and no tunnels\n");
+        return 1;
+    }
+    // Decided when the first tunnel starts, not before.
+    if (pytun::aes_ctr_implementation() != "not decided yet") {
+        std::fprintf(stderr, "AES-CTR decided before any tunnel started\n");
         return 1;
     }
     std::printf("pytun %s (libssh2 %s, %s)\n", pytun::version().c_str(), pytun::libssh2_version().c_str(),

@@ -511,6 +511,21 @@ void SshServer::authorize(const std::string &authorized_keys_line)
         throw std::runtime_error("cannot append to " + impl_->path("authorized_keys"));
 }
 
+/// \brief Put `line` first in sshd_config (sshd takes the first value it reads
+/// for most keywords) and restart sshd with it.
+void SshServer::configure(const std::string &sshd_config_line)
+{
+    const std::string config_path = impl_->path("sshd_config");
+    const std::string config = read_file(config_path);
+    std::ofstream out(config_path, std::ios::trunc);
+    out << sshd_config_line << '\n' << config;
+    if (!out)
+        throw std::runtime_error("cannot write " + config_path);
+    out.close();
+    stop();
+    start();
+}
+
 /// \brief Hold 127.0.0.1:remote_port on the server with an OpenSSH `ssh -N -R`.
 /// \return the ssh client's pid; stop it with end_process().
 pid_t SshServer::hold_remote_port(std::uint16_t remote_port, std::uint16_t target_port)

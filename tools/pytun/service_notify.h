@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // systemd service notifications (READY, STATUS, WATCHDOG, RELOADING, STOPPING);
-// no-ops when pytun is built without libsystemd or not run by systemd.
+// no-ops when pytun is not run by systemd ($NOTIFY_SOCKET unset).
 #pragma once
 
 #include <chrono>
@@ -24,6 +24,7 @@ public:
 private:
     void send(const std::string &state);
     bool enabled_ = false;
+    std::string socket_path_;
     std::chrono::microseconds watchdog_interval_{0};
     std::chrono::steady_clock::time_point last_watchdog_{};
 };

@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 
+#include <pytun/crypto.h>
 #include <pytun/error.h>
 
 #include "forward/relay.h"
@@ -113,6 +115,10 @@ ssize_t SshSession::send_callback(libssh2_socket_t fd, const void *buffer, std::
     auto *self = static_cast<SshSession *>(*abstract);
     if (self->closed_)
         return -EPIPE; // close(): let libssh2 free everything without touching the network
+    if (self->batching_sends_) {
+        flags |= MSG_MORE;
+        self->sends_held_ = true;
+    }
     for (;;) {
         ssize_t n = ::send(fd, buffer, length, flags | MSG_NOSIGNAL);
         if (n >= 0) {
@@ -168,6 +174,8 @@ ssize_t SshSession::recv_callback(libssh2_socket_t fd, void *buffer, std::size_t
 std::error_code SshSession::begin(const std::string &hostkey_preference, std::string &message)
 {
     ensure_libssh2_initialised();
+    static std::once_flag logged_cipher;
+    std::call_once(logged_cipher, [this] { log_->debug("AES-CTR for libssh2: {}", aes_ctr_implementation()); });
     ssh_ = libssh2_session_init_ex(nullptr, nullptr, nullptr, this);
     if (!ssh_) {
         message = "libssh2 could not allocate a session";
@@ -351,6 +359,7 @@ void SshSession::service()
     if (closed_ || failed_ || !ssh_)
         return;
     auto self = shared_from_this(); // callbacks below may drop the last owner
+    batching_sends_ = true;
     bool go_on = run_pinned() && run_ops() && accept_channels();
     if (go_on) {
         const bool scan = rescan_receive_ || bytes_received_ != bytes_received_at_scan_;
@@ -377,6 +386,7 @@ void SshSession::service()
         if (go_on && bytes_received_ != bytes_received_at_scan_)
             wake();
     }
+    push_batched_sends();
     if (closed_)
         return;
     if (!failed_ && (peer_closed_ || socket_errno_)) {
@@ -386,6 +396,18 @@ void SshSession::service()
     }
     sweep_finished();
     arm();
+}
+
+// Sends the bytes the pass's MSG_MORE sends may have held back: setting
+// TCP_NODELAY (already on) makes Linux push pending frames at once.
+void SshSession::push_batched_sends()
+{
+    batching_sends_ = false;
+    if (!sends_held_ || closed_)
+        return;
+    sends_held_ = false;
+    const int one = 1;
+    ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 void SshSession::arm()

@@ -114,6 +114,7 @@ private:
 
     void service();
     void arm();
+    void push_batched_sends();
     /// Each returns false when the pass must stop (a call is pinned or the
     /// session failed).
     bool run_pinned();
@@ -156,6 +157,11 @@ private:
     std::uint64_t bytes_received_at_accept_ = 0;
     bool rescan_receive_ = false;
     bool transport_readable_ = false; ///< the socket reported data since the last drain
+    // Inside a driver pass every send says MSG_MORE, so that the kernel sends
+    // full segments and wakes the bastion once per segment, not per packet;
+    // the pass ends with push_batched_sends().
+    bool batching_sends_ = false;
+    bool sends_held_ = false; ///< a MSG_MORE send may have left bytes queued
 
     bool service_posted_ = false;
     bool read_armed_ = false;
