@@ -323,7 +323,7 @@ class Pytun(Contender):
 
     def start_many(self, service_port, n):
         """All n tunnels in one process (bench/many_tunnels, a TunnelManager)."""
-        binary = Path(self.binary).parent.parent / "bench" / "many_tunnels"
+        binary = Path(self.binary).parent / "many_tunnels"
         if not os.access(binary, os.X_OK):
             return None
         err = self._stderr_file()
@@ -879,8 +879,8 @@ def parse_size(text):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pytun", default=str(REPO_ROOT / "build" / "examples" / "reverse_tunnel"),
-                    help="reverse_tunnel binary (default: build/examples/reverse_tunnel in the repo)")
+    ap.add_argument("--pytun", default=str(REPO_ROOT / "build" / "bench" / "reverse_tunnel"),
+                    help="reverse_tunnel binary (default: build/bench/reverse_tunnel, examples/reverse_tunnel.cpp linked as bench/meson.build says)")
     ap.add_argument("--pytun-log-level", default=None, help="passed as --log-level to pytun")
     ap.add_argument("--contenders", default="pytun,ssh", help="comma list of pytun,ssh (default both)")
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported (default 3)")

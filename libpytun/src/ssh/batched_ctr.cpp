@@ -150,14 +150,6 @@ int cipher(void *vctx, unsigned char *out, size_t *outl, size_t outsize, const u
     auto *ctx = static_cast<BatchedCtr *>(vctx);
     if (!ctx->keyed || outsize < inl)
         return 0;
-    // libssh2's call: one block, and the batch has it.
-    if (inl == 16 && kKeystreamBytes - ctx->used >= 16) {
-        xor_bytes(out, in, ctx->keystream + ctx->used, 16);
-        ctx->used += 16;
-        if (outl != nullptr)
-            *outl = 16;
-        return 1;
-    }
     for (std::size_t done = 0; done < inl;) {
         if (ctx->used == kKeystreamBytes && !ctx->refill())
             return 0;
