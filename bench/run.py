@@ -325,6 +325,8 @@ class Pytun(Contender):
         """All n tunnels in one process (bench/many_tunnels, a TunnelManager)."""
         binary = Path(self.binary).parent / "many_tunnels"
         if not os.access(binary, os.X_OK):
+            binary = REPO_ROOT / "build" / "bench" / "many_tunnels"
+        if not os.access(binary, os.X_OK):
             return None
         err = self._stderr_file()
         cmd = [str(binary), "--count", str(n),
@@ -612,6 +614,36 @@ def measure_rss_tunnels(contender, echo_port, counts):
     return out
 
 
+def measure_command_memory(fx, tmp, binary, service_port, settle):
+    """Idle memory of the `pytun` command itself with one tunnel: what an
+    operator runs, with its status server, health checks and log files on
+    (the configuration scripts/demo.py writes). Returns None if not built."""
+    if not os.access(binary, os.X_OK):
+        return None
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import demo  # noqa: E402 (the one place that writes a demo installation)
+    workdir = tempfile.mkdtemp(prefix="command-", dir=tmp)
+    bastion_port = free_port()
+    config = demo.write_config(workdir, fx.info, bastion_port, service_port, free_port())
+    err = os.path.join(workdir, "stderr")
+    proc = spawn([str(binary), "--config_ini", config], stdin=subprocess.DEVNULL,
+                 stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not tcp_listening(bastion_port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                return {"error": "no tunnel within %.0f s (exit %s)" % (START_TIMEOUT, proc.poll())}
+            time.sleep(0.05)
+        time.sleep(settle)
+        res = {"rss_mib": status_kib(proc.pid, "VmRSS") / 1024.0, "pss_mib": (pss_kib(proc.pid) or 0) / 1024.0,
+               "threads": len(os.listdir("/proc/%d/task" % proc.pid))}
+        log("pytun command, 1 tunnel: RSS %.1f MiB, PSS %.1f MiB, %d threads"
+            % (res["rss_mib"], res["pss_mib"], res["threads"]))
+        return res
+    finally:
+        stop_proc(proc)
+
+
 def measure_direct(ports, args):
     """The services without any tunnel: the ceiling of this setup."""
     nbytes = min(args.bytes, GiB)
@@ -771,7 +803,7 @@ def build_rows(results, args):
     med = {n: results["contenders"][n]["median"] for n in names}
     rows = []
     for key, label, better, fmt in METRICS:
-        if key.startswith("concurrent") and "concurrent" not in args.phases:
+        if (key.startswith("concurrent") or key == "peak_rss_mib") and "concurrent" not in args.phases:
             continue
         if key.startswith(("up_", "down_")) and key.split("_")[0] not in args.phases:
             continue
@@ -803,6 +835,15 @@ def build_rows(results, args):
             rows.append(("%s MiB, %s tunnel(s)" % (what[:3].upper(), n),
                          cell(pvals) if "pytun" in rss else "-", cell(vals) if "OpenSSH" in rss else "-",
                          ratio, "lower"))
+    cmd = results.get("command_memory")
+    if cmd is not None:
+        ssh = med.get("OpenSSH", {})
+        for what, key in (("RSS", "idle_rss_mib"), ("PSS", "idle_pss_mib")):
+            v = cmd.get(what.lower() + "_mib")
+            o = ssh.get(key)
+            rows.append(("idle %s MiB, the pytun command (1 tunnel)" % what, "%.2f" % v if v is not None else "failed",
+                         "%.2f" % o if o is not None else "-", "%.2f" % (v / o) if v is not None and o else "-",
+                         "lower"))
     return rows
 
 
@@ -881,6 +922,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pytun", default=str(REPO_ROOT / "build" / "bench" / "reverse_tunnel"),
                     help="reverse_tunnel binary (default: build/bench/reverse_tunnel, examples/reverse_tunnel.cpp linked as bench/meson.build says)")
+    ap.add_argument("--command", default=str(REPO_ROOT / "build" / "tools" / "pytun" / "pytun"),
+                    help="the pytun command, for its idle memory with one tunnel (skipped if not built)")
     ap.add_argument("--pytun-log-level", default=None, help="passed as --log-level to pytun")
     ap.add_argument("--contenders", default="pytun,ssh", help="comma list of pytun,ssh (default both)")
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are reported (default 3)")
@@ -968,6 +1011,10 @@ def main(argv=None):
                     continue
                 log("run %d/%d: %s" % (i + 1, args.runs, c.name))
                 results["contenders"][c.name]["runs"].append(run_contender_once(c, ports, args))
+
+        if "pytun" in args.contenders and "idle" in args.phases:
+            results["command_memory"] = measure_command_memory(fx, tmp, Path(args.command), ports["echo"],
+                                                               max(args.settle, 1.0))
 
         if args.rss_tunnels:
             results["rss_tunnels"] = {}
