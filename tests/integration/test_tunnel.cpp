@@ -20,29 +20,13 @@
 
 #include "fixture.h"
 #include "log_capture.h"
+#include "tunnel_options.h"
 
 using namespace std::chrono_literals;
 using pytun::Errc;
 namespace t = pytun::test;
 
 namespace {
-
-pytun::TunnelOptions options_for(const t::SshServer &server, std::uint16_t service_port)
-{
-    pytun::TunnelOptions o;
-    o.name = "test";
-    o.server_host = "127.0.0.1";
-    o.server_port = server.port();
-    o.username = server.user();
-    o.key_file = server.key_ed25519();
-    o.known_hosts_file = server.known_hosts_bracketed();
-    o.bind_address = "127.0.0.1";
-    o.listen_port = 0; // the bastion chooses
-    o.remote_host = "127.0.0.1";
-    o.remote_port = service_port;
-    o.connect_timeout = 10s;
-    return o;
-}
 
 // Starting sshd takes key generation: share one for the tests that do not
 // kill it.
@@ -85,7 +69,7 @@ TEST_CASE("64 MiB each way arrive intact (SHA-256 compared)")
     SUBCASE("upload: client -> bastion -> tunnel -> service")
     {
         t::SinkService sink;
-        pytun::Tunnel tunnel(options_for(server, sink.port()));
+        pytun::Tunnel tunnel(t::tunnel_options(server, sink.port()));
         REQUIRE(tunnel.start() == std::error_code{});
         REQUIRE(tunnel.listen_port() != 0);
         auto data = t::random_bytes(size, 42);
@@ -103,7 +87,7 @@ TEST_CASE("64 MiB each way arrive intact (SHA-256 compared)")
     SUBCASE("download: service -> tunnel -> bastion -> client")
     {
         t::SourceService source(size);
-        pytun::Tunnel tunnel(options_for(server, source.port()));
+        pytun::Tunnel tunnel(t::tunnel_options(server, source.port()));
         REQUIRE(tunnel.start() == std::error_code{});
         int fd = t::connect_tcp(tunnel.listen_port());
         REQUIRE(fd >= 0);
@@ -116,61 +100,12 @@ TEST_CASE("64 MiB each way arrive intact (SHA-256 compared)")
     }
 }
 
-TEST_CASE("the bastion re-keys every 4 MiB: 64 MiB each way still arrive intact")
-{
-    // New keys mean new cipher contexts mid-stream (and, with the batched
-    // AES-CTR, keystream made for the old key thrown away).
-    t::SshServer server;
-    server.configure("RekeyLimit 4M");
-    server.configure("Ciphers aes128-ctr");
-    server.configure("LogLevel DEBUG1");
-    constexpr std::size_t size = 64u << 20;
-    auto data = t::random_bytes(size, 7);
-    const std::string expected = t::sha256_hex(data.data(), data.size());
-
-    t::SinkService sink;
-    pytun::Tunnel up(options_for(server, sink.port()));
-    REQUIRE(up.start() == std::error_code{});
-    int fd = t::connect_tcp(up.listen_port());
-    REQUIRE(fd >= 0);
-    REQUIRE(t::send_all(fd, data.data(), data.size()));
-    ::shutdown(fd, SHUT_WR);
-    t::read_until_eof(fd);
-    ::close(fd);
-    REQUIRE(t::wait_until([&] { return !sink.received().empty(); }, 30s));
-    CHECK(sink.received()[0].bytes == size);
-    CHECK(sink.received()[0].sha256 == expected);
-    CHECK(up.state() == pytun::TunnelState::up);
-    up.stop();
-
-    t::SourceService source(size);
-    pytun::Tunnel down(options_for(server, source.port()));
-    REQUIRE(down.start() == std::error_code{});
-    fd = t::connect_tcp(down.listen_port());
-    REQUIRE(fd >= 0);
-    auto got = t::read_until_eof(fd);
-    ::close(fd);
-    REQUIRE(got.size() == size);
-    REQUIRE(t::wait_until([&] { return !source.sent_sha256().empty(); }, 10s));
-    CHECK(t::sha256_hex(got.data(), got.size()) == source.sent_sha256()[0]);
-    CHECK(down.state() == pytun::TunnelState::up);
-
-    // sshd's own account: one key exchange per 4 MiB or so, each way (and
-    // the two initial ones).
-    const std::string log = server.log();
-    std::size_t rekeys = 0;
-    for (auto at = log.find("SSH2_MSG_KEXINIT sent"); at != std::string::npos; at = log.find("SSH2_MSG_KEXINIT sent", at + 1))
-        ++rekeys;
-    MESSAGE("key exchanges seen by sshd: " << rekeys);
-    CHECK(rekeys > 16);
-}
-
 TEST_CASE("500 concurrent connections, 256 KiB each way at once, every byte intact")
 {
     t::LogCapture log;
     auto &server = shared_server();
     t::EchoService echo;
-    pytun::Tunnel tunnel(options_for(server, echo.port()));
+    pytun::Tunnel tunnel(t::tunnel_options(server, echo.port()));
     REQUIRE(tunnel.start() == std::error_code{});
     auto result = t::run_echo_load(tunnel.listen_port(), 500, 256 * 1024, 180s);
     for (const auto &error : result.errors)
@@ -190,7 +125,7 @@ TEST_CASE("half-close: the answer sent after the client's EOF arrives complete")
     auto &server = shared_server();
     constexpr std::size_t answer_bytes = 300000;
     t::HalfCloseService service(answer_bytes);
-    pytun::Tunnel tunnel(options_for(server, service.port()));
+    pytun::Tunnel tunnel(t::tunnel_options(server, service.port()));
     REQUIRE(tunnel.start() == std::error_code{});
     auto request = t::random_bytes(100000, 7);
     int fd = t::connect_tcp(tunnel.listen_port());
@@ -211,7 +146,7 @@ TEST_CASE("local service down, then up: only those connections close, the tunnel
 {
     auto &server = shared_server();
     t::EchoService echo;
-    pytun::Tunnel tunnel(options_for(server, echo.port()));
+    pytun::Tunnel tunnel(t::tunnel_options(server, echo.port()));
     REQUIRE(tunnel.start() == std::error_code{});
     echo.stop();
 
@@ -244,7 +179,7 @@ TEST_CASE("every known_hosts form verifies: [host]:port, plain host, hashed, mes
     for (const auto &file : {server.known_hosts_bracketed(), server.known_hosts_plain(), server.known_hosts_hashed(),
                              server.known_hosts_messy()}) {
         CAPTURE(file);
-        auto o = options_for(server, echo.port());
+        auto o = t::tunnel_options(server, echo.port());
         o.known_hosts_file = file;
         pytun::Tunnel tunnel(o);
         CHECK(tunnel.start() == std::error_code{});
@@ -256,7 +191,7 @@ TEST_CASE("ecdsa and passphrase-protected keys authenticate")
 {
     auto &server = shared_server();
     t::EchoService echo;
-    auto o = options_for(server, echo.port());
+    auto o = t::tunnel_options(server, echo.port());
     o.key_file = server.key_ecdsa();
     pytun::Tunnel ecdsa(o);
     CHECK(ecdsa.start() == std::error_code{});
@@ -271,7 +206,7 @@ TEST_CASE("errors name the problem and what to do")
 {
     auto &server = shared_server();
     t::EchoService echo;
-    auto base = options_for(server, echo.port());
+    auto base = t::tunnel_options(server, echo.port());
     std::string message;
 
     SUBCASE("host key unknown: fingerprint and the line to add")
@@ -378,7 +313,7 @@ TEST_CASE("sshd killed: the tunnel reports the lost transport")
 {
     t::SshServer server;
     t::EchoService echo;
-    pytun::Tunnel tunnel(options_for(server, echo.port()));
+    pytun::Tunnel tunnel(t::tunnel_options(server, echo.port()));
     REQUIRE(tunnel.start() == std::error_code{});
     server.kill_hard();
     std::error_code reason;
@@ -396,7 +331,7 @@ TEST_CASE("stop() with 100 active connections: prompt, no leaked threads or desc
     const std::size_t threads_before = t::count_threads();
     std::vector<int> clients;
     {
-        pytun::Tunnel tunnel(options_for(server, echo.port()));
+        pytun::Tunnel tunnel(t::tunnel_options(server, echo.port()));
         REQUIRE(tunnel.start() == std::error_code{});
         for (int i = 0; i < 100; ++i) {
             int fd = t::connect_tcp(tunnel.listen_port());

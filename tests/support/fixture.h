@@ -61,7 +61,7 @@ public:
     std::string host_key_fingerprint_ed25519() const; ///< "SHA256:..." as ssh-keygen -l prints it
     std::string host_key_fingerprint_ecdsa() const;
 
-    /// Put a line first in sshd_config (e.g. "RekeyLimit 4M") and restart sshd.
+    /// Put lines first in sshd_config (e.g. "RekeyLimit 4M") and restart sshd.
     void configure(const std::string &sshd_config_line);
 
     /// Append a line to authorized_keys (e.g. one with restrictions).

@@ -340,8 +340,12 @@ BatchedCtrStatus install_batched_aes_ctr()
     EVP_CIPHER_free(base);
     // retain_fallbacks=1: loading a provider must not stop OpenSSL from
     // loading the default provider implicitly, as it does when none is loaded.
+    // Loaded for the life of the process, like libssh2_init (sessions may be
+    // freed by threads that outlive static destruction); held here so that
+    // leak checkers see it is still in use.
+    static OSSL_PROVIDER *loaded = nullptr;
     if (OSSL_PROVIDER_add_builtin(nullptr, kProviderName, &provider_init) != 1 ||
-        OSSL_PROVIDER_try_load(nullptr, kProviderName, 1) == nullptr)
+        (loaded = OSSL_PROVIDER_try_load(nullptr, kProviderName, 1)) == nullptr)
         return BatchedCtrStatus::failed;
     if (EVP_set_default_properties(nullptr, kPreference) != 1)
         return BatchedCtrStatus::failed;
