@@ -26,8 +26,11 @@ constexpr const char *kProperty = "pytun.batched=yes";
 constexpr const char *kPreference = "?pytun.batched=yes";
 
 // 64 AES blocks: large enough that making keystream costs a fraction of a
-// nanosecond per block, small enough to stay in L1 (two per session).
+// nanosecond per block (4 KiB measured no faster), small enough to stay in
+// L1 (two per session).
 constexpr std::size_t kKeystreamBytes = 1024;
+// CTR keystream = the encryption of zeros.
+constexpr unsigned char kZeros[kKeystreamBytes] = {};
 constexpr std::size_t kIvBytes = 16;
 
 /// One AES-CTR context: the default provider's AES-CTR run over a zero buffer
@@ -50,9 +53,8 @@ struct BatchedCtr {
 
     bool refill()
     {
-        std::memset(keystream, 0, sizeof keystream);
         int out = 0;
-        if (EVP_EncryptUpdate(keystream_ctx, keystream, &out, keystream, static_cast<int>(sizeof keystream)) != 1 ||
+        if (EVP_EncryptUpdate(keystream_ctx, keystream, &out, kZeros, static_cast<int>(sizeof keystream)) != 1 ||
             out != static_cast<int>(sizeof keystream))
             return false;
         used = 0;
