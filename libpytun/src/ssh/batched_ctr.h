@@ -3,8 +3,8 @@
 //
 // libssh2 1.10 encrypts and decrypts every packet one 16-byte block at a time,
 // one EVP_Cipher() call per block. With AES-NI a lone block costs the full
-// latency of ten dependent rounds plus OpenSSL 3's dispatch, and this was 40 %
-// of pytun's CPU time at full speed (docs/benchmarks.md has the profile).
+// latency of ten dependent rounds plus OpenSSL 3's dispatch: over a third of
+// pytun's CPU time at full speed (docs/benchmarks.md has the profile).
 // CTR mode's keystream does not depend on the data, so it can be made ahead in
 // batches, where AES-NI pipelines eight blocks at once; each 16-byte call is
 // then an XOR. This file is a small OpenSSL provider with AES-128/192/256-CTR
