@@ -386,6 +386,19 @@ TEST_CASE("tunnel_dirs: absent is an error, empty is a warning")
     CHECK(r.diagnostics[0].to_string().starts_with("warning: <string>:1: tunnel_dirs: no tunnels configured"));
 }
 
+TEST_CASE("TOML table headers that do not start with a key are a syntax error, not a crash")
+{
+    // toml++ 3.3 asserts on these (marzer/tomlplusplus#301); found by fuzz_config.
+    TempDir tmp;
+    for (const char *text : {"[pytun]\ntunnel_manager_id = \"x\"\n[#onfig-connector]\n", "[[[1]]]\n", "a = 1\n[[=\n"}) {
+        LoadResult r = pytun::load_config_from_string(text, "toml", tmp.path.string());
+        INFO(text, dump(r));
+        CHECK_FALSE(r.ok());
+        REQUIRE_FALSE(r.diagnostics.empty());
+        CHECK(r.diagnostics[0].to_string().find("fix the TOML syntax") != std::string::npos);
+    }
+}
+
 TEST_CASE("main file structure errors")
 {
     TempDir tmp;
