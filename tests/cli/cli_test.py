@@ -29,6 +29,13 @@ def stop_pytun(env, proc, timeout=15):
         rc = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         raise Failure("pytun did not exit within %d s of SIGTERM" % timeout)
+    if rc != 0:  # say why, before the temporary directory goes
+        try:
+            with open(env.path("pytun.stderr"), errors="replace") as f:
+                tail = f.read()[-4000:]
+        except OSError:
+            tail = "(no pytun.stderr)"
+        print("pytun exited with %s after SIGTERM; its stderr ends:\n%s" % (rc, tail))
     return rc, time.monotonic() - t0
 
 
