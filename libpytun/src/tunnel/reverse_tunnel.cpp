@@ -2,7 +2,6 @@
 // One reverse tunnel's life cycle on an event loop.
 #include "tunnel/reverse_tunnel.h"
 
-#include <malloc.h>
 
 #include <pytun/error.h>
 
@@ -237,9 +236,6 @@ void ReverseTunnel::on_listening(int rc)
     }
     up_ = true;
     setup_timer_.cancel();
-    // Key exchange and authentication leave a few hundred KiB of freed heap
-    // in this thread's malloc arena; give it back, a connector idles for months.
-    ::malloc_trim(0);
     const auto port = static_cast<std::uint16_t>(bound_port_ > 0 ? bound_port_ : options_.listen_port);
     log_->info("tunnel up: bastion {} port {} -> {}", target(options_.server_host, options_.server_port), port,
                target(options_.remote_host, options_.remote_port));
