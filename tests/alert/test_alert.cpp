@@ -33,6 +33,7 @@
 
 #include "fixture.h"
 #include "log_capture.h"
+#include "tunnel_options.h"
 
 extern char **environ;
 
@@ -678,17 +679,8 @@ TEST_CASE("traffic through a live tunnel is intact while alerts fail")
 {
     t::SshServer sshd;
     t::EchoService echo;
-    pytun::TunnelOptions to;
+    pytun::TunnelOptions to = t::tunnel_options(sshd, echo.port());
     to.name = "alert-traffic";
-    to.server_host = "127.0.0.1";
-    to.server_port = sshd.port();
-    to.username = sshd.user();
-    to.key_file = sshd.key_ed25519();
-    to.known_hosts_file = sshd.known_hosts_bracketed();
-    to.bind_address = "127.0.0.1";
-    to.listen_port = 0;
-    to.remote_host = "127.0.0.1";
-    to.remote_port = echo.port();
     pytun::Tunnel tunnel(to);
     REQUIRE(!tunnel.start());
 

@@ -36,6 +36,7 @@
 #include <pytun/tunnel.h>
 
 #include "fixture.h"
+#include "tunnel_options.h"
 
 using namespace std::chrono_literals;
 using pytun::Errc;
@@ -140,17 +141,9 @@ pytun::ManagerOptions fast_manager_options()
 pytun::TunnelOptions options_for(const t::SshServer &server, const std::string &name, std::uint16_t listen_port,
                                  std::uint16_t service_port, std::chrono::seconds keep_alive = 1s)
 {
-    pytun::TunnelOptions o;
+    pytun::TunnelOptions o = t::tunnel_options(server, service_port);
     o.name = name;
-    o.server_host = "127.0.0.1";
-    o.server_port = server.port();
-    o.username = server.user();
-    o.key_file = server.key_ed25519();
-    o.known_hosts_file = server.known_hosts_bracketed();
-    o.bind_address = "127.0.0.1";
     o.listen_port = listen_port;
-    o.remote_host = "127.0.0.1";
-    o.remote_port = service_port;
     o.connect_timeout = 5s;
     o.keep_alive = keep_alive;
     return o;

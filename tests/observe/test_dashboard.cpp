@@ -22,6 +22,7 @@
 
 #include "fixture.h"
 #include "http_util.h"
+#include "tunnel_options.h"
 
 using namespace std::chrono_literals;
 namespace t = pytun::test;
@@ -120,17 +121,9 @@ TEST_CASE("the dashboard renders a row per tunnel with its state, in headless Ch
     mo.backoff_initial = 10000ms; // keep the unreachable one backing off while we look
     pytun::TunnelManager manager(mo);
     auto tunnel = [&](const std::string &name, std::uint16_t service, std::uint16_t bastion) {
-        pytun::TunnelOptions o;
+        pytun::TunnelOptions o = t::tunnel_options(sshd, service);
         o.name = name;
-        o.server_host = "127.0.0.1";
         o.server_port = bastion;
-        o.username = sshd.user();
-        o.key_file = sshd.key_ed25519();
-        o.known_hosts_file = sshd.known_hosts_bracketed();
-        o.bind_address = "127.0.0.1";
-        o.listen_port = 0;
-        o.remote_host = "127.0.0.1";
-        o.remote_port = service;
         o.keep_alive = 1s;
         o.connect_timeout = 2s;
         o.config_path = "/etc/pytun/configs/" + name + ".ini";

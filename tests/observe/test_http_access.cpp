@@ -23,6 +23,7 @@
 
 #include "fixture.h"
 #include "http_util.h"
+#include "tunnel_options.h"
 
 using namespace std::chrono_literals;
 namespace t = pytun::test;
@@ -141,17 +142,8 @@ struct Manager {
     pytun::TunnelManager manager;
     Manager()
     {
-        pytun::TunnelOptions o;
+        pytun::TunnelOptions o = t::tunnel_options(sshd, echo.port());
         o.name = "alpha";
-        o.server_host = "127.0.0.1";
-        o.server_port = sshd.port();
-        o.username = sshd.user();
-        o.key_file = sshd.key_ed25519();
-        o.known_hosts_file = sshd.known_hosts_bracketed();
-        o.bind_address = "127.0.0.1";
-        o.listen_port = 0;
-        o.remote_host = "127.0.0.1";
-        o.remote_port = echo.port();
         o.keep_alive = 1s;
         REQUIRE(manager.apply({o}).error == std::error_code{});
         REQUIRE(t::wait_until([&] {

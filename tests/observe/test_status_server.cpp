@@ -28,6 +28,7 @@
 
 #include "fixture.h"
 #include "http_util.h"
+#include "tunnel_options.h"
 
 using namespace std::chrono_literals;
 namespace t = pytun::test;
@@ -60,17 +61,8 @@ std::uint16_t dead_port()
 pytun::TunnelOptions tunnel(const std::string &name, std::uint16_t service_port)
 {
     auto &server = shared_server();
-    pytun::TunnelOptions o;
+    pytun::TunnelOptions o = t::tunnel_options(server, service_port);
     o.name = name;
-    o.server_host = "127.0.0.1";
-    o.server_port = server.port();
-    o.username = server.user();
-    o.key_file = server.key_ed25519();
-    o.known_hosts_file = server.known_hosts_bracketed();
-    o.bind_address = "127.0.0.1";
-    o.listen_port = 0;
-    o.remote_host = "127.0.0.1";
-    o.remote_port = service_port;
     o.keep_alive = 1s; // the service probe follows this interval
     o.config_path = "/etc/pytun/configs/" + name + ".ini";
     return o;
