@@ -246,6 +246,12 @@ def case_reload(binary):
         check(wait_until(lambda: echo_roundtrip(pa) and echo_a2.accepted > 0, 30),
               "A serves from its new local service")
         check(b_alive(b"after-change"), "B's connection survived the reload")
+        check("[pytun] section" not in env.log("main_connector"), "a tunnel-only change: no [pytun] warning")
+        env.connector_ini(inspection_port=env.inspection_port, extra="alert_reminder_interval = 120\n")
+        kill_pid(proc.pid, signal.SIGHUP)
+        check(wait_until(lambda: "changes to the [pytun] section" in env.log("main_connector"), 15),
+              "SIGHUP after a [pytun] change (alert_reminder_interval): says it needs a restart")
+        check(b_alive(b"after-main-change"), "B's connection is unaffected")
         env.write("tunnels/a.ini", open(env.path("tunnels/a.ini")).read() + "remote_port = 70000\nport = none\n")
         kill_pid(proc.pid, signal.SIGHUP)
         check(wait_until(lambda: "reload rejected" in env.log("main_connector"), 15),

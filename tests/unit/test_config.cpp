@@ -4,6 +4,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <pytun/alerter.h>
 #include <pytun/config.h>
 
 #include <cstdlib>
@@ -384,6 +385,34 @@ TEST_CASE("tunnel_dirs: absent is an error, empty is a warning")
     CHECK(count(r, W, "<string>", 1, "tunnel_dirs", "no tunnels configured") == 1);
     CHECK(r.diagnostics.size() == 1);
     CHECK(r.diagnostics[0].to_string().starts_with("warning: <string>:1: tunnel_dirs: no tunnels configured"));
+}
+
+TEST_CASE("alert rate limits and reminder interval: defaults, keys, and what the alerter gets")
+{
+    TempDir tmp;
+    fs::create_directory(tmp.path / "configs");
+    const std::string head = "[pytun]\ntunnel_manager_id = x\n";
+    LoadResult r = pytun::load_config_from_string(head, "ini", tmp.path.string());
+    REQUIRE(r.config);
+    CHECK(r.config->connector.smtp_rate_limit == std::chrono::seconds(600));
+    CHECK(r.config->connector.http_rate_limit == std::chrono::seconds(60));
+    CHECK(r.config->connector.alert_reminder_interval == std::chrono::seconds(600));
+
+    r = pytun::load_config_from_string(head + "smtp_rate_limit = 0\nhttp_rate_limit = 5\nalert_reminder_interval = 3600\n",
+                                       "ini", tmp.path.string());
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    pytun::AlerterOptions o(r.config->connector);
+    CHECK(o.email.rate_limit == std::chrono::milliseconds(0));
+    CHECK(o.webhook.rate_limit == std::chrono::seconds(5));
+    CHECK(o.reminder_interval == std::chrono::hours(1));
+
+    r = pytun::load_config_from_string(head + "alert_reminder_interval = 0\nhttp_rate_limit = often\n", "ini",
+                                       tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "<string>", 3, "alert_reminder_interval", "from 1 to 604800") == 1);
+    CHECK(count(r, E, "<string>", 4, "http_rate_limit", "'often' is not a number") == 1);
 }
 
 TEST_CASE("TOML table headers that do not start with a key are a syntax error, not a crash")

@@ -70,14 +70,14 @@ void log_event(Logging &logging, const TunnelEvent &e)
     logging.log(e.name, bad ? LogLevel::warning : LogLevel::info, line);
 }
 
-bool connector_changed(const ConnectorConfig &a, const ConnectorConfig &b)
+/// Whether a reload changed a [pytun] key that only a restart applies: all of
+/// them except those SIGHUP applies (log level and console, tunnel_dirs).
+bool connector_changed(ConnectorConfig a, const ConnectorConfig &b)
 {
-    return a.tunnel_manager_id != b.tunnel_manager_id || a.log_path != b.log_path ||
-           a.inspection_port != b.inspection_port || a.inspection_localhost_only != b.inspection_localhost_only ||
-           a.inspection_token != b.inspection_token || a.smtp_hostname != b.smtp_hostname ||
-           a.smtp_port != b.smtp_port || a.smtp_to != b.smtp_to || a.smtp_login != b.smtp_login ||
-           a.smtp_password != b.smtp_password || a.http_url != b.http_url || a.http_user != b.http_user ||
-           a.http_password != b.http_password || a.signature != b.signature;
+    a.log_level = b.log_level;
+    a.log_to_console = b.log_to_console;
+    a.tunnel_dirs = b.tunnel_dirs;
+    return !(a == b);
 }
 
 } // namespace

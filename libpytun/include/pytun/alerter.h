@@ -120,7 +120,9 @@ struct AlertChannelPolicy {
 };
 
 /// Everything the alerter needs: the `[pytun]` keys plus tuning that has no
-/// INI key yet (defaults follow the original connector).
+/// configuration key (retries, timeouts, queue size). Made from a
+/// ConnectorConfig, the rate limits and the reminder interval are its
+/// smtp_rate_limit, http_rate_limit and alert_reminder_interval.
 struct PYTUN_EXPORT AlerterOptions {
     ConnectorConfig connector;      ///< tunnel_manager_id, smtp_*, http_*
     AlertChannelPolicy email{};     ///< default: 1 per 10 min per tunnel and message

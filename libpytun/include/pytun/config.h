@@ -51,6 +51,13 @@ struct ConnectorConfig {
     std::string signature;                  ///< device authorization blob; empty: authorized
     std::string mac_address_pub_key;        ///< PEM public key that checks `signature`
     std::chrono::milliseconds grace_period_ms{5000}; ///< drain time for connections on stop/reload
+    /// At most one e-mail per tunnel and kind of alert in this window; what is
+    /// held back is summarised ("flapping") when it ends. 0: no limit.
+    std::chrono::seconds smtp_rate_limit{600};
+    std::chrono::seconds http_rate_limit{60}; ///< the same for webhook alerts
+    std::chrono::seconds alert_reminder_interval{600}; ///< "still down" reminders while a tunnel stays down
+
+    friend bool operator==(const ConnectorConfig &, const ConnectorConfig &) = default;
 };
 
 /// One tunnel (`[tunnel]` section of a tunnel file, or a TOML `[[tunnel]]`).

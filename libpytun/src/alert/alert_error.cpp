@@ -91,6 +91,11 @@ AlertChannel::~AlertChannel() = default;
 
 AlerterOptions::AlerterOptions() = default;
 
-AlerterOptions::AlerterOptions(ConnectorConfig config) : connector(std::move(config)) {}
+AlerterOptions::AlerterOptions(ConnectorConfig config) : connector(std::move(config))
+{
+    email.rate_limit = connector.smtp_rate_limit;
+    webhook.rate_limit = connector.http_rate_limit;
+    reminder_interval = connector.alert_reminder_interval;
+}
 
 } // namespace pytun

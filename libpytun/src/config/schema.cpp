@@ -19,12 +19,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::array<std::string_view, 23> k_main_keys = {
+constexpr std::array<std::string_view, 26> k_main_keys = {
     "tunnel_manager_id", "tunnel_dirs",   "log_level",         "log_to_console",    "log_path",
     "inspection_port",   "inspection_localhost_only",          "inspection_token",  "smtp_hostname",
     "smtp_port",         "smtp_security", "smtp_login",        "smtp_password",     "smtp_from",
     "smtp_to",           "smtp_ca_file",  "smtp_verify_tls",   "http_url",          "http_user",
-    "http_password",     "signature",     "mac_address_pub_key", "grace_period_ms",
+    "http_password",     "signature",     "mac_address_pub_key", "grace_period_ms",   "smtp_rate_limit",
+    "http_rate_limit",   "alert_reminder_interval",
 };
 
 constexpr std::array<std::string_view, 14> k_tunnel_keys = {
@@ -450,6 +451,13 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
                 "mac_address_pub_key = <path>");
     c.grace_period_ms = std::chrono::milliseconds(
         f.integer("grace_period_ms", 5000, 0, 3'600'000, "milliseconds connections get to finish on stop"));
+    constexpr std::int64_t week = 7 * 86400;
+    c.smtp_rate_limit = std::chrono::seconds(
+        f.integer("smtp_rate_limit", 600, 0, week, "seconds between two e-mails about the same tunnel and event"));
+    c.http_rate_limit = std::chrono::seconds(
+        f.integer("http_rate_limit", 60, 0, week, "seconds between two webhook calls about the same tunnel and event"));
+    c.alert_reminder_interval = std::chrono::seconds(
+        f.integer("alert_reminder_interval", 600, 1, week, "seconds between \"still down\" reminders"));
 
     out.holds_secrets = !c.smtp_password.empty() || !c.http_password.empty() || !c.inspection_token.empty();
     return out;
