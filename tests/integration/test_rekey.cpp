@@ -5,17 +5,14 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <string>
 
 #include <pytun/tunnel.h>
 
+#include "bulk_transfer.h"
 #include "fixture.h"
 #include "tunnel_options.h"
 
-using namespace std::chrono_literals;
 namespace t = pytun::test;
 
 // libssh2 1.10 leaks the previous server host key blob on every re-key
@@ -30,34 +27,18 @@ TEST_CASE("the bastion re-keys every 4 MiB: 64 MiB each way still arrive intact"
     t::SshServer server;
     server.configure("RekeyLimit 4M\nCiphers aes128-ctr\nLogLevel DEBUG1");
     constexpr std::size_t size = 64u << 20;
-    auto data = t::random_bytes(size, 7);
-    const std::string expected = t::sha256_hex(data.data(), data.size());
 
     t::SinkService sink;
     pytun::Tunnel up(t::tunnel_options(server, sink.port()));
     REQUIRE(up.start() == std::error_code{});
-    int fd = t::connect_tcp(up.listen_port());
-    REQUIRE(fd >= 0);
-    REQUIRE(t::send_all(fd, data.data(), data.size()));
-    ::shutdown(fd, SHUT_WR);
-    t::read_until_eof(fd);
-    ::close(fd);
-    REQUIRE(t::wait_until([&] { return !sink.received().empty(); }, 30s));
-    CHECK(sink.received()[0].bytes == size);
-    CHECK(sink.received()[0].sha256 == expected);
+    t::check_upload(up, sink, t::random_bytes(size, 7));
     CHECK(up.state() == pytun::TunnelState::up);
     up.stop();
 
     t::SourceService source(size);
     pytun::Tunnel down(t::tunnel_options(server, source.port()));
     REQUIRE(down.start() == std::error_code{});
-    fd = t::connect_tcp(down.listen_port());
-    REQUIRE(fd >= 0);
-    auto got = t::read_until_eof(fd);
-    ::close(fd);
-    REQUIRE(got.size() == size);
-    REQUIRE(t::wait_until([&] { return !source.sent_sha256().empty(); }, 10s));
-    CHECK(t::sha256_hex(got.data(), got.size()) == source.sent_sha256()[0]);
+    t::check_download(down, source, size);
     CHECK(down.state() == pytun::TunnelState::up);
 
     // sshd's own account: one key exchange per 4 MiB or so, each way (and

@@ -18,6 +18,7 @@
 #include <pytun/log.h>
 #include <pytun/tunnel.h>
 
+#include "bulk_transfer.h"
 #include "fixture.h"
 #include "log_capture.h"
 #include "tunnel_options.h"
@@ -72,16 +73,7 @@ TEST_CASE("64 MiB each way arrive intact (SHA-256 compared)")
         pytun::Tunnel tunnel(t::tunnel_options(server, sink.port()));
         REQUIRE(tunnel.start() == std::error_code{});
         REQUIRE(tunnel.listen_port() != 0);
-        auto data = t::random_bytes(size, 42);
-        int fd = t::connect_tcp(tunnel.listen_port());
-        REQUIRE(fd >= 0);
-        REQUIRE(t::send_all(fd, data.data(), data.size()));
-        ::shutdown(fd, SHUT_WR);
-        t::read_until_eof(fd);
-        ::close(fd);
-        REQUIRE(t::wait_until([&] { return !sink.received().empty(); }, 30s));
-        CHECK(sink.received()[0].bytes == size);
-        CHECK(sink.received()[0].sha256 == t::sha256_hex(data.data(), data.size()));
+        t::check_upload(tunnel, sink, t::random_bytes(size, 42));
         CHECK(tunnel.stats().bytes_to_service == size);
     }
     SUBCASE("download: service -> tunnel -> bastion -> client")
@@ -89,13 +81,7 @@ TEST_CASE("64 MiB each way arrive intact (SHA-256 compared)")
         t::SourceService source(size);
         pytun::Tunnel tunnel(t::tunnel_options(server, source.port()));
         REQUIRE(tunnel.start() == std::error_code{});
-        int fd = t::connect_tcp(tunnel.listen_port());
-        REQUIRE(fd >= 0);
-        auto got = t::read_until_eof(fd);
-        ::close(fd);
-        REQUIRE(got.size() == size);
-        REQUIRE(t::wait_until([&] { return !source.sent_sha256().empty(); }, 10s));
-        CHECK(t::sha256_hex(got.data(), got.size()) == source.sent_sha256()[0]);
+        t::check_download(tunnel, source, size);
         CHECK(tunnel.stats().bytes_from_service == size);
     }
 }
