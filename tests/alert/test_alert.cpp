@@ -819,17 +819,8 @@ TEST_CASE("lifecycle end to end: a managed tunnel whose bastion dies and returns
     mo.backoff_max = 400ms;
     pytun::TunnelManager manager(mo);
     auto alerts = pytun::forward_alerts(manager, alerter);
-    pytun::TunnelOptions tunnel;
+    pytun::TunnelOptions tunnel = t::tunnel_options(server, echo.port());
     tunnel.name = "ldap";
-    tunnel.server_host = "127.0.0.1";
-    tunnel.server_port = server.port();
-    tunnel.username = server.user();
-    tunnel.key_file = server.key_ed25519();
-    tunnel.known_hosts_file = server.known_hosts_bracketed();
-    tunnel.bind_address = "127.0.0.1";
-    tunnel.listen_port = 0;
-    tunnel.remote_host = "127.0.0.1";
-    tunnel.remote_port = echo.port();
     REQUIRE(!manager.apply({tunnel}).error);
     auto state = [&] { return manager.status().at(0).state; };
     REQUIRE(t::wait_until([&] { return state() == pytun::ManagedState::up; }, 10s));
