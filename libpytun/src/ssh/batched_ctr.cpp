@@ -104,12 +104,15 @@ void *dup_ctx(void *vctx)
     to->keyed = from->keyed;
     std::memcpy(to->keystream, from->keystream, sizeof to->keystream);
     to->keystream_ctx = EVP_CIPHER_CTX_new();
-    if (to->keystream_ctx == nullptr || EVP_CIPHER_up_ref(from->aes) != 1 ||
-        EVP_CIPHER_CTX_copy(to->keystream_ctx, from->keystream_ctx) != 1) {
+    if (to->keystream_ctx == nullptr || EVP_CIPHER_up_ref(from->aes) != 1) {
         delete to;
         return nullptr;
     }
-    to->aes = from->aes;
+    to->aes = from->aes; // from here the destructor releases the reference
+    if (EVP_CIPHER_CTX_copy(to->keystream_ctx, from->keystream_ctx) != 1) {
+        delete to;
+        return nullptr;
+    }
     return to;
 }
 
