@@ -8,9 +8,9 @@
 #include "service_notify.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
-#include <string_view>
 
 #include <sys/socket.h>
 #include <sys/un.h>
