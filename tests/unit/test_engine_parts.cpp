@@ -14,7 +14,7 @@
 
 #include <pytun/error.h>
 
-#include "forward/ring_buffer.h"
+#include "ssh/ring_buffer.h"
 #include "log.h"
 #include "ssh/key_file.h"
 #include "ssh/known_hosts.h"

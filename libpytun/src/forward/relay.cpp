@@ -1,17 +1,15 @@
 // SPDX-License-Identifier: MIT
-// One forwarded connection: local socket I/O and the relay's half of the
-// channel life cycle (the driver does the libssh2 half).
+// One relayed connection: the local socket's I/O (the driver does the
+// channel's).
 #include "forward/relay.h"
 
-#include <pytun/error.h>
-
+#include "loop/connect.h"
 #include "ssh/session.h"
 
 namespace pytun::detail {
 
-Relay::Relay(SshSession &session, LIBSSH2_CHANNEL *channel, RelayCounters &counters, std::uint64_t id)
-    : session_(&session), channel_(channel), counters_(counters), id_(id), socket_(session.io()),
-      resolver_(session.io()), timer_(session.io())
+Relay::Relay(SshSession &session, TrafficCounters &counters, std::uint64_t id)
+    : ChannelStream(session, id), counters_(counters), socket_(session.io())
 {
     counters_.active.fetch_add(1, std::memory_order_relaxed);
     counters_.total.fetch_add(1, std::memory_order_relaxed);
@@ -19,7 +17,7 @@ Relay::Relay(SshSession &session, LIBSSH2_CHANNEL *channel, RelayCounters &count
 
 Relay::~Relay()
 {
-    if (channel_)
+    if (counted_active_)
         counters_.active.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -27,46 +25,20 @@ void Relay::connect(const std::string &host, std::uint16_t port, std::chrono::mi
 {
     target_ = host + ":" + std::to_string(port);
     auto self = shared_from_this();
-    timer_.expires_after(timeout);
-    timer_.async_wait([this, self](const asio::error_code &ec) {
-        if (ec || connected_)
-            return;
-        resolver_.cancel();
-        asio::error_code ignored;
-        socket_.cancel(ignored);
-        socket_.close(ignored); // the pending connect completes with operation_aborted
+    connect_with_deadline(socket_, host, port, timeout, [this, self](const ConnectOutcome &outcome) {
+        on_connected(outcome.error, outcome.failure == ConnectOutcome::Failure::timeout ? std::string("timed out")
+                                                                                         : outcome.error.message());
     });
-    asio::error_code parse_error;
-    auto address = asio::ip::make_address(host, parse_error);
-    if (!parse_error) {
-        socket_.async_connect({address, port}, [this, self](const asio::error_code &ec) { on_connected(ec); });
-        return;
-    }
-    resolver_.async_resolve(host, std::to_string(port),
-                            [this, self](const asio::error_code &ec,
-                                         asio::ip::tcp::resolver::results_type results) {
-                                if (ec) {
-                                    on_connected(ec);
-                                    return;
-                                }
-                                asio::async_connect(socket_, results,
-                                                    [this, self](const asio::error_code &cec,
-                                                                 const asio::ip::tcp::endpoint &) {
-                                                        on_connected(cec);
-                                                    });
-                            });
 }
 
-void Relay::on_connected(const asio::error_code &ec)
+void Relay::on_connected(const asio::error_code &ec, const std::string &why)
 {
-    timer_.cancel();
-    if (!session_ || closing_)
+    if (finished() || phase() == Phase::closing)
         return;
     if (ec) {
         counters_.failed.fetch_add(1, std::memory_order_relaxed);
-        std::string why = ec == asio::error::operation_aborted ? std::string("timed out") : ec.message();
-        session_->log().warn("connection #{}: cannot reach {} ({}); closing this connection, the tunnel stays up",
-                             id_, target_, why);
+        log().warn("connection #{}: cannot reach {} ({}); closing this connection, the tunnel stays up", id(),
+                   target_, why);
         begin_close("local service unreachable");
         return;
     }
@@ -74,47 +46,20 @@ void Relay::on_connected(const asio::error_code &ec)
     asio::error_code ignored;
     socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     socket_.non_blocking(true, ignored);
-    session_->log().debug("connection #{}: connected to {}", id_, target_);
+    log().debug("connection #{}: connected to {}", id(), target_);
     write_local(); // what the channel delivered while we were connecting
     read_local();
 }
 
-std::span<char> Relay::receive_space()
-{
-    if (closing_)
-        return {};
-    return download_.writable();
-}
-
-void Relay::received(std::size_t n)
-{
-    download_.commit(n);
-    write_local();
-}
-
-void Relay::received_eof()
-{
-    channel_eof_ = true;
-    write_local(); // shuts the local write side down once the buffer is flushed
-}
-
-void Relay::sent(std::size_t n)
-{
-    const bool was_full = upload_.full();
-    upload_.consume(n);
-    if (was_full)
-        read_local();
-}
-
 void Relay::read_local()
 {
-    if (!connected_ || local_eof_ || closing_ || !session_)
+    if (!connected_ || upload_ended() || finished() || phase() == Phase::closing)
         return;
     bool progress = false;
     for (;;) {
-        std::span<char> space = upload_.writable();
+        std::span<char> space = upload_space();
         if (space.empty())
-            break; // backpressure: resumes from sent()
+            break; // backpressure: resumes from on_upload_space()
         asio::error_code ec;
         std::size_t n = socket_.read_some(asio::buffer(space.data(), space.size()), ec);
         if (ec == asio::error::would_block || ec == asio::error::try_again) {
@@ -122,30 +67,27 @@ void Relay::read_local()
             break;
         }
         if (ec == asio::error::eof) {
-            local_eof_ = true;
-            progress = true;
-            break;
+            local_eof();
+            return;
         }
         if (ec) {
-            session_->log().debug("connection #{}: local read failed: {}", id_, ec.message());
+            log().debug("connection #{}: local read failed: {}", id(), ec.message());
             begin_close("local socket error");
             return;
         }
-        upload_.commit(n);
+        uploaded(n);
         counters_.bytes_from_service.fetch_add(n, std::memory_order_relaxed);
         progress = true;
     }
     if (progress)
-        session_->wake();
+        wake();
 }
 
 void Relay::write_local()
 {
-    if (!connected_ || !session_ || closing_)
+    if (!connected_ || finished() || phase() == Phase::closing)
         return;
-    bool freed = false;
-    while (!download_.empty()) {
-        std::span<char> data = download_.readable();
+    for (std::span<char> data = download_data(); !data.empty(); data = download_data()) {
         asio::error_code ec;
         std::size_t n = socket_.write_some(asio::buffer(data.data(), data.size()), ec);
         if (ec == asio::error::would_block || ec == asio::error::try_again) {
@@ -153,21 +95,17 @@ void Relay::write_local()
             break;
         }
         if (ec) {
-            session_->log().debug("connection #{}: local write failed: {}", id_, ec.message());
+            log().debug("connection #{}: local write failed: {}", id(), ec.message());
             begin_close("local socket error");
             return;
         }
-        download_.consume(n);
         counters_.bytes_to_service.fetch_add(n, std::memory_order_relaxed);
-        freed = true;
+        delivered(n);
     }
-    if (freed)
-        session_->note_receive_space();
-    if (download_.empty() && channel_eof_ && !local_shut_) {
+    if (download_ended()) {
         asio::error_code ignored;
         socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
-        local_shut_ = true;
-        maybe_finish();
+        local_shut();
     }
 }
 
@@ -176,11 +114,12 @@ void Relay::arm_read()
     if (reading_)
         return;
     reading_ = true;
-    socket_.async_wait(asio::ip::tcp::socket::wait_read, [this, self = shared_from_this()](const asio::error_code &ec) {
-        reading_ = false;
-        if (!ec)
-            read_local();
-    });
+    socket_.async_wait(asio::ip::tcp::socket::wait_read,
+                       [this, self = shared_from_this()](const asio::error_code &ec) {
+                           reading_ = false;
+                           if (!ec)
+                               read_local();
+                       });
 }
 
 void Relay::arm_write()
@@ -188,72 +127,28 @@ void Relay::arm_write()
     if (writing_)
         return;
     writing_ = true;
-    socket_.async_wait(asio::ip::tcp::socket::wait_write, [this, self = shared_from_this()](const asio::error_code &ec) {
-        writing_ = false;
-        if (!ec)
-            write_local();
-    });
+    socket_.async_wait(asio::ip::tcp::socket::wait_write,
+                       [this, self = shared_from_this()](const asio::error_code &ec) {
+                           writing_ = false;
+                           if (!ec)
+                               write_local();
+                       });
 }
 
-void Relay::maybe_finish()
+void Relay::on_closed(int)
 {
-    if (local_eof_ && eof_sent_ && channel_eof_ && local_shut_)
-        begin_close("both directions finished");
-}
-
-void Relay::begin_close(const char *why)
-{
-    if (closing_ || !channel_)
-        return;
-    closing_ = true;
-    if (session_) {
-        session_->log().trace("connection #{}: closing ({})", id_, why);
-        session_->wake();
-    }
-}
-
-void Relay::channel_failed(int rc)
-{
-    if (session_)
-        session_->log().debug("connection #{}: channel error {}", id_, rc);
-    closing_ = true;
-}
-
-void Relay::channel_freed()
-{
-    if (!channel_)
-        return;
-    channel_ = nullptr;
-    counters_.active.fetch_sub(1, std::memory_order_relaxed);
-    close_local();
-}
-
-void Relay::abort()
-{
-    if (channel_) {
-        channel_ = nullptr; // libssh2_session_free releases it
+    if (counted_active_) {
+        counted_active_ = false;
         counters_.active.fetch_sub(1, std::memory_order_relaxed);
     }
-    session_ = nullptr;
     close_local();
-}
-
-void Relay::release_idle_buffers()
-{
-    if (pinned_)
-        return;
-    upload_.release_if_empty();
-    download_.release_if_empty();
 }
 
 void Relay::close_local()
 {
     asio::error_code ignored;
-    timer_.cancel();
-    resolver_.cancel();
-    socket_.close(ignored);
+    socket_.close(ignored); // also ends a connect in progress
     connected_ = false;
-    release_idle_buffers();
 }
 
 } // namespace pytun::detail

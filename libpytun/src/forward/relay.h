@@ -1,109 +1,53 @@
 // SPDX-License-Identifier: MIT
-// Relay: one forwarded connection, an SSH channel on one side and a local TCP
-// socket on the other. The relay owns the socket and the two buffers; the
-// session's driver owns every libssh2 call on the channel and asks the relay
-// for bytes to send and for room to receive. Backpressure both ways: the
-// local socket is read only while the upload buffer has room, the channel
-// only while the download buffer has room.
+// Relay: a channel stream whose other end is a local TCP socket. It owns the
+// socket: either it dials the target itself (a connection the bastion
+// forwarded to us) or it is given one already connected (a local client of a
+// forward that opens channels). Backpressure both ways: the socket is read
+// only while the upload buffer has room, the channel only while the download
+// buffer has room (ssh/channel_stream.h).
 #pragma once
 
 #include "internal.h"
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <memory>
-#include <span>
 #include <string>
 
 #include <asio.hpp>
-#include <libssh2.h>
 
-#include "forward/ring_buffer.h"
+#include "forward/traffic.h"
+#include "ssh/channel_stream.h"
 
 namespace pytun::detail {
 
-class SshSession;
-
-/// Counters shared by a tunnel's relays; read from any thread.
-struct RelayCounters {
-    std::atomic<std::uint64_t> active{0};
-    std::atomic<std::uint64_t> total{0};
-    std::atomic<std::uint64_t> failed{0};
-    std::atomic<std::uint64_t> bytes_to_service{0};
-    std::atomic<std::uint64_t> bytes_from_service{0};
-};
-
-class Relay : public std::enable_shared_from_this<Relay> {
+class Relay final : public ChannelStream {
 public:
-    Relay(SshSession &session, LIBSSH2_CHANNEL *channel, RelayCounters &counters, std::uint64_t id);
-    ~Relay();
-    Relay(const Relay &) = delete;
-    Relay &operator=(const Relay &) = delete;
+    Relay(SshSession &session, TrafficCounters &counters, std::uint64_t id);
+    ~Relay() override;
 
-    /// Connect the local side to host:port within `timeout`.
+    /// Connect the local end to host:port within `timeout` (the channel may
+    /// deliver bytes meanwhile: they wait in the download buffer).
     void connect(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout);
 
-    // --- called by the session's driver only --------------------------------
-    LIBSSH2_CHANNEL *channel() const { return channel_; }
-    /// Room for bytes from the channel; empty while the local side lags.
-    std::span<char> receive_space();
-    void received(std::size_t n);
-    void received_eof();
-    /// Bytes from the local side waiting to go into the channel.
-    std::span<char> send_data() { return upload_.readable(); }
-    void sent(std::size_t n);
-    bool wants_eof() const { return local_eof_ && upload_.empty() && !eof_sent_ && !closing_; }
-    void eof_sent() { eof_sent_ = true; maybe_finish(); }
-    bool wants_receive() const { return !channel_eof_ && !closing_; }
-    bool closing() const { return closing_; }
-    /// The channel is freed: close the local side, the relay is done.
-    void channel_freed();
-    /// A libssh2 call on the channel failed: close the channel and the socket.
-    void channel_failed(int rc);
-    /// While a libssh2 call is pinned on a pointer into our buffers, they must
-    /// not move or be released.
-    void set_pinned(bool pinned) { pinned_ = pinned; }
-    bool finished() const { return channel_ == nullptr; }
-    /// Give buffer memory back if nothing is buffered (called periodically,
-    /// so busy connections keep their buffers and idle ones hold none).
-    void release_idle_buffers();
-    /// The session is going away: forget the channel (libssh2 frees it with
-    /// the session) and close the socket.
-    void abort();
-    /// Graceful stop: close the channel when possible.
-    void begin_close(const char *why);
-
 private:
-    void on_connected(const asio::error_code &ec);
+    void on_connected(const asio::error_code &ec, const std::string &why);
     void read_local();
     void write_local();
     void arm_read();
     void arm_write();
-    void maybe_finish();
     void close_local();
 
-    SshSession *session_;
-    LIBSSH2_CHANNEL *channel_;
-    RelayCounters &counters_;
-    std::uint64_t id_;
+    void on_download() override { write_local(); }
+    void on_upload_space() override { read_local(); }
+    void on_closed(int rc) override;
+
+    TrafficCounters &counters_;
     asio::ip::tcp::socket socket_;
-    asio::ip::tcp::resolver resolver_;
-    asio::steady_timer timer_;
     std::string target_;
-
-    RingBuffer upload_;    ///< local -> channel
-    RingBuffer download_;  ///< channel -> local
-
+    bool counted_active_ = true;
     bool connected_ = false;
-    bool local_eof_ = false;      ///< read EOF from the local socket
-    bool eof_sent_ = false;       ///< channel EOF sent to the bastion
-    bool channel_eof_ = false;    ///< channel EOF received from the bastion
-    bool local_shut_ = false;     ///< shutdown(SHUT_WR) done on the local socket
-    bool closing_ = false;        ///< the driver is to close the channel
-    bool reading_ = false;        ///< async_wait(read) outstanding
-    bool writing_ = false;        ///< async_wait(write) outstanding
-    bool pinned_ = false;
+    bool reading_ = false; ///< async_wait(read) outstanding
+    bool writing_ = false; ///< async_wait(write) outstanding
 };
 
 } // namespace pytun::detail

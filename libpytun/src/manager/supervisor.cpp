@@ -5,7 +5,7 @@
 #include <pytun/error.h>
 
 #include "log.h"
-#include "tunnel/reverse_tunnel.h"
+#include "tunnel/tunnel_run.h"
 
 namespace pytun::detail {
 
@@ -30,7 +30,7 @@ void StatusBoard::update(const std::string &name, std::uint64_t generation,
 }
 
 void StatusBoard::set_counters(const std::string &name, std::uint64_t generation,
-                               std::shared_ptr<RelayCounters> counters)
+                               std::shared_ptr<TrafficCounters> counters)
 {
     std::lock_guard lock(mutex_);
     auto it = rows_.find(name);
@@ -53,14 +53,8 @@ std::vector<TunnelStatus> StatusBoard::snapshot() const
     out.reserve(rows_.size());
     for (const auto &[name, row] : rows_) {
         out.push_back(row.status);
-        if (const auto &c = row.counters) {
-            TunnelStats &t = out.back().traffic;
-            t.connections_active = c->active.load(std::memory_order_relaxed);
-            t.connections_total = c->total.load(std::memory_order_relaxed);
-            t.connections_failed = c->failed.load(std::memory_order_relaxed);
-            t.bytes_to_service = c->bytes_to_service.load(std::memory_order_relaxed);
-            t.bytes_from_service = c->bytes_from_service.load(std::memory_order_relaxed);
-        }
+        if (row.counters)
+            out.back().traffic = row.counters->snapshot();
     }
     return out;
 }
@@ -99,7 +93,7 @@ void Supervisor::attempt()
     if (stopping_)
         return;
     ++attempts_;
-    auto counters = std::make_shared<RelayCounters>();
+    auto counters = std::make_shared<TrafficCounters>();
     board_.set_counters(options_.name, generation_, counters);
     board_.update(options_.name, generation_, [](TunnelStatus &s) {
         ++s.started_times;
@@ -108,7 +102,7 @@ void Supervisor::attempt()
     set_state(ManagedState::connecting);
 
     auto self = shared_from_this();
-    ReverseTunnel::Handlers handlers;
+    TunnelRun::Handlers handlers;
     handlers.up = [this, self](std::uint16_t port) { on_up(port); };
     handlers.ended = [this, self](std::error_code ec, const std::string &message) {
         // Called from inside the tunnel: drop it only after it has returned.
@@ -117,7 +111,7 @@ void Supervisor::attempt()
     handlers.probed = [this, self](std::chrono::microseconds rtt) {
         board_.update(options_.name, generation_, [rtt](TunnelStatus &s) { s.probe_rtt = rtt; });
     };
-    tunnel_ = std::make_shared<ReverseTunnel>(io_, options_, log_, counters, std::move(handlers));
+    tunnel_ = std::make_shared<TunnelRun>(io_, options_, log_, counters, std::move(handlers));
     tunnel_->start();
 }
 

@@ -20,12 +20,12 @@
 
 #include <pytun/manager.h>
 
-#include "forward/relay.h"
+#include "forward/traffic.h"
 #include "util/callback_list.h"
 
 namespace pytun::detail {
 
-class ReverseTunnel;
+class TunnelRun;
 
 /// The manager's status snapshot: written by supervisors, read by anyone.
 /// Rows carry the generation of the supervisor that owns them, so a
@@ -34,7 +34,7 @@ class StatusBoard {
 public:
     void put(const std::string &name, std::uint64_t generation, TunnelStatus status);
     void update(const std::string &name, std::uint64_t generation, const std::function<void(TunnelStatus &)> &change);
-    void set_counters(const std::string &name, std::uint64_t generation, std::shared_ptr<RelayCounters> counters);
+    void set_counters(const std::string &name, std::uint64_t generation, std::shared_ptr<TrafficCounters> counters);
     void remove(const std::string &name, std::uint64_t generation);
     std::vector<TunnelStatus> snapshot() const;
 
@@ -42,7 +42,7 @@ private:
     struct Row {
         std::uint64_t generation = 0;
         TunnelStatus status;
-        std::shared_ptr<RelayCounters> counters;
+        std::shared_ptr<TrafficCounters> counters;
     };
     mutable std::mutex mutex_;
     std::map<std::string, Row> rows_;
@@ -76,7 +76,7 @@ private:
     EventList &events_;
     std::uint64_t generation_;
     std::shared_ptr<spdlog::logger> log_;
-    std::shared_ptr<ReverseTunnel> tunnel_;
+    std::shared_ptr<TunnelRun> tunnel_;
     asio::steady_timer retry_timer_;
     std::chrono::milliseconds backoff_;
     std::chrono::steady_clock::time_point up_since_;

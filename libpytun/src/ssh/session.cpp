@@ -4,8 +4,8 @@
 
 #include <linux/sockios.h>
 #include <netinet/in.h>
-#include <sys/ioctl.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -16,7 +16,7 @@
 #include <pytun/crypto.h>
 #include <pytun/error.h>
 
-#include "forward/relay.h"
+#include "ssh/channel_stream.h"
 #include "ssh/libssh2_global.h"
 
 namespace pytun::detail {
@@ -51,62 +51,15 @@ constexpr ssize_t k_small_read = 4096;
 
 } // namespace
 
-SshSession::SshSession(asio::io_context &io, Logger log)
-    : io_(io), log_(std::move(log)), socket_(io), resolver_(io), connect_timer_(io), housekeeping_timer_(io)
+SshSession::SshSession(asio::ip::tcp::socket socket, Logger log)
+    : io_(static_cast<asio::io_context &>(socket.get_executor().context())), log_(std::move(log)),
+      socket_(std::move(socket)), housekeeping_timer_(io_)
 {
 }
 
 SshSession::~SshSession()
 {
     close();
-}
-
-void SshSession::connect(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout, Done done)
-{
-    auto self = shared_from_this();
-    auto finished = std::make_shared<bool>(false);
-    auto complete = [this, self, finished, done](std::error_code ec, std::string message) {
-        if (*finished)
-            return;
-        *finished = true;
-        connect_timer_.cancel();
-        done(ec, std::move(message));
-    };
-    connect_timer_.expires_after(timeout);
-    connect_timer_.async_wait([this, self, complete, host, port, timeout](const asio::error_code &ec) {
-        if (ec)
-            return;
-        resolver_.cancel();
-        asio::error_code ignored;
-        socket_.close(ignored);
-        complete(Errc::bastion_timeout, "no answer from " + host + ":" + std::to_string(port) + " within " +
-                                            std::to_string(timeout.count()) + " ms");
-    });
-    resolver_.async_resolve(
-        host, std::to_string(port),
-        [this, self, complete, host, port](const asio::error_code &ec, asio::ip::tcp::resolver::results_type results) {
-            if (ec) {
-                if (ec == asio::error::operation_aborted)
-                    return;
-                complete(Errc::bastion_unresolved, "cannot resolve bastion host '" + host + "': " + ec.message());
-                return;
-            }
-            asio::async_connect(socket_, results,
-                                [this, self, complete, host, port](const asio::error_code &cec,
-                                                                   const asio::ip::tcp::endpoint &endpoint) {
-                                    if (cec) {
-                                        if (cec == asio::error::operation_aborted)
-                                            return;
-                                        complete(Errc::bastion_unreachable, "cannot connect to " + host + ":" +
-                                                                                std::to_string(port) + ": " +
-                                                                                cec.message());
-                                        return;
-                                    }
-                                    log_->debug("TCP connected to {}:{}", endpoint.address().to_string(),
-                                                endpoint.port());
-                                    complete({}, {});
-                                });
-        });
 }
 
 ssize_t SshSession::send_callback(libssh2_socket_t fd, const void *buffer, std::size_t length, int flags,
@@ -211,23 +164,6 @@ std::error_code SshSession::begin(const std::string &hostkey_preference, std::st
     return {};
 }
 
-void SshSession::set_tcp_liveness(std::chrono::seconds keep_alive)
-{
-    const int fd = socket_.native_handle();
-    const int one = 1;
-    const int idle = static_cast<int>(std::max<std::int64_t>(1, keep_alive.count()));
-    const int interval = std::max(1, idle / 3);
-    const int count = 3;
-    const unsigned user_timeout = static_cast<unsigned>((keep_alive.count() + 4) * 1000);
-    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
-    // Unacknowledged data older than this kills the connection (the same
-    // bound as the health probe's: keep_alive + 4 s).
-    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
-}
-
 // libssh2_keepalive_send treats EAGAIN as success and leaves the half-sent
 // packet pointing at its own stack frame: the next send would then fail with
 // BAD_USE forever. So it is only called when the whole packet surely fits
@@ -258,31 +194,6 @@ void SshSession::send_keepalive()
         [](int) {});
 }
 
-void SshSession::probe(std::function<void(int rc)> done)
-{
-    auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
-    submit(
-        "probe: open session channel",
-        [this, channel] {
-            *channel = libssh2_channel_open_ex(ssh_, "session", sizeof("session") - 1, LIBSSH2_CHANNEL_WINDOW_DEFAULT,
-                                               LIBSSH2_CHANNEL_PACKET_DEFAULT, nullptr, 0);
-            return *channel ? 0 : libssh2_session_last_errno(ssh_);
-        },
-        [this, channel, done](int rc) {
-            if (rc != 0) {
-                done(rc);
-                return;
-            }
-            submit(
-                "probe: close session channel",
-                [channel] {
-                    int close_rc = libssh2_channel_close(*channel);
-                    return close_rc == LIBSSH2_ERROR_EAGAIN ? close_rc : libssh2_channel_free(*channel);
-                },
-                [done](int) { done(0); });
-        });
-}
-
 std::string SshSession::last_error_text() const
 {
     if (!ssh_)
@@ -294,51 +205,59 @@ std::string SshSession::last_error_text() const
     return out + " (libssh2 error " + std::to_string(rc) + ")";
 }
 
+
 void SshSession::submit(const char *what, std::function<int()> attempt, std::function<void(int)> done)
 {
     ops_.push_back({what, std::move(attempt), std::move(done)});
     wake();
 }
 
-void SshSession::serve_listener(LIBSSH2_LISTENER *listener, std::function<void(LIBSSH2_CHANNEL *)> on_channel)
+void SshSession::add_listener(LIBSSH2_LISTENER *listener, std::function<void(LIBSSH2_CHANNEL *)> on_channel)
 {
-    listener_ = listener;
+    listeners_.push_back({listener, std::move(on_channel)});
     transport_readable_ = true; // opens may have arrived with the forward's reply
-    on_channel_ = std::move(on_channel);
-    schedule_housekeeping();
     wake();
 }
 
-// Once a second: idle relays give their buffer memory back.
+void SshSession::remove_listener(LIBSSH2_LISTENER *listener)
+{
+    std::erase_if(listeners_, [listener](const Listener &l) { return l.listener == listener; });
+}
+
+void SshSession::adopt(std::shared_ptr<ChannelStream> stream)
+{
+    streams_.push_back(std::move(stream));
+    rescan_receive_ = true;
+    if (!housekeeping_armed_) {
+        housekeeping_armed_ = true;
+        schedule_housekeeping();
+    }
+    wake();
+}
+
+// Once a second: idle streams give their buffer memory back.
 void SshSession::schedule_housekeeping()
 {
     housekeeping_timer_.expires_after(std::chrono::seconds(1));
     housekeeping_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
         if (ec || closed_)
             return;
-        for (auto &relay : relays_)
-            relay->release_idle_buffers();
+        for (auto &stream : streams_)
+            stream->release_idle_buffers();
         schedule_housekeeping();
     });
 }
 
-void SshSession::stop_listener()
+void SshSession::close_all_streams()
 {
-    listener_ = nullptr;
-    on_channel_ = nullptr;
-}
-
-void SshSession::adopt(std::shared_ptr<Relay> relay)
-{
-    relays_.push_back(std::move(relay));
-    rescan_receive_ = true;
+    for (auto &stream : streams_)
+        stream->begin_close("tunnel stopping");
     wake();
 }
 
-void SshSession::close_all_relays()
+void SshSession::when_no_streams(std::function<void()> then)
 {
-    for (auto &relay : relays_)
-        relay->begin_close("tunnel stopping");
+    when_no_streams_ = std::move(then);
     wake();
 }
 
@@ -351,8 +270,9 @@ void SshSession::wake()
 }
 
 // One pass of the driver. Order: the pinned call (nothing else may send while
-// a packet is half-sent), queued session operations, new connections,
-// incoming data, outgoing data and EOFs, channel closes.
+// a packet is half-sent), queued session operations, the transport (new
+// connections, replies libssh2 makes), incoming data, outgoing data and EOFs,
+// channel closes.
 void SshSession::service()
 {
     service_posted_ = false;
@@ -360,26 +280,31 @@ void SshSession::service()
         return;
     auto self = shared_from_this(); // callbacks below may drop the last owner
     batching_sends_ = true;
-    bool go_on = run_pinned() && run_ops() && accept_channels();
+    bool go_on = run_pinned() && run_ops() && pump_transport();
     if (go_on) {
         const bool scan = rescan_receive_ || bytes_received_ != bytes_received_at_scan_;
         rescan_receive_ = false;
         bytes_received_at_scan_ = bytes_received_;
-        for (std::size_t i = 0; go_on && i < relays_.size(); ++i) {
-            Relay &relay = *relays_[i];
-            if (relay.finished())
+        for (std::size_t i = 0; go_on && i < streams_.size(); ++i) {
+            ChannelStream &stream = *streams_[i];
+            switch (stream.phase()) {
+            case ChannelStream::Phase::opening:
+            case ChannelStream::Phase::closed:
                 continue;
-            if (relay.closing()) {
-                go_on = close_channel(relay);
+            case ChannelStream::Phase::closing:
+                if (stream.channel()) // else its open is still in flight
+                    go_on = close_channel(stream);
                 continue;
+            case ChannelStream::Phase::open:
+                break;
             }
-            if (scan && relay.wants_receive()) {
-                LIBSSH2_CHANNEL *ch = relay.channel();
+            if (scan && stream.wants_receive()) {
+                LIBSSH2_CHANNEL *ch = stream.channel();
                 if (libssh2_poll_channel_read(ch, 0) || libssh2_channel_eof(ch))
-                    go_on = receive(relay);
+                    go_on = receive(stream);
             }
-            if (go_on && !relay.finished() && !relay.closing())
-                go_on = send(relay);
+            if (go_on && stream.phase() == ChannelStream::Phase::open)
+                go_on = send(stream);
         }
         // Data that arrived during this pass (reads pull in more) needs
         // another look.
@@ -439,8 +364,8 @@ bool SshSession::blocked(Pinned pin)
     if (!outbound_partial_)
         return true; // nothing half-sent: the call waits for the bastion, others may go on
     pinned_ = pin;
-    if (pin.relay)
-        pin.relay->set_pinned(true);
+    if (pin.stream)
+        pin.stream->set_pinned(true);
     return false;
 }
 
@@ -450,47 +375,47 @@ bool SshSession::run_pinned()
         return true;
     Pinned pin = pinned_;
     pinned_ = {};
-    if (pin.relay)
-        pin.relay->set_pinned(false);
-    Relay *relay = pin.relay;
+    if (pin.stream)
+        pin.stream->set_pinned(false);
+    ChannelStream *stream = pin.stream;
     switch (pin.kind) {
     case Pinned::Kind::none:
         return true;
     case Pinned::Kind::op:
         return run_ops();
-    case Pinned::Kind::accept:
-        transport_readable_ = true; // the pinned call must run even without new data
-        return accept_channels();
+    case Pinned::Kind::flush:
+        transport_readable_ = true; // the read must run even without new data
+        return pump_transport();
     case Pinned::Kind::read: {
-        ssize_t rc = libssh2_channel_read(relay->channel(), pin.buffer, pin.size);
+        ssize_t rc = libssh2_channel_read(stream->channel(), pin.buffer, pin.size);
         if (rc > 0)
-            relay->received(static_cast<std::size_t>(rc));
+            stream->received(static_cast<std::size_t>(rc));
         if (rc == LIBSSH2_ERROR_EAGAIN)
             return blocked(pin);
         if (rc < 0)
-            return channel_error(*relay, static_cast<int>(rc), "read");
-        return outbound_partial_ ? blocked({Pinned::Kind::accept}) : true;
+            return channel_error(*stream, static_cast<int>(rc), "read");
+        return flush_if_partial();
     }
     case Pinned::Kind::write: {
-        ssize_t rc = libssh2_channel_write(relay->channel(), pin.buffer, pin.size);
+        ssize_t rc = libssh2_channel_write(stream->channel(), pin.buffer, pin.size);
         if (rc == LIBSSH2_ERROR_EAGAIN)
             return blocked(pin);
         if (rc < 0)
-            return channel_error(*relay, static_cast<int>(rc), "write");
-        relay->sent(static_cast<std::size_t>(rc));
-        return outbound_partial_ ? blocked({Pinned::Kind::accept}) : true;
+            return channel_error(*stream, static_cast<int>(rc), "write");
+        stream->sent(static_cast<std::size_t>(rc));
+        return flush_if_partial();
     }
     case Pinned::Kind::eof: {
-        int rc = libssh2_channel_send_eof(relay->channel());
+        int rc = libssh2_channel_send_eof(stream->channel());
         if (rc == LIBSSH2_ERROR_EAGAIN)
             return blocked(pin);
         if (rc < 0)
-            return channel_error(*relay, rc, "send EOF");
-        relay->eof_sent();
+            return channel_error(*stream, rc, "send EOF");
+        stream->eof_sent();
         return true;
     }
     case Pinned::Kind::close:
-        return close_channel(*relay);
+        return close_channel(*stream);
     }
     return true;
 }
@@ -508,100 +433,142 @@ bool SshSession::run_ops()
         finished.done(rc);
         if (closed_ || failed_)
             return false;
-        if (outbound_partial_)
-            return blocked({Pinned::Kind::accept});
+        if (!flush_if_partial())
+            return false;
     }
     return true;
 }
 
-// Pulls every available packet off the transport (forward_accept reads until
-// EAGAIN) and hands each new forwarded connection over. This is also the
-// call that flushes a packet libssh2 half-sent on its own (an open
-// confirmation or a reply to the server) after another call returned.
-bool SshSession::accept_channels()
+// Pulls every packet the kernel holds into libssh2. While reading, libssh2
+// confirms the bastion's channel opens, answers its requests and re-keys;
+// the same read continues a packet of its own that it half-sent (the flush).
+// Only when something arrived: the socket reported data, or another call (a
+// channel read or write drains the transport too) pulled packets in. A pass
+// started by a stream would otherwise just pay for a recv() that finds
+// nothing.
+bool SshSession::pump_transport()
 {
-    // Only when something arrived: the socket reported data, or another call
-    // (a channel read or write drains the transport too) pulled packets in,
-    // which may have queued new connections. A pass started by a relay would
-    // otherwise just pay for a recv() that finds nothing.
-    if (!listener_ || (!transport_readable_ && bytes_received_ == bytes_received_at_accept_))
+    if (!transport_readable_ && bytes_received_ == bytes_received_at_pump_)
         return true;
     transport_readable_ = false;
-    bytes_received_at_accept_ = bytes_received_;
+    bytes_received_at_pump_ = bytes_received_;
+    if (listeners_.empty())
+        return read_transport();
+    for (std::size_t i = 0; i < listeners_.size(); ++i)
+        if (!accept_channels(listeners_[i]))
+            return false;
+    return true;
+}
+
+// forward_accept reads the transport until EAGAIN and pops the listener's
+// queue of forwarded connections: each goes to its forward.
+bool SshSession::accept_channels(Listener &listener)
+{
     for (;;) {
-        LIBSSH2_CHANNEL *channel = libssh2_channel_forward_accept(listener_);
-        bytes_received_at_accept_ = bytes_received_;
+        LIBSSH2_CHANNEL *channel = libssh2_channel_forward_accept(listener.listener);
+        bytes_received_at_pump_ = bytes_received_;
         if (channel) {
-            on_channel_(channel);
+            // The handler may add or remove listeners: call a copy.
+            auto on_channel = listener.on_channel;
+            on_channel(channel);
             if (closed_)
                 return false;
             continue;
         }
         int err = libssh2_session_last_errno(ssh_);
         if (err == LIBSSH2_ERROR_EAGAIN)
-            return blocked({Pinned::Kind::accept});
+            return blocked({Pinned::Kind::flush});
         // forward_accept reports every transport failure as CHANNEL_UNKNOWN.
-        fail(Errc::transport_lost, peer_closed_ ? std::string("the bastion closed the connection")
-                                   : socket_errno_ ? std::string("socket error: ") + std::strerror(socket_errno_)
-                                                   : "accept failed (" + std::to_string(err) + "): " + last_error_text());
+        fail(Errc::transport_lost, transport_failure("accept", err));
         return false;
     }
 }
 
-bool SshSession::receive(Relay &relay)
+// Without a listener the transport is read through an open channel:
+// libssh2_channel_wait_eof only reads (until EAGAIN, or that channel's EOF),
+// it never sends, so it is also a flush.
+bool SshSession::read_transport()
 {
-    while (relay.wants_receive()) {
-        std::span<char> space = relay.receive_space();
-        if (space.empty())
-            return true; // backpressure: the window stops the bastion
-        ssize_t rc = libssh2_channel_read(relay.channel(), space.data(), space.size());
-        if (rc > 0) {
-            relay.received(static_cast<std::size_t>(rc));
-            if (outbound_partial_)
-                return blocked({Pinned::Kind::accept});
+    for (auto &stream : streams_) {
+        LIBSSH2_CHANNEL *channel = stream->channel();
+        if (stream->phase() != ChannelStream::Phase::open || !channel || libssh2_channel_eof(channel))
             continue;
-        }
-        if (rc == 0) {
-            if (libssh2_channel_eof(relay.channel()))
-                relay.received_eof();
-            return outbound_partial_ ? blocked({Pinned::Kind::accept}) : true;
-        }
+        int rc = libssh2_channel_wait_eof(channel);
+        bytes_received_at_pump_ = bytes_received_;
         if (rc == LIBSSH2_ERROR_EAGAIN)
-            return blocked({Pinned::Kind::read, &relay, space.data(), space.size()});
-        return channel_error(relay, static_cast<int>(rc), "read");
+            return blocked({Pinned::Kind::flush});
+        if (rc < 0) {
+            fail(Errc::transport_lost, transport_failure("read", rc));
+            return false;
+        }
+        // That channel saw its EOF: read on through the next one.
     }
     return true;
 }
 
-bool SshSession::send(Relay &relay)
+std::string SshSession::transport_failure(const char *what, int rc) const
 {
-    LIBSSH2_CHANNEL *channel = relay.channel();
+    if (peer_closed_)
+        return "the bastion closed the connection";
+    if (socket_errno_)
+        return std::string("socket error: ") + std::strerror(socket_errno_);
+    return std::string(what) + " failed (" + std::to_string(rc) + "): " + last_error_text();
+}
+
+bool SshSession::receive(ChannelStream &stream)
+{
+    while (stream.wants_receive()) {
+        std::span<char> space = stream.receive_space();
+        if (space.empty())
+            return true; // backpressure: the window stops the bastion
+        ssize_t rc = libssh2_channel_read(stream.channel(), space.data(), space.size());
+        if (rc > 0) {
+            stream.received(static_cast<std::size_t>(rc));
+            if (!flush_if_partial())
+                return false;
+            continue;
+        }
+        if (rc == 0) {
+            if (libssh2_channel_eof(stream.channel()))
+                stream.received_eof();
+            return flush_if_partial();
+        }
+        if (rc == LIBSSH2_ERROR_EAGAIN)
+            return blocked({Pinned::Kind::read, &stream, space.data(), space.size()});
+        return channel_error(stream, static_cast<int>(rc), "read");
+    }
+    return true;
+}
+
+bool SshSession::send(ChannelStream &stream)
+{
+    LIBSSH2_CHANNEL *channel = stream.channel();
     std::size_t budget = k_send_budget_per_pass;
     while (budget > 0) {
-        std::span<char> data = relay.send_data();
+        std::span<char> data = stream.send_data();
         if (data.empty() || libssh2_channel_window_write(channel) == 0)
             break; // nothing to send, or wait for the bastion's WINDOW_ADJUST
         ssize_t rc = libssh2_channel_write(channel, data.data(), data.size());
         if (rc == LIBSSH2_ERROR_EAGAIN)
-            return blocked({Pinned::Kind::write, &relay, data.data(), data.size()});
+            return blocked({Pinned::Kind::write, &stream, data.data(), data.size()});
         if (rc < 0)
-            return channel_error(relay, static_cast<int>(rc), "write");
+            return channel_error(stream, static_cast<int>(rc), "write");
         if (rc == 0)
             break;
-        relay.sent(static_cast<std::size_t>(rc));
+        stream.sent(static_cast<std::size_t>(rc));
         budget -= std::min(budget, static_cast<std::size_t>(rc));
-        if (outbound_partial_)
-            return blocked({Pinned::Kind::accept});
+        if (!flush_if_partial())
+            return false;
     }
     if (budget == 0)
         wake(); // more to send: continue after the other channels had their turn
-    if (relay.wants_eof()) {
+    if (stream.wants_eof()) {
         int rc = libssh2_channel_send_eof(channel);
         if (rc == LIBSSH2_ERROR_EAGAIN)
-            return blocked({Pinned::Kind::eof, &relay});
+            return blocked({Pinned::Kind::eof, &stream});
         if (rc < 0)
-            return channel_error(relay, rc, "send EOF");
-        relay.eof_sent();
+            return channel_error(stream, rc, "send EOF");
+        stream.eof_sent();
     }
     return true;
 }
@@ -609,32 +576,32 @@ bool SshSession::send(Relay &relay)
 // libssh2_channel_close sends EOF (if not yet sent) and CLOSE, then waits for
 // the bastion's CLOSE; free() then releases the channel. While waiting the
 // call returns EAGAIN with nothing half-sent, so other channels go on.
-bool SshSession::close_channel(Relay &relay)
+bool SshSession::close_channel(ChannelStream &stream)
 {
-    LIBSSH2_CHANNEL *channel = relay.channel();
+    LIBSSH2_CHANNEL *channel = stream.channel();
     int rc = libssh2_channel_close(channel);
     if (rc == LIBSSH2_ERROR_EAGAIN)
-        return blocked({Pinned::Kind::close, &relay});
+        return blocked({Pinned::Kind::close, &stream});
     if (rc < 0 && !is_channel_level(rc)) {
         fail(Errc::transport_lost, "channel close failed (" + std::to_string(rc) + "): " + last_error_text());
         return false;
     }
     rc = libssh2_channel_free(channel);
     if (rc == LIBSSH2_ERROR_EAGAIN)
-        return blocked({Pinned::Kind::close, &relay});
-    relay.channel_freed();
+        return blocked({Pinned::Kind::close, &stream});
+    stream.channel_freed();
     return true;
 }
 
-bool SshSession::channel_error(Relay &relay, int rc, const char *what)
+bool SshSession::channel_error(ChannelStream &stream, int rc, const char *what)
 {
     if (!is_channel_level(rc)) {
         fail(Errc::transport_lost, std::string(what) + " failed: " + last_error_text());
         return false;
     }
     log_->debug("channel {} failed ({}); closing that connection", what, last_error_text());
-    relay.channel_failed(rc);
-    return close_channel(relay);
+    stream.channel_failed(rc);
+    return close_channel(stream);
 }
 
 void SshSession::fail(std::error_code ec, const std::string &message)
@@ -652,7 +619,12 @@ void SshSession::fail(std::error_code ec, const std::string &message)
 
 void SshSession::sweep_finished()
 {
-    std::erase_if(relays_, [](const std::shared_ptr<Relay> &relay) { return relay->finished(); });
+    std::erase_if(streams_, [](const std::shared_ptr<ChannelStream> &stream) { return stream->finished(); });
+    if (streams_.empty() && when_no_streams_) {
+        auto then = std::move(when_no_streams_);
+        when_no_streams_ = nullptr;
+        asio::post(io_, std::move(then));
+    }
 }
 
 void SshSession::close()
@@ -660,14 +632,16 @@ void SshSession::close()
     if (closed_)
         return;
     closed_ = true; // from here our socket callbacks fail at once
-    for (auto &relay : relays_)
-        relay->abort();
-    relays_.clear();
+    auto streams = std::move(streams_);
+    streams_.clear();
+    for (auto &stream : streams)
+        stream->abort();
     ops_.clear();
     pinned_ = {};
-    listener_ = nullptr;
-    // The callbacks hold their owners (the tunnel); dropping them breaks the cycle.
-    on_channel_ = nullptr;
+    // The callbacks hold their owners (forwards, the tunnel); dropping them
+    // breaks the cycles.
+    listeners_.clear();
+    when_no_streams_ = nullptr;
     on_failure_ = nullptr;
     if (ssh_) {
         // Frees channels and listeners too; with the callbacks failing it
@@ -676,9 +650,7 @@ void SshSession::close()
         ssh_ = nullptr;
     }
     asio::error_code ignored;
-    connect_timer_.cancel();
     housekeeping_timer_.cancel();
-    resolver_.cancel();
     socket_.close(ignored);
 }
 

@@ -3,12 +3,14 @@
 // driver. The driver is the only code that calls libssh2 for this session:
 // it keeps at most one operation with a half-sent packet (the "pinned" one)
 // and retries exactly that call, with exactly its arguments, before anything
-// else may send. See docs/architecture.md, "The session engine".
+// else may send. It moves bytes for channel streams (ssh/channel_stream.h)
+// from any source: channels the bastion opens through a listener, and
+// channels opened by us. It knows nothing of forward kinds.
+// See docs/architecture.md, "The session engine".
 #pragma once
 
 #include "internal.h"
 
-#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -23,7 +25,7 @@
 
 namespace pytun::detail {
 
-class Relay;
+class ChannelStream;
 
 class SshSession : public std::enable_shared_from_this<SshSession> {
 public:
@@ -31,16 +33,14 @@ public:
     /// Completion of a step that can fail with a pytun error and a message.
     using Done = std::function<void(std::error_code, std::string)>;
 
-    SshSession(asio::io_context &io, Logger log);
+    /// Takes a connected TCP socket to the bastion.
+    SshSession(asio::ip::tcp::socket socket, Logger log);
     ~SshSession();
     SshSession(const SshSession &) = delete;
     SshSession &operator=(const SshSession &) = delete;
 
-    /// Resolve `host` and connect to it, all within `timeout`.
-    void connect(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout, Done done);
-
-    /// Create the libssh2 session on the connected socket (non-blocking, our
-    /// socket callbacks, host-key preference). Call once, after connect().
+    /// Create the libssh2 session on the socket (non-blocking, our socket
+    /// callbacks, host-key preference). Call once, first.
     std::error_code begin(const std::string &hostkey_preference, std::string &message);
 
     /// Queue a session-level libssh2 operation (handshake, auth, listen,
@@ -49,43 +49,47 @@ public:
     /// Operations run in order, one at a time.
     void submit(const char *what, std::function<int()> attempt, std::function<void(int rc)> done);
 
-    /// Start draining `listener`'s queue of forwarded connections; each new
-    /// channel is handed to `on_channel` (which adopts a Relay for it).
-    void serve_listener(LIBSSH2_LISTENER *listener, std::function<void(LIBSSH2_CHANNEL *)> on_channel);
-    /// Stop accepting. Call it from the operation that cancels the listener:
-    /// operations run only when no accept is pinned.
-    void stop_listener();
+    /// Drain `listener`'s queue of forwarded connections; each new channel is
+    /// handed to `on_channel`, which adopts a stream for it. Several
+    /// listeners may be served at once.
+    void add_listener(LIBSSH2_LISTENER *listener, std::function<void(LIBSSH2_CHANNEL *)> on_channel);
+    /// Stop accepting from `listener`. Call it from the operation that
+    /// cancels the listener: operations run only when nothing is pinned.
+    void remove_listener(LIBSSH2_LISTENER *listener);
 
-    /// Take a relay into the driver's care: from now on the driver moves its
+    /// Take a stream into the driver's care: from now on the driver moves its
     /// bytes and closes its channel.
-    void adopt(std::shared_ptr<Relay> relay);
-    /// Begin closing every relay's channel (graceful stop).
-    void close_all_relays();
-    std::size_t relay_count() const { return relays_.size(); }
+    void adopt(std::shared_ptr<ChannelStream> stream);
+    /// Begin closing every stream's channel (graceful stop).
+    void close_all_streams();
+    std::size_t stream_count() const { return streams_.size(); }
+    /// A number for the next stream's log lines ("connection #N").
+    std::uint64_t next_stream_id() { return ++last_stream_id_; }
+    /// `then` runs (posted, on the loop thread) once no stream is left;
+    /// at the next pass if none is left now. One waiter at a time.
+    void when_no_streams(std::function<void()> then);
 
     /// Ask for a driver pass soon (coalesced; never runs inside the caller).
     void wake();
-    /// A relay freed receive space: its channel can be read again.
-    void note_receive_space() { rescan_receive_ = true; wake(); }
+    /// A stream freed receive space: its channel can be read again.
+    void note_receive_space()
+    {
+        rescan_receive_ = true;
+        wake();
+    }
 
-    /// TCP keepalive and TCP_USER_TIMEOUT sized from the health interval, so
-    /// the kernel gives up on a silent bastion within keep_alive + 4 s.
-    void set_tcp_liveness(std::chrono::seconds keep_alive);
     /// Queue an SSH keepalive (want_reply=0); skipped when it could not be
     /// sent whole (see session.cpp).
     void send_keepalive();
-    /// Queue an end-to-end probe: open a "session" channel and close it.
-    /// `done(rc)`: 0 or a channel-level refusal mean the bastion answered.
-    void probe(std::function<void(int rc)> done);
 
     /// Called once when the transport fails (not after close()).
     void on_failure(Done handler) { on_failure_ = std::move(handler); }
-    /// Free everything now: relays are aborted, the session is freed without
+    /// Free everything now: streams are aborted, the session is freed without
     /// waiting for the network, the socket is closed. Idempotent.
     void close();
 
     LIBSSH2_SESSION *raw() const { return ssh_; }
-    /// The TCP socket's descriptor, for libssh2_session_handshake.
+    /// The TCP socket's descriptor (libssh2_session_handshake, socket options).
     int socket_fd() { return socket_.native_handle(); }
     asio::io_context &io() { return io_; }
     spdlog::logger &log() { return *log_; }
@@ -99,10 +103,16 @@ private:
         std::function<int()> attempt;
         std::function<void(int)> done;
     };
+    struct Listener {
+        LIBSSH2_LISTENER *listener;
+        std::function<void(LIBSSH2_CHANNEL *)> on_channel;
+    };
     /// The call that left a packet half-sent and must be repeated as it was.
+    /// `flush`: libssh2 half-sent a packet of its own (a reply it made while
+    /// reading); any call that reads the transport continues it.
     struct Pinned {
-        enum class Kind { none, op, accept, read, write, eof, close } kind = Kind::none;
-        Relay *relay = nullptr;
+        enum class Kind { none, op, flush, read, write, eof, close } kind = Kind::none;
+        ChannelStream *stream = nullptr;
         char *buffer = nullptr;
         std::size_t size = 0;
     };
@@ -119,15 +129,21 @@ private:
     /// session failed).
     bool run_pinned();
     bool run_ops();
-    bool accept_channels();
-    bool receive(Relay &relay);
-    bool send(Relay &relay);
-    bool close_channel(Relay &relay);
+    bool pump_transport();
+    bool accept_channels(Listener &listener);
+    bool read_transport();
+    bool receive(ChannelStream &stream);
+    bool send(ChannelStream &stream);
+    bool close_channel(ChannelStream &stream);
     /// Classify an EAGAIN: pin the call if it left a packet half-sent.
     bool blocked(Pinned pin);
+    /// After a call that succeeded: libssh2 may have half-sent a packet of
+    /// its own while reading; then a transport read must come next.
+    bool flush_if_partial() { return outbound_partial_ ? blocked({Pinned::Kind::flush}) : true; }
     /// A channel-level error closes that channel; anything else is fatal.
-    bool channel_error(Relay &relay, int rc, const char *what);
+    bool channel_error(ChannelStream &stream, int rc, const char *what);
     void fail(std::error_code ec, const std::string &message);
+    std::string transport_failure(const char *what, int rc) const;
     void sweep_finished();
     void schedule_housekeeping();
     bool keepalive_fits() const;
@@ -135,16 +151,15 @@ private:
     asio::io_context &io_;
     Logger log_;
     asio::ip::tcp::socket socket_;
-    asio::ip::tcp::resolver resolver_;
-    asio::steady_timer connect_timer_;
     asio::steady_timer housekeeping_timer_;
     LIBSSH2_SESSION *ssh_ = nullptr;
 
     std::deque<Op> ops_;
     Pinned pinned_;
-    LIBSSH2_LISTENER *listener_ = nullptr;
-    std::function<void(LIBSSH2_CHANNEL *)> on_channel_;
-    std::vector<std::shared_ptr<Relay>> relays_;
+    std::vector<Listener> listeners_;
+    std::vector<std::shared_ptr<ChannelStream>> streams_;
+    std::function<void()> when_no_streams_;
+    std::uint64_t last_stream_id_ = 0;
     Done on_failure_;
 
     // Socket state as seen by our libssh2 send/recv callbacks: exact, unlike
@@ -154,7 +169,7 @@ private:
     int socket_errno_ = 0;
     std::uint64_t bytes_received_ = 0;
     std::uint64_t bytes_received_at_scan_ = 0;
-    std::uint64_t bytes_received_at_accept_ = 0;
+    std::uint64_t bytes_received_at_pump_ = 0;
     bool rescan_receive_ = false;
     bool transport_readable_ = false; ///< the socket reported data since the last drain
     // Inside a driver pass every send says MSG_MORE, so that the kernel sends
@@ -163,6 +178,7 @@ private:
     bool batching_sends_ = false;
     bool sends_held_ = false; ///< a MSG_MORE send may have left bytes queued
 
+    bool housekeeping_armed_ = false;
     bool service_posted_ = false;
     bool read_armed_ = false;
     bool write_armed_ = false;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// pytun::Tunnel: a ReverseTunnel on an event-loop thread of its own.
+// pytun::Tunnel: a TunnelRun on an event-loop thread of its own.
 #include <pytun/tunnel.h>
 
 #include <condition_variable>
@@ -9,7 +9,7 @@
 
 #include "log.h"
 #include "loop/event_loop.h"
-#include "tunnel/reverse_tunnel.h"
+#include "tunnel/tunnel_run.h"
 
 namespace pytun {
 
@@ -22,7 +22,7 @@ constexpr std::chrono::milliseconds k_stop_limit{900};
 struct Tunnel::Impl {
     TunnelOptions options;
     std::shared_ptr<spdlog::logger> log;
-    std::shared_ptr<detail::RelayCounters> counters = std::make_shared<detail::RelayCounters>();
+    std::shared_ptr<detail::TrafficCounters> counters = std::make_shared<detail::TrafficCounters>();
 
     mutable std::mutex mutex;
     std::condition_variable changed;
@@ -33,7 +33,7 @@ struct Tunnel::Impl {
     bool running = false; ///< the loop thread exists and has not ended the tunnel
 
     std::unique_ptr<detail::EventLoop> loop;
-    std::shared_ptr<detail::ReverseTunnel> tunnel;
+    std::shared_ptr<detail::TunnelRun> tunnel;
 
     void join()
     {
@@ -68,7 +68,7 @@ std::error_code Tunnel::start()
     lock.lock();
 
     std::string message;
-    if (auto ec = detail::ReverseTunnel::check_options(d.options, message)) {
+    if (auto ec = detail::TunnelRun::check_options(d.options, message)) {
         d.state = TunnelState::failed;
         d.error = ec;
         d.message = message;
@@ -79,10 +79,10 @@ std::error_code Tunnel::start()
     d.message.clear();
     d.port = 0;
     d.running = true;
-    d.counters = std::make_shared<detail::RelayCounters>();
+    d.counters = std::make_shared<detail::TrafficCounters>();
     d.loop = std::make_unique<detail::EventLoop>();
 
-    detail::ReverseTunnel::Handlers handlers;
+    detail::TunnelRun::Handlers handlers;
     handlers.up = [&d](std::uint16_t port) {
         std::lock_guard guard(d.mutex);
         d.state = TunnelState::up;
@@ -97,7 +97,7 @@ std::error_code Tunnel::start()
         d.running = false;
         d.changed.notify_all();
     };
-    d.tunnel = std::make_shared<detail::ReverseTunnel>(d.loop->io(), d.options, d.log, d.counters,
+    d.tunnel = std::make_shared<detail::TunnelRun>(d.loop->io(), d.options, d.log, d.counters,
                                                        std::move(handlers));
     asio::post(d.loop->io(), [tunnel = d.tunnel] { tunnel->start(); });
     d.changed.wait(lock, [&d] { return d.state != TunnelState::connecting; });
@@ -179,14 +179,7 @@ std::string Tunnel::last_error_message() const
 TunnelStats Tunnel::stats() const
 {
     std::lock_guard lock(impl_->mutex);
-    const auto &c = *impl_->counters;
-    TunnelStats s;
-    s.connections_active = c.active.load(std::memory_order_relaxed);
-    s.connections_total = c.total.load(std::memory_order_relaxed);
-    s.connections_failed = c.failed.load(std::memory_order_relaxed);
-    s.bytes_to_service = c.bytes_to_service.load(std::memory_order_relaxed);
-    s.bytes_from_service = c.bytes_from_service.load(std::memory_order_relaxed);
-    return s;
+    return impl_->counters->snapshot();
 }
 
 const TunnelOptions &Tunnel::options() const

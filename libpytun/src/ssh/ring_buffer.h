@@ -29,7 +29,7 @@ public:
         if (!data_)
             data_.reset(allocate());
         if (size_ == 0)
-            head_ = 0; // the largest contiguous region; no pointer into it is pinned (see Relay)
+            head_ = 0; // the largest contiguous region; no pointer into it is pinned (see ChannelStream)
         std::size_t start = head_ + size_;
         if (start < k_capacity)
             return {data_.get() + start, k_capacity - start};

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+// The reverse forward: tcpip-forward, accept, dial the target.
+#include "forward/reverse_forward.h"
+
+#include <pytun/error.h>
+
+#include "forward/relay.h"
+#include "ssh/connection.h"
+#include "ssh/session.h"
+
+namespace pytun::detail {
+namespace {
+
+// Forwarded connections the bastion may queue in libssh2 before we accept
+// them (past this the bastion gets an open failure).
+constexpr int k_accept_queue = 1024;
+
+} // namespace
+
+ReverseForward::ReverseForward(ReverseForwardSpec spec, std::shared_ptr<spdlog::logger> log,
+                               std::shared_ptr<TrafficCounters> counters)
+    : spec_(std::move(spec)), log_(std::move(log)), counters_(std::move(counters))
+{
+}
+
+ReverseForward::~ReverseForward() = default;
+
+void ReverseForward::start(SshConnection &connection, Handlers handlers)
+{
+    connection_ = &connection;
+    handlers_ = std::move(handlers);
+    auto self = shared_from_this();
+    SshSession &session = connection.session();
+    LIBSSH2_SESSION *ssh = session.raw();
+    auto bound_port = std::make_shared<int>(0);
+    session.submit(
+        "tcpip-forward",
+        [this, ssh, bound_port] {
+            const char *bind = spec_.bind_address.empty() ? nullptr : spec_.bind_address.c_str();
+            listener_ = libssh2_channel_forward_listen_ex(ssh, bind, spec_.listen_port, bound_port.get(),
+                                                          k_accept_queue);
+            return listener_ ? 0 : libssh2_session_last_errno(ssh);
+        },
+        [this, self, bound_port](int rc) { on_listening(rc, *bound_port); });
+}
+
+void ReverseForward::on_listening(int rc, int bound_port)
+{
+    const std::string bind = spec_.bind_address.empty() ? std::string("(default address)") : spec_.bind_address;
+    auto failed = handlers_.failed;
+    if (rc != 0) {
+        if (rc == LIBSSH2_ERROR_REQUEST_DENIED)
+            failed(Errc::remote_port_refused,
+                   "the bastion " + connection_->where() + " refused to listen on port " +
+                       std::to_string(spec_.listen_port) + " " + bind +
+                       ": the port is in use (maybe still held by a previous session of this tunnel that the "
+                       "bastion has not dropped yet) or forwarding is not permitted for this user "
+                       "(AllowTcpForwarding, PermitListen)");
+        else
+            failed(Errc::transport_lost, "port forward request failed: " + connection_->session().last_error_text());
+        return;
+    }
+    const auto port = static_cast<std::uint16_t>(bound_port > 0 ? bound_port : spec_.listen_port);
+    log_->info("tunnel up: bastion {} port {} -> {}:{}", connection_->where(), port, spec_.target_host,
+               spec_.target_port);
+    connection_->session().add_listener(
+        listener_, [this, self = shared_from_this()](LIBSSH2_CHANNEL *channel) { on_channel(channel); });
+    if (handlers_.ready)
+        handlers_.ready(port);
+}
+
+void ReverseForward::on_channel(LIBSSH2_CHANNEL *channel)
+{
+    SshSession &session = connection_->session();
+    auto relay = std::make_shared<Relay>(session, *counters_, session.next_stream_id());
+    relay->attach(channel);
+    session.adopt(relay);
+    relay->connect(spec_.target_host, spec_.target_port, spec_.connect_timeout);
+}
+
+void ReverseForward::stop_accepting(std::function<void()> done)
+{
+    if (!listener_) {
+        done();
+        return;
+    }
+    LIBSSH2_LISTENER *listener = listener_;
+    listener_ = nullptr;
+    SshSession &session = connection_->session();
+    // Cancel first so the bastion stops accepting; open connections go on.
+    session.submit(
+        "cancel-tcpip-forward",
+        [&session, listener] {
+            session.remove_listener(listener);
+            return libssh2_channel_forward_cancel(listener);
+        },
+        [](int) {});
+    // libssh2 does not wait for the cancel's reply. A probe after it is a
+    // barrier: sshd handles requests in order, so once the probe is answered
+    // the port is free again (a restart on reload can bind it at once).
+    connection_->probe([done](int) { done(); });
+}
+
+} // namespace pytun::detail

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: MIT
+// ReverseForward (ssh -R): the bastion listens on a port and opens a
+// forwarded-tcpip channel for every connection that arrives there; each is
+// relayed to target_host:target_port, dialled from here.
+#pragma once
+
+#include "internal.h"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <libssh2.h>
+#include <spdlog/logger.h>
+
+#include "forward/forward.h"
+#include "forward/traffic.h"
+
+namespace pytun::detail {
+
+struct ReverseForwardSpec {
+    std::string bind_address;  ///< on the bastion; empty: its default
+    std::uint16_t listen_port = 0; ///< on the bastion; 0: the bastion chooses
+    std::string target_host;
+    std::uint16_t target_port = 0;
+    std::chrono::milliseconds connect_timeout{2000}; ///< per forwarded connection
+};
+
+class ReverseForward final : public Forward, public std::enable_shared_from_this<ReverseForward> {
+public:
+    ReverseForward(ReverseForwardSpec spec, std::shared_ptr<spdlog::logger> log,
+                   std::shared_ptr<TrafficCounters> counters);
+    ~ReverseForward() override;
+
+    void start(SshConnection &connection, Handlers handlers) override;
+    void stop_accepting(std::function<void()> done) override;
+
+private:
+    void on_listening(int rc, int bound_port);
+    void on_channel(LIBSSH2_CHANNEL *channel);
+
+    ReverseForwardSpec spec_;
+    std::shared_ptr<spdlog::logger> log_;
+    std::shared_ptr<TrafficCounters> counters_;
+    SshConnection *connection_ = nullptr;
+    Handlers handlers_;
+    LIBSSH2_LISTENER *listener_ = nullptr;
+};
+
+} // namespace pytun::detail

@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: MIT
+// One SSH connection's life: connect, verify, authenticate, keep alive.
+#include "ssh/connection.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <pytun/error.h>
+
+#include "loop/connect.h"
+#include "ssh/session.h"
+
+namespace pytun::detail {
+namespace {
+
+// A health probe unanswered this long means the bastion is gone. With probes
+// every keep_alive, a bastion that goes silent right after an answer is
+// declared dead after keep_alive + this (+ scheduling): under keep_alive + 5 s.
+constexpr std::chrono::seconds k_probe_grace{4};
+
+// TCP keepalive and TCP_USER_TIMEOUT sized from the health interval, so the
+// kernel gives up on a silent bastion within keep_alive + k_probe_grace too.
+void set_tcp_liveness(int fd, std::chrono::seconds keep_alive)
+{
+    const int one = 1;
+    const int idle = static_cast<int>(std::max<std::int64_t>(1, keep_alive.count()));
+    const int interval = std::max(1, idle / 3);
+    const int count = 3;
+    const auto user_timeout = static_cast<unsigned>((keep_alive + k_probe_grace).count() * 1000);
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+    // Unacknowledged data older than this kills the connection.
+    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
+}
+
+} // namespace
+
+SshConnection::SshConnection(asio::io_context &io, ConnectionOptions options, std::shared_ptr<spdlog::logger> log,
+                             Handlers handlers)
+    : io_(io), options_(std::move(options)), log_(std::move(log)), handlers_(std::move(handlers)), socket_(io),
+      health_timer_(io), probe_deadline_(io)
+{
+}
+
+SshConnection::~SshConnection()
+{
+    close();
+}
+
+std::string SshConnection::where() const
+{
+    return options_.server_host + ":" + std::to_string(options_.server_port);
+}
+
+void SshConnection::start()
+{
+    std::string message;
+    if (auto ec = inspect_key_file(options_.key_file, key_, message)) {
+        fail(ec, message);
+        return;
+    }
+    if (key_.encrypted && options_.key_passphrase.empty()) {
+        fail(Errc::key_encrypted, "the private key " + options_.key_file +
+                                      " is encrypted and no passphrase is configured: give the passphrase, or "
+                                      "make an unencrypted copy (ssh-keygen -p -N '' -f KEY)");
+        return;
+    }
+    if (auto ec = known_hosts_.load(options_.known_hosts_file, options_.server_host, options_.server_port, *log_,
+                                    message)) {
+        fail(ec, message);
+        return;
+    }
+    log_->debug("connecting to {}", where());
+    connect_with_deadline(socket_, options_.server_host, options_.server_port, options_.connect_timeout,
+                          [this, self = shared_from_this()](const ConnectOutcome &outcome) {
+                              if (ended_)
+                                  return;
+                              using Failure = ConnectOutcome::Failure;
+                              switch (outcome.failure) {
+                              case Failure::none:
+                                  log_->debug("TCP connected to {}:{}", outcome.endpoint.address().to_string(),
+                                              outcome.endpoint.port());
+                                  on_tcp_connected(std::move(socket_));
+                                  return;
+                              case Failure::resolve:
+                                  fail(Errc::bastion_unresolved, "cannot resolve bastion host '" +
+                                                                     options_.server_host +
+                                                                     "': " + outcome.error.message());
+                                  return;
+                              case Failure::connect:
+                                  fail(Errc::bastion_unreachable,
+                                       "cannot connect to " + where() + ": " + outcome.error.message());
+                                  return;
+                              case Failure::timeout:
+                                  fail(Errc::bastion_timeout,
+                                       "no answer from " + where() + " within " +
+                                           std::to_string(options_.connect_timeout.count()) + " ms");
+                                  return;
+                              }
+                          });
+}
+
+void SshConnection::on_tcp_connected(asio::ip::tcp::socket socket)
+{
+    session_ = std::make_shared<SshSession>(std::move(socket), log_);
+    auto self = shared_from_this();
+    session_->on_failure([this, self](std::error_code ec, const std::string &why) {
+        fail(ec, "connection to the bastion " + where() + " lost: " + why);
+    });
+    std::string message;
+    const std::string preference = known_hosts_.hostkey_preference();
+    if (auto ec = session_->begin(preference, message)) {
+        fail(ec, message);
+        return;
+    }
+    if (!preference.empty())
+        log_->debug("asking for host key types {} (what known_hosts holds for this host)", preference);
+    LIBSSH2_SESSION *ssh = session_->raw();
+    const int fd = session_->socket_fd();
+    session_->submit(
+        "handshake", [ssh, fd] { return libssh2_session_handshake(ssh, fd); },
+        [this, self](int rc) { on_handshake(rc); });
+}
+
+void SshConnection::on_handshake(int rc)
+{
+    if (ended_)
+        return;
+    if (rc != 0) {
+        std::string hint;
+        const std::string preference = known_hosts_.hostkey_preference();
+        if ((rc == LIBSSH2_ERROR_KEX_FAILURE || rc == LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE) && !preference.empty())
+            hint = "; the bastion may offer none of the host key types known_hosts holds for it (" + preference +
+                   "): its keys may have changed";
+        fail(Errc::handshake_failed,
+             "SSH handshake with " + where() + " failed: " + session_->last_error_text() + hint);
+        return;
+    }
+    std::string message;
+    if (auto ec = known_hosts_.verify(session_->raw(), message)) {
+        fail(ec, message);
+        return;
+    }
+    log_->debug("host key of {} verified", where());
+    LIBSSH2_SESSION *ssh = session_->raw();
+    session_->submit(
+        "authenticate",
+        [this, ssh] {
+            const char *passphrase = options_.key_passphrase.empty() ? nullptr : options_.key_passphrase.c_str();
+            return libssh2_userauth_publickey_fromfile_ex(ssh, options_.username.c_str(),
+                                                          static_cast<unsigned>(options_.username.size()), nullptr,
+                                                          options_.key_file.c_str(), passphrase);
+        },
+        [this, self = shared_from_this()](int result) { on_authenticated(result); });
+}
+
+void SshConnection::on_authenticated(int rc)
+{
+    if (ended_)
+        return;
+    const std::string who = options_.username + "@" + where();
+    switch (rc) {
+    case 0:
+        break;
+    case LIBSSH2_ERROR_AUTHENTICATION_FAILED:
+    case LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED:
+        if (key_.is_rsa()) {
+            fail(Errc::rsa_key_refused,
+                 who + " refused the RSA key " + options_.key_file +
+                     ": libssh2 1.10 signs RSA keys only with SHA-1 (ssh-rsa), which OpenSSH 8.8 and later "
+                     "refuse. Create an ed25519 key (ssh-keygen -t ed25519 -f NEWKEY) and authorize it on the "
+                     "bastion, or allow ssh-rsa there (PubkeyAcceptedAlgorithms +ssh-rsa in sshd_config)");
+        } else {
+            fail(Errc::key_not_authorized, who + " did not accept the key " + options_.key_file + " (" +
+                                               key_.key_type + "): add its public key (" + options_.key_file +
+                                               ".pub) to ~" + options_.username +
+                                               "/.ssh/authorized_keys on the bastion");
+        }
+        return;
+    case LIBSSH2_ERROR_FILE:
+    case LIBSSH2_ERROR_KEYFILE_AUTH_FAILED:
+        if (key_.encrypted)
+            fail(Errc::key_encrypted,
+                 "cannot decrypt the private key " + options_.key_file + ": the configured passphrase is wrong");
+        else
+            fail(Errc::key_unsupported,
+                 "libssh2 cannot use the private key " + options_.key_file + ": " + session_->last_error_text());
+        return;
+    default:
+        fail(Errc::transport_lost, "authentication with " + who + " failed: " + session_->last_error_text());
+        return;
+    }
+    log_->debug("authenticated as {}", who);
+    if (handlers_.ready)
+        handlers_.ready();
+}
+
+void SshConnection::start_health_checks()
+{
+    if (options_.keep_alive.count() <= 0 || !session_ || checking_health_)
+        return;
+    checking_health_ = true;
+    set_tcp_liveness(session_->socket_fd(), options_.keep_alive);
+    schedule_health_check();
+}
+
+void SshConnection::stop_health_checks()
+{
+    checking_health_ = false;
+    health_timer_.cancel();
+    probe_deadline_.cancel();
+}
+
+void SshConnection::schedule_health_check()
+{
+    health_timer_.expires_after(options_.keep_alive);
+    health_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
+        if (!ec && !ended_ && checking_health_)
+            run_health_check();
+    });
+}
+
+// Every keep_alive: an SSH keepalive, and a probe whose answer proves the
+// whole path (bastion sshd included) works.
+void SshConnection::run_health_check()
+{
+    auto self = shared_from_this();
+    session_->send_keepalive();
+    const auto started = std::chrono::steady_clock::now();
+    probe_deadline_.expires_after(k_probe_grace);
+    probe_deadline_.async_wait([this, self](const asio::error_code &ec) {
+        if (!ec && !ended_ && checking_health_)
+            fail(Errc::transport_lost, "the bastion " + where() + " did not answer a health probe within " +
+                                           std::to_string(k_probe_grace.count()) +
+                                           " s: the connection is dead or the network drops packets");
+    });
+    probe([this, self, started](int rc) {
+        if (ended_ || !checking_health_)
+            return;
+        probe_deadline_.cancel();
+        // A refused channel is an answer too: the bastion is alive.
+        if (rc != 0 && rc != LIBSSH2_ERROR_CHANNEL_FAILURE && rc != LIBSSH2_ERROR_REQUEST_DENIED) {
+            fail(Errc::transport_lost, "health probe failed: " + session_->last_error_text());
+            return;
+        }
+        if (handlers_.probed)
+            handlers_.probed(
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started));
+        schedule_health_check();
+    });
+}
+
+void SshConnection::probe(std::function<void(int rc)> done)
+{
+    auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
+    auto session = session_;
+    session->submit(
+        "probe: open session channel",
+        [session, channel] {
+            *channel = libssh2_channel_open_ex(session->raw(), "session", sizeof("session") - 1,
+                                               LIBSSH2_CHANNEL_WINDOW_DEFAULT, LIBSSH2_CHANNEL_PACKET_DEFAULT,
+                                               nullptr, 0);
+            return *channel ? 0 : libssh2_session_last_errno(session->raw());
+        },
+        [session, channel, done](int rc) {
+            if (rc != 0) {
+                done(rc);
+                return;
+            }
+            session->submit(
+                "probe: close session channel",
+                [channel] {
+                    int close_rc = libssh2_channel_close(*channel);
+                    return close_rc == LIBSSH2_ERROR_EAGAIN ? close_rc : libssh2_channel_free(*channel);
+                },
+                [done](int) { done(0); });
+        });
+}
+
+void SshConnection::disconnect(std::function<void()> done)
+{
+    stop_health_checks();
+    if (ended_ || !session_) {
+        close();
+        asio::post(io_, std::move(done));
+        return;
+    }
+    LIBSSH2_SESSION *ssh = session_->raw();
+    session_->submit(
+        "disconnect", [ssh] { return libssh2_session_disconnect(ssh, "pytun: tunnel stopped"); },
+        [this, self = shared_from_this(), done](int) {
+            close();
+            done();
+        });
+}
+
+void SshConnection::fail(std::error_code ec, const std::string &message)
+{
+    if (ended_)
+        return;
+    auto failed = std::move(handlers_.failed);
+    close();
+    if (failed)
+        failed(ec, message);
+}
+
+void SshConnection::close()
+{
+    if (ended_)
+        return;
+    ended_ = true;
+    stop_health_checks();
+    asio::error_code ignored;
+    socket_.close(ignored);
+    if (session_)
+        session_->close();
+    // The handlers hold their owner: release them.
+    handlers_ = {};
+}
+
+} // namespace pytun::detail

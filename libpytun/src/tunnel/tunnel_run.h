@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: MIT
+// TunnelRun: one run of a tunnel on an event loop, from start to end: an SSH
+// connection and the forwards it carries. It starts the forwards once the
+// connection is ready, reports "up" when all serve, and stops gracefully
+// (forwards stop accepting, open connections get a grace period, then the
+// connection says goodbye). Used by pytun::Tunnel (own thread) and by the
+// manager's supervisors (shared loop threads); a restart is a new run. All
+// calls on the loop thread.
+#pragma once
+
+#include "internal.h"
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <asio.hpp>
+#include <spdlog/logger.h>
+
+#include <pytun/tunnel.h>
+
+#include "forward/traffic.h"
+
+namespace pytun::detail {
+
+class Forward;
+class SshConnection;
+
+class TunnelRun : public std::enable_shared_from_this<TunnelRun> {
+public:
+    struct Handlers {
+        std::function<void(std::uint16_t listen_port)> up;               ///< every forward serves
+        std::function<void(std::error_code, const std::string &)> ended; ///< once, after up or not
+        std::function<void(std::chrono::microseconds rtt)> probed;        ///< a health probe answered
+    };
+
+    TunnelRun(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
+              std::shared_ptr<TrafficCounters> counters, Handlers handlers);
+    ~TunnelRun();
+    TunnelRun(const TunnelRun &) = delete;
+    TunnelRun &operator=(const TunnelRun &) = delete;
+
+    /// Checks the options, then connects; the handlers report the outcome.
+    void start();
+    /// Graceful stop: the forwards stop accepting, open connections finish
+    /// for up to `grace`, then they are closed, the connection disconnects and
+    /// everything is freed (forced 500 ms later at most). `done` runs on the
+    /// loop thread; `ended` reports Errc::stopped first.
+    void stop(std::chrono::milliseconds grace, std::function<void()> done);
+
+    /// The checks that need no network (required settings, ports).
+    static std::error_code check_options(const TunnelOptions &options, std::string &message);
+
+private:
+    void on_ready();
+    void on_forward_ready(std::uint16_t bound_port);
+    void on_connection_failed(std::error_code ec, const std::string &message);
+    void on_grace_over();
+    void maybe_disconnect();
+    void arm_close_deadline();
+    void finish(std::error_code ec, const std::string &message);
+
+    asio::io_context &io_;
+    TunnelOptions options_;
+    std::shared_ptr<spdlog::logger> log_;
+    std::shared_ptr<TrafficCounters> counters_;
+    Handlers handlers_;
+    std::shared_ptr<SshConnection> connection_;
+    std::vector<std::shared_ptr<Forward>> forwards_;
+    asio::steady_timer setup_timer_;
+    asio::steady_timer grace_timer_;
+    asio::steady_timer close_deadline_;
+    std::function<void()> stop_done_;
+    std::size_t forwards_ready_ = 0;
+    std::size_t forwards_accepting_ = 0; ///< while stopping: not yet confirmed stopped
+    std::uint16_t listen_port_ = 0;
+    bool up_ = false;
+    bool ended_ = false;
+    bool stopping_ = false;
+    bool disconnecting_ = false;
+    bool closing_streams_ = false; ///< the close deadline runs
+};
+
+} // namespace pytun::detail
