@@ -56,6 +56,9 @@ public:
             return "stopped";
         case Errc::local_service_unreachable:
             return "the local service (remote_host:remote_port) refused the connection or timed out";
+        case Errc::local_port_unavailable:
+            return "cannot listen on the forward's local address: another program uses the port, or the address "
+                   "is not one of this machine's; choose another port or stop the other program";
         }
         return "unknown pytun error " + std::to_string(code);
     }

@@ -15,6 +15,7 @@
 #include "ssh/session.h"
 
 using pytun::detail::ChannelStream;
+using pytun::detail::OpenError;
 using Phase = ChannelStream::Phase;
 
 namespace {
@@ -24,7 +25,8 @@ namespace {
 class TestStream final : public ChannelStream {
 public:
     using ChannelStream::ChannelStream;
-    int downloads = 0, upload_spaces = 0, closes = 0, closed_rc = -1;
+    int opened = 0, downloads = 0, upload_spaces = 0, closes = 0;
+    OpenError closed_with = OpenError::other;
 
     std::size_t read_local(const std::string &bytes)
     {
@@ -49,12 +51,13 @@ public:
     using ChannelStream::upload_ended;
 
 private:
+    void on_opened() override { ++opened; }
     void on_download() override { ++downloads; }
     void on_upload_space() override { ++upload_spaces; }
-    void on_closed(int rc) override
+    void on_closed(OpenError error) override
     {
         ++closes;
-        closed_rc = rc;
+        closed_with = error;
     }
 };
 
@@ -62,12 +65,20 @@ private:
 // nothing, which is all a stream needs from it here.
 struct Fixture {
     asio::io_context io;
-    std::shared_ptr<pytun::detail::SshSession> session = std::make_shared<pytun::detail::SshSession>(
-        asio::ip::tcp::socket(io), std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>()));
+    std::shared_ptr<spdlog::logger> log =
+        std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+    std::shared_ptr<pytun::detail::SshSession> session =
+        std::make_shared<pytun::detail::SshSession>(asio::ip::tcp::socket(io), log);
     // Any non-null pointer: the stream only stores and returns it.
     LIBSSH2_CHANNEL *fake_channel = reinterpret_cast<LIBSSH2_CHANNEL *>(&io);
 
-    std::shared_ptr<TestStream> stream(std::uint64_t id = 1) { return std::make_shared<TestStream>(*session, id); }
+    /// A stream the driver has adopted (as open_channel and accepts do).
+    std::shared_ptr<TestStream> stream()
+    {
+        auto s = std::make_shared<TestStream>(log);
+        session->adopt(s);
+        return s;
+    }
 };
 
 } // namespace
@@ -82,6 +93,7 @@ TEST_CASE("a stream relays both ways, half-closes each direction, then asks for 
     CHECK(s->read_local("hello") == 5);
     s->attach(f.fake_channel);
     CHECK(s->phase() == Phase::open);
+    CHECK(s->opened == 1);
     CHECK(std::string(s->send_data().data(), s->send_data().size()) == "hello");
     s->sent(5);
     CHECK(s->send_data().empty());
@@ -121,7 +133,7 @@ TEST_CASE("a stream relays both ways, half-closes each direction, then asks for 
     CHECK(s->phase() == Phase::closed);
     CHECK(s->finished());
     CHECK(s->closes == 1);
-    CHECK(s->closed_rc == 0);
+    CHECK(s->closed_with == OpenError::none);
     s->abort(); // the session going away afterwards changes nothing
     CHECK(s->closes == 1);
 }
@@ -149,6 +161,7 @@ TEST_CASE("a stream closed while its open is in flight closes the channel the op
     CHECK(s->channel() == nullptr); // nothing for the driver to close yet
     s->attach(f.fake_channel);
     CHECK(s->phase() == Phase::closing); // not open: the driver closes it at once
+    CHECK(s->opened == 0);
     CHECK_FALSE(s->wants_receive());
     s->channel_freed();
     CHECK(s->finished());
@@ -160,17 +173,17 @@ TEST_CASE("a refused open finishes the stream with the error")
     Fixture f;
     auto s = f.stream();
     s->read_local("lost");
-    s->open_failed(LIBSSH2_ERROR_CHANNEL_FAILURE);
+    s->open_failed(OpenError::connect_failed);
     CHECK(s->finished());
     CHECK(s->closes == 1);
-    CHECK(s->closed_rc == LIBSSH2_ERROR_CHANNEL_FAILURE);
+    CHECK(s->closed_with == OpenError::connect_failed);
     CHECK(s->read_local("more") == 0);
 }
 
 TEST_CASE("a channel error or an aborted session end the stream once")
 {
     Fixture f;
-    auto failed = f.stream(1);
+    auto failed = f.stream();
     failed->attach(f.fake_channel);
     failed->channel_failed(LIBSSH2_ERROR_CHANNEL_CLOSED);
     CHECK(failed->phase() == Phase::closing);
@@ -178,7 +191,8 @@ TEST_CASE("a channel error or an aborted session end the stream once")
     failed->channel_freed();
     CHECK(failed->closes == 1);
 
-    auto aborted = f.stream(2);
+    auto aborted = f.stream();
+    CHECK(aborted->id() > failed->id());
     aborted->attach(f.fake_channel);
     aborted->abort();
     CHECK(aborted->finished());
@@ -186,4 +200,15 @@ TEST_CASE("a channel error or an aborted session end the stream once")
     CHECK(aborted->closes == 1);
     aborted->begin_close("late");
     CHECK(aborted->closes == 1);
+}
+
+TEST_CASE("a stream closed before any session took it ends at once, without an open")
+{
+    Fixture f;
+    auto s = std::make_shared<TestStream>(f.log); // queued for a session, not adopted yet
+    s->read_local("queued");
+    s->begin_close("client went away");
+    CHECK(s->finished());
+    CHECK(s->closes == 1);
+    CHECK(s->closed_with == OpenError::none);
 }

@@ -32,6 +32,7 @@ enum class Errc {
     transport_lost = 16,          ///< the SSH connection broke
     stopped = 17,                 ///< stopped on request
     local_service_unreachable = 18, ///< remote_host:remote_port refused or timed out
+    local_port_unavailable = 19,  ///< pytun cannot listen on a forward's local address and port
 };
 
 /// The "pytun" error category.

@@ -55,7 +55,9 @@ struct TunnelStatus {
     std::string service_error;
     std::chrono::microseconds probe_rtt{-1}; ///< last end-to-end SSH probe; -1 before the first
 
-    TunnelStats traffic;                 ///< of the current session
+    TunnelStats traffic;                 ///< of the current run, every forward summed
+    std::vector<ForwardStatus> forwards; ///< of the current run, in all_forwards() order
+    unsigned sessions = 0;               ///< SSH connections to the bastion now (extra ones carry channel opens)
 };
 
 /// A state change, as published to subscribers.

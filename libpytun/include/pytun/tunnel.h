@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
-// Tunnel: one reverse SSH tunnel (ssh -R). The bastion listens on a port and
-// every connection that arrives there is relayed to remote_host:remote_port.
+// Tunnel: one SSH connection to a bastion and the forwards it carries: the
+// reverse tunnel of the original connector (ssh -R: the bastion listens and
+// every connection that arrives there is relayed to remote_host:remote_port),
+// plus any number of local (-L), dynamic/SOCKS (-D) and reverse SOCKS
+// forwards over the same connection.
 #pragma once
 
 #include <chrono>
@@ -8,14 +11,70 @@
 #include <memory>
 #include <string>
 #include <system_error>
+#include <variant>
+#include <vector>
 
 #include <pytun/export.h>
 
 namespace pytun {
 
-/// Everything one reverse tunnel needs. Only the configured key is used (no
-/// agent, no key discovery) and the bastion's host key is always verified
-/// against known_hosts_file.
+/// ssh -R [bind_address:]listen_port:target_host:target_port: the bastion
+/// listens, and pytun relays each connection to target_host:target_port,
+/// which it reaches from here.
+struct RemoteForward {
+    std::string bind_address;        ///< on the bastion; empty: the bastion's default (its loopback)
+    std::uint16_t listen_port = 0;   ///< on the bastion; 0: the bastion chooses
+    std::string target_host;
+    std::uint16_t target_port = 0;
+    friend bool operator==(const RemoteForward &, const RemoteForward &) = default;
+};
+
+/// ssh -L [bind_address:]listen_port:target_host:target_port: pytun listens
+/// here, and each connection goes through the bastion to target_host:
+/// target_port (a name is resolved by the bastion).
+struct LocalForward {
+    std::string bind_address = "127.0.0.1";
+    std::uint16_t listen_port = 0;   ///< 0: the system chooses (see ForwardStatus::bound_port)
+    std::string target_host;
+    std::uint16_t target_port = 0;
+    friend bool operator==(const LocalForward &, const LocalForward &) = default;
+};
+
+/// ssh -D [bind_address:]listen_port: a SOCKS 4, 4a and 5 proxy here; each
+/// CONNECT goes through the bastion (names are resolved by the bastion).
+struct DynamicForward {
+    std::string bind_address = "127.0.0.1";
+    std::uint16_t listen_port = 1080;
+    /// Destinations clients may ask for ("10.0.0.0/8", "db.corp:5432",
+    /// "*.corp.example:443", "[fd00::/64]:80-90"); empty: any.
+    std::vector<std::string> allow;
+    /// Both set: SOCKS5 clients must authenticate with them (RFC 1929), and
+    /// SOCKS4 clients are refused.
+    std::string username;
+    std::string password;
+    friend bool operator==(const DynamicForward &, const DynamicForward &) = default;
+};
+
+/// ssh -R [bind_address:]listen_port with no target (OpenSSH 7.6+ bastions):
+/// the bastion listens, its clients speak SOCKS to pytun, and pytun connects
+/// from here, only to destinations on `allow` (required: an empty list is
+/// an error, since it would open the whole local network).
+struct RemoteDynamicForward {
+    std::string bind_address;
+    std::uint16_t listen_port = 0;
+    std::vector<std::string> allow;
+    friend bool operator==(const RemoteDynamicForward &, const RemoteDynamicForward &) = default;
+};
+
+using ForwardSpec = std::variant<RemoteForward, LocalForward, DynamicForward, RemoteDynamicForward>;
+
+/// "R 127.0.0.1:4000 -> ldap.local:389", "L 127.0.0.1:8080 -> db:5432",
+/// "D 127.0.0.1:1080", "R 0.0.0.0:1080 (SOCKS)": for logs and status.
+PYTUN_EXPORT std::string describe(const ForwardSpec &forward);
+
+/// Everything one tunnel needs: the SSH connection, and what it carries.
+/// Only the configured key is used (no agent, no key discovery) and the
+/// bastion's host key is always verified against known_hosts_file.
 struct TunnelOptions {
     std::string name;                      ///< used in log lines; defaults to user@host:port
     std::string server_host;               ///< the bastion (name or address)
@@ -24,34 +83,64 @@ struct TunnelOptions {
     std::string key_file;                  ///< private key (OpenSSH or PEM format)
     std::string key_passphrase;            ///< empty: the key must not be encrypted
     std::string known_hosts_file;          ///< OpenSSH known_hosts; an unknown or changed key is refused
+    std::chrono::milliseconds connect_timeout{10000};      ///< resolve + TCP connect + SSH set-up
+    std::chrono::seconds keep_alive{30};   ///< health interval (keep_alive_time); 0: no checks
+
+    // The original connector's reverse tunnel, used when remote_host is set:
+    // the first forward, RemoteForward{bind_address, listen_port, remote_host,
+    // remote_port}. remote_host is also the "local service" whose health the
+    // manager watches.
     std::string bind_address;              ///< address the bastion binds; empty: the bastion's default
     std::uint16_t listen_port = 4000;      ///< port on the bastion; 0: the bastion chooses
     std::string remote_host;               ///< the service each connection is relayed to
     std::uint16_t remote_port = 22;
-    std::chrono::milliseconds connect_timeout{10000};      ///< resolve + TCP connect + SSH set-up
-    std::chrono::milliseconds local_connect_timeout{2000}; ///< per forwarded connection
-    std::chrono::seconds keep_alive{30};   ///< health interval (keep_alive_time); 0: no checks
+
+    std::vector<ForwardSpec> forwards;     ///< more forwards over the same connection
+    std::chrono::milliseconds local_connect_timeout{2000}; ///< per connection pytun dials (reverse forwards)
+    std::chrono::milliseconds open_timeout{10000}; ///< per channel pytun opens (-L, -D): the bastion's connect
+    /// SSH connections to the bastion for channels pytun opens (-L, -D):
+    /// libssh2 opens one channel at a time per connection, so while opens
+    /// wait, up to this many connections (the tunnel's own included) share
+    /// them; extra ones close when idle. 1: never more than the tunnel's own.
+    unsigned max_sessions = 8;
     std::string config_path;               ///< the file this tunnel came from, if any (a status key)
+
+    friend bool operator==(const TunnelOptions &, const TunnelOptions &) = default;
 };
+
+/// Every forward of `options`: the reverse tunnel (when remote_host is set)
+/// first, then `forwards`.
+PYTUN_EXPORT std::vector<ForwardSpec> all_forwards(const TunnelOptions &options);
 
 enum class TunnelState {
     stopped,     ///< not started, or stopped on request
     connecting,  ///< resolving, connecting, verifying, authenticating, requesting the port
-    up,          ///< the bastion listens and connections are relayed
+    up,          ///< forwards serve and connections are relayed
     failed,      ///< ended by an error; last_error() says which
 };
 
-/// Counters since start(); read without waiting on the network.
+/// Counters since start(); read without waiting on the network. "Service"
+/// is the end pytun connects to or accepts from on this side: the target of
+/// a reverse forward, the clients of a local or SOCKS forward.
 struct TunnelStats {
     std::uint64_t connections_active = 0;
     std::uint64_t connections_total = 0;
-    std::uint64_t connections_failed = 0;   ///< the local service refused or timed out
-    std::uint64_t bytes_to_service = 0;     ///< relayed from the bastion to remote_host
-    std::uint64_t bytes_from_service = 0;   ///< relayed from remote_host to the bastion
+    std::uint64_t connections_failed = 0;   ///< could not be connected (refused, unreachable, timed out)
+    std::uint64_t bytes_to_service = 0;     ///< relayed from the bastion to this side
+    std::uint64_t bytes_from_service = 0;   ///< relayed from this side to the bastion
 };
 
-/// Runs one reverse tunnel on a thread of its own. The object owns the SSH
-/// session, its channels and sockets; destroying it stops the tunnel.
+/// One forward of a running tunnel.
+struct ForwardStatus {
+    std::string description;                ///< describe(spec)
+    bool serving = false;
+    std::uint16_t bound_port = 0;           ///< where it listens (on the bastion for remote kinds), once serving
+    std::string error;                      ///< why it does not serve (it is retried), or ""
+    TunnelStats traffic;
+};
+
+/// Runs one tunnel on a thread of its own. The object owns the SSH sessions,
+/// their channels and sockets; destroying it stops the tunnel.
 /// All member functions are thread-safe. A failed tunnel is not restarted by
 /// this class (TunnelManager does that); call start() again to retry.
 class PYTUN_EXPORT Tunnel {
@@ -61,12 +150,13 @@ public:
     Tunnel(const Tunnel &) = delete;
     Tunnel &operator=(const Tunnel &) = delete;
 
-    /// Connect, verify the host key, authenticate and request the remote
-    /// listen. Blocks until the tunnel is up (returns {}) or has failed
-    /// (returns the error; last_error_message() has the details).
+    /// Connect, verify the host key, authenticate and start every forward.
+    /// Blocks until the tunnel is up (returns {}: at least one forward
+    /// serves; forwards() tells about the others, which are retried) or has
+    /// failed (returns the error; last_error_message() has the details).
     std::error_code start();
 
-    /// Cancel the remote listen, close every connection and the session.
+    /// Stop every forward, close every connection and the session.
     /// Returns within about a second, whatever the network does.
     void stop();
 
@@ -76,12 +166,16 @@ public:
     bool wait_for(std::chrono::milliseconds timeout, std::error_code &reason);
 
     TunnelState state() const;
-    /// The port the bastion listens on (the one it chose when 0 was asked).
+    /// The port the first forward listens on (for the reverse tunnel: on the
+    /// bastion, the one it chose when 0 was asked).
     std::uint16_t listen_port() const;
     std::error_code last_error() const;
     /// The last error in words, with specifics and what to do about it.
     std::string last_error_message() const;
+    /// The sum over every forward.
     TunnelStats stats() const;
+    /// Each forward, in all_forwards() order.
+    std::vector<ForwardStatus> forwards() const;
     const TunnelOptions &options() const;
 
 private:

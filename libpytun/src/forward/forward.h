@@ -11,12 +11,28 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <system_error>
 
 namespace pytun::detail {
 
+class ChannelStream;
 class SshConnection;
+
+/// Where forwards that open channels get them: the tunnel's sessions
+/// (tunnel/session_pool.h).
+class ChannelOpener {
+public:
+    virtual ~ChannelOpener() = default;
+    /// Open a direct-tcpip channel to host:port for `stream` (opening, not
+    /// adopted by any session yet) on one of the tunnel's sessions; the
+    /// outcome reaches the stream (attach, or open_failed). `origin` is the
+    /// client's address as the bastion is told it.
+    virtual void open_direct_tcpip(std::shared_ptr<ChannelStream> stream, const std::string &host,
+                                   std::uint16_t port, const std::string &origin_host,
+                                   std::uint16_t origin_port) = 0;
+};
 
 class Forward {
 public:
@@ -29,9 +45,10 @@ public:
     };
 
     virtual ~Forward() = default;
-    /// Begin serving over `connection`, which is authenticated. The
-    /// connection outlives the forward's use of it.
-    virtual void start(SshConnection &connection, Handlers handlers) = 0;
+    /// Begin serving over `connection`, which is authenticated; channels
+    /// this forward opens come from `opener`. Both outlive the forward's use
+    /// of them.
+    virtual void start(SshConnection &connection, ChannelOpener &opener, Handlers handlers) = 0;
     /// Accept no new streams; streams in flight go on. `done` runs once
     /// nothing new can arrive (for a reverse forward: the bastion has
     /// released its port).

@@ -3,52 +3,177 @@
 // channel's).
 #include "forward/relay.h"
 
+#include <cstring>
+
 #include "loop/connect.h"
-#include "ssh/session.h"
 
 namespace pytun::detail {
 
-Relay::Relay(SshSession &session, TrafficCounters &counters, std::uint64_t id)
-    : ChannelStream(session, id), counters_(counters), socket_(session.io())
+Relay::Relay(asio::io_context &io, std::shared_ptr<spdlog::logger> log, std::shared_ptr<TrafficCounters> counters)
+    : ChannelStream(std::move(log)), counters_(std::move(counters)), socket_(io), open_timer_(io)
 {
-    counters_.active.fetch_add(1, std::memory_order_relaxed);
-    counters_.total.fetch_add(1, std::memory_order_relaxed);
+    counters_->active.fetch_add(1, std::memory_order_relaxed);
+    counters_->total.fetch_add(1, std::memory_order_relaxed);
 }
 
 Relay::~Relay()
 {
     if (counted_active_)
-        counters_.active.fetch_sub(1, std::memory_order_relaxed);
+        counters_->active.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void Relay::connect(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout)
 {
-    target_ = host + ":" + std::to_string(port);
-    auto self = shared_from_this();
-    connect_with_deadline(socket_, host, port, timeout, [this, self](const ConnectOutcome &outcome) {
-        on_connected(outcome.error, outcome.failure == ConnectOutcome::Failure::timeout ? std::string("timed out")
-                                                                                         : outcome.error.message());
-    });
+    dial(host, port, timeout, nullptr);
 }
 
-void Relay::on_connected(const asio::error_code &ec, const std::string &why)
+void Relay::dial(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout,
+                 std::function<bool(const asio::ip::address &)> allowed)
+{
+    target_ = host + ":" + std::to_string(port);
+    connect_timeout_ = timeout;
+    connect_with_deadline(
+        socket_, host, port, timeout,
+        [this, self = shared_from_this()](const ConnectOutcome &outcome) { on_connected(outcome); },
+        std::move(allowed));
+}
+
+void Relay::negotiate(Negotiator negotiator, std::function<std::string(const ConnectOutcome &)> connect_reply,
+                      std::chrono::milliseconds connect_timeout)
+{
+    negotiator_ = std::move(negotiator);
+    connect_reply_ = std::move(connect_reply);
+    connect_timeout_ = connect_timeout;
+    feed_negotiation(); // bytes may have come with the channel
+}
+
+void Relay::feed_negotiation()
 {
     if (finished() || phase() == Phase::closing)
         return;
-    if (ec) {
-        counters_.failed.fetch_add(1, std::memory_order_relaxed);
+    for (std::span<char> data = download_data(); !data.empty() && negotiator_; data = download_data()) {
+        Negotiation step = negotiator_(std::string_view(data.data(), data.size()));
+        delivered(data.size()); // the negotiator keeps what it still needs
+        send_to_channel(step.reply);
+        if (step.kind == Negotiation::Kind::refuse) {
+            negotiator_ = nullptr;
+            counters_->failed.fetch_add(1, std::memory_order_relaxed);
+            refuse_channel();
+            return;
+        }
+        if (step.kind == Negotiation::Kind::connect) {
+            negotiator_ = nullptr;
+            local_first_ = std::move(step.early_data);
+            dial(step.host, step.port, connect_timeout_, std::move(step.allowed));
+            return;
+        }
+    }
+    if (negotiator_ && download_ended()) // the client gave up before asking
+        begin_close("client left during the handshake");
+}
+
+void Relay::send_to_channel(std::string_view bytes)
+{
+    while (!bytes.empty()) { // a reply of a few bytes: the buffer is empty this early
+        std::span<char> space = upload_space();
+        if (space.empty())
+            break;
+        const std::size_t n = std::min(space.size(), bytes.size());
+        std::memcpy(space.data(), bytes.data(), n);
+        uploaded(n);
+        bytes.remove_prefix(n);
+    }
+    wake();
+}
+
+// Nothing more goes either way: the reply (already buffered) and an EOF go
+// to the channel's client, then the channel closes.
+void Relay::refuse_channel()
+{
+    local_eof();
+    local_shut();
+}
+
+void Relay::start(asio::ip::tcp::socket socket, std::string_view early_data)
+{
+    socket_ = std::move(socket);
+    while (!early_data.empty()) { // at most a few hundred bytes: fits the empty buffer
+        std::span<char> space = upload_space();
+        if (space.empty())
+            break;
+        const std::size_t n = std::min(space.size(), early_data.size());
+        std::memcpy(space.data(), early_data.data(), n);
+        uploaded(n);
+        counters_->bytes_from_service.fetch_add(n, std::memory_order_relaxed);
+        early_data.remove_prefix(n);
+    }
+    if (open_timeout_.count() > 0 && phase() == Phase::opening) {
+        open_timer_.expires_after(open_timeout_);
+        open_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
+            if (ec || phase() != Phase::opening)
+                return;
+            // The open stays in flight (libssh2 cannot cancel it); the channel
+            // it brings is closed at once.
+            counters_->failed.fetch_add(1, std::memory_order_relaxed);
+            if (refused_)
+                refused_(socket_, OpenError::timed_out);
+            refused_ = nullptr;
+            close_local();
+            begin_close("open timed out");
+        });
+    }
+    begin_relaying();
+}
+
+void Relay::on_open(std::string opened, Refused refused, std::chrono::milliseconds timeout)
+{
+    local_first_ = std::move(opened);
+    refused_ = std::move(refused);
+    open_timeout_ = timeout;
+}
+
+void Relay::on_connected(const ConnectOutcome &outcome)
+{
+    if (finished() || phase() == Phase::closing)
+        return;
+    const bool negotiated = static_cast<bool>(connect_reply_);
+    if (negotiated) { // the channel's client learns the outcome first
+        send_to_channel(connect_reply_(outcome));
+        connect_reply_ = nullptr;
+    }
+    if (!outcome) {
+        counters_->failed.fetch_add(1, std::memory_order_relaxed);
+        const std::string why = outcome.failure == ConnectOutcome::Failure::timeout
+                                    ? std::string("timed out")
+                                    : outcome.describe(connect_timeout_);
         log().warn("connection #{}: cannot reach {} ({}); closing this connection, the tunnel stays up", id(),
                    target_, why);
-        begin_close("local service unreachable");
+        if (negotiated)
+            refuse_channel(); // the reply must reach the client before the channel closes
+        else
+            begin_close("local service unreachable");
         return;
     }
+    log().debug("connection #{}: connected to {}", id(), target_);
+    begin_relaying();
+}
+
+void Relay::begin_relaying()
+{
     connected_ = true;
     asio::error_code ignored;
     socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     socket_.non_blocking(true, ignored);
-    log().debug("connection #{}: connected to {}", id(), target_);
-    write_local(); // what the channel delivered while we were connecting
+    opened_ = phase() == Phase::open;
+    write_local(); // what the channel delivered meanwhile
     read_local();
+}
+
+void Relay::on_opened()
+{
+    open_timer_.cancel();
+    opened_ = true;
+    write_local(); // the "opened" reply, if any
 }
 
 void Relay::read_local()
@@ -76,7 +201,7 @@ void Relay::read_local()
             return;
         }
         uploaded(n);
-        counters_.bytes_from_service.fetch_add(n, std::memory_order_relaxed);
+        counters_->bytes_from_service.fetch_add(n, std::memory_order_relaxed);
         progress = true;
     }
     if (progress)
@@ -85,8 +210,21 @@ void Relay::read_local()
 
 void Relay::write_local()
 {
-    if (!connected_ || finished() || phase() == Phase::closing)
+    if (!connected_ || !opened_ || finished() || phase() == Phase::closing)
         return;
+    while (!local_first_.empty()) {
+        asio::error_code ec;
+        std::size_t n = socket_.write_some(asio::buffer(local_first_), ec);
+        if (ec == asio::error::would_block || ec == asio::error::try_again) {
+            arm_write();
+            return;
+        }
+        if (ec) {
+            begin_close("local socket error");
+            return;
+        }
+        local_first_.erase(0, n);
+    }
     for (std::span<char> data = download_data(); !data.empty(); data = download_data()) {
         asio::error_code ec;
         std::size_t n = socket_.write_some(asio::buffer(data.data(), data.size()), ec);
@@ -99,7 +237,7 @@ void Relay::write_local()
             begin_close("local socket error");
             return;
         }
-        counters_.bytes_to_service.fetch_add(n, std::memory_order_relaxed);
+        counters_->bytes_to_service.fetch_add(n, std::memory_order_relaxed);
         delivered(n);
     }
     if (download_ended()) {
@@ -135,11 +273,18 @@ void Relay::arm_write()
                        });
 }
 
-void Relay::on_closed(int)
+void Relay::on_closed(OpenError error)
 {
+    open_timer_.cancel();
     if (counted_active_) {
         counted_active_ = false;
-        counters_.active.fetch_sub(1, std::memory_order_relaxed);
+        counters_->active.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (error != OpenError::none) {
+        counters_->failed.fetch_add(1, std::memory_order_relaxed);
+        log().debug("connection #{}: channel not opened: {}", id(), to_string(error));
+        if (refused_ && socket_.is_open())
+            refused_(socket_, error);
     }
     close_local();
 }

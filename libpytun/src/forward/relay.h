@@ -11,41 +11,91 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 
 #include <asio.hpp>
 
 #include "forward/traffic.h"
+#include "loop/connect.h"
 #include "ssh/channel_stream.h"
 
 namespace pytun::detail {
 
 class Relay final : public ChannelStream {
 public:
-    Relay(SshSession &session, TrafficCounters &counters, std::uint64_t id);
+    /// `io` is the loop of the session the stream will be bound to.
+    Relay(asio::io_context &io, std::shared_ptr<spdlog::logger> log, std::shared_ptr<TrafficCounters> counters);
     ~Relay() override;
 
     /// Connect the local end to host:port within `timeout` (the channel may
     /// deliver bytes meanwhile: they wait in the download buffer).
     void connect(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout);
+    /// What the channel's client asked for, before the relay connects
+    /// locally: the bastion's clients of a reverse SOCKS forward speak SOCKS
+    /// first.
+    struct Negotiation {
+        enum class Kind { need_more, connect, refuse };
+        Kind kind = Kind::need_more;
+        std::string reply;       ///< for the channel's client, now
+        std::string host;        ///< connect: the local target
+        std::uint16_t port = 0;
+        std::function<bool(const asio::ip::address &)> allowed; ///< connect: addresses it may use (all if empty)
+        std::string early_data;  ///< connect: what the client sent after its request
+    };
+    using Negotiator = std::function<Negotiation(std::string_view from_channel)>;
+    /// Bytes from the channel go to `negotiator` until it says whom to
+    /// connect to (then `connect_reply(outcome)` gives the bytes for the
+    /// channel's client once the connect is over, either way) or refuses.
+    void negotiate(Negotiator negotiator, std::function<std::string(const ConnectOutcome &)> connect_reply,
+                   std::chrono::milliseconds connect_timeout);
+
+    /// The local end is a connected socket (a client of this forward);
+    /// `early_data` is what it sent before the relay took over (it goes out
+    /// first). Local bytes wait in the buffer until the channel is open.
+    void start(asio::ip::tcp::socket socket, std::string_view early_data = {});
+
+    /// What the local end is told of the channel's open: `opened` bytes are
+    /// written to it before anything from the channel (e.g. a SOCKS
+    /// success reply); `refused(socket, why)` runs when the open failed or
+    /// took longer than `timeout`, before the socket is closed (e.g. a SOCKS
+    /// error reply, or a reset). Call before start().
+    using Refused = std::function<void(asio::ip::tcp::socket &, OpenError)>;
+    void on_open(std::string opened, Refused refused, std::chrono::milliseconds timeout);
 
 private:
-    void on_connected(const asio::error_code &ec, const std::string &why);
+    void dial(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout,
+              std::function<bool(const asio::ip::address &)> allowed);
+    void on_connected(const ConnectOutcome &outcome);
+    void feed_negotiation();
+    void send_to_channel(std::string_view bytes);
+    void refuse_channel();
+    void begin_relaying();
     void read_local();
     void write_local();
     void arm_read();
     void arm_write();
     void close_local();
 
-    void on_download() override { write_local(); }
+    void on_opened() override;
+    void on_download() override { negotiator_ ? feed_negotiation() : write_local(); }
     void on_upload_space() override { read_local(); }
-    void on_closed(int rc) override;
+    void on_closed(OpenError error) override;
 
-    TrafficCounters &counters_;
+    std::shared_ptr<TrafficCounters> counters_;
     asio::ip::tcp::socket socket_;
     std::string target_;
+    std::string local_first_; ///< written to the local end before channel bytes
+    Refused refused_;
+    std::chrono::milliseconds open_timeout_{0};
+    Negotiator negotiator_;
+    std::function<std::string(const ConnectOutcome &)> connect_reply_;
+    std::chrono::milliseconds connect_timeout_{0};
+    asio::steady_timer open_timer_;
     bool counted_active_ = true;
     bool connected_ = false;
+    bool opened_ = false;  ///< the channel has been open (what we write goes through)
     bool reading_ = false; ///< async_wait(read) outstanding
     bool writing_ = false; ///< async_wait(write) outstanding
 };

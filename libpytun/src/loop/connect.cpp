@@ -22,7 +22,8 @@ std::string ConnectOutcome::describe(std::chrono::milliseconds timeout) const
 }
 
 void connect_with_deadline(asio::ip::tcp::socket &socket, const std::string &host, std::uint16_t port,
-                           std::chrono::milliseconds timeout, std::function<void(const ConnectOutcome &)> done)
+                           std::chrono::milliseconds timeout, std::function<void(const ConnectOutcome &)> done,
+                           std::function<bool(const asio::ip::address &)> allowed)
 {
     struct Attempt {
         asio::ip::tcp::socket &socket;
@@ -64,21 +65,36 @@ void connect_with_deadline(asio::ip::tcp::socket &socket, const std::string &hos
     const auto address = asio::ip::make_address(host, parse_error);
     if (!parse_error) {
         const asio::ip::tcp::endpoint endpoint(address, port);
+        if (allowed && !allowed(address)) {
+            asio::post(socket.get_executor(), [attempt, endpoint] {
+                attempt->finish(ConnectOutcome::Failure::connect, asio::error::access_denied, endpoint);
+            });
+            return;
+        }
         attempt->socket.async_connect(
             endpoint, [attempt, endpoint](const asio::error_code &ec) { attempt->connected(ec, endpoint); });
         return;
     }
     attempt->resolver.async_resolve(
         host, std::to_string(port),
-        [attempt](const asio::error_code &ec, asio::ip::tcp::resolver::results_type results) {
+        [attempt, allowed = std::move(allowed)](const asio::error_code &ec,
+                                                asio::ip::tcp::resolver::results_type results) {
             if (ec) {
                 attempt->finish(ConnectOutcome::Failure::resolve, ec);
                 return;
             }
-            asio::async_connect(attempt->socket, results,
-                                [attempt](const asio::error_code &cec, const asio::ip::tcp::endpoint &endpoint) {
-                                    attempt->connected(cec, endpoint);
-                                });
+            auto on_connect = [attempt](const asio::error_code &cec, const asio::ip::tcp::endpoint &endpoint) {
+                attempt->connected(cec == asio::error::not_found ? asio::error::access_denied : cec, endpoint);
+            };
+            if (!allowed) {
+                asio::async_connect(attempt->socket, results, on_connect);
+                return;
+            }
+            // not_found: every address was refused by `allowed`.
+            asio::async_connect(
+                attempt->socket, results,
+                [allowed](const asio::error_code &, const asio::ip::tcp::endpoint &e) { return allowed(e.address()); },
+                on_connect);
         });
 }
 

@@ -29,7 +29,11 @@ struct ConnectOutcome {
 /// to it, all within `timeout`. `done` runs once on the socket's executor,
 /// never inside this call; on a timeout the socket is closed. The caller
 /// keeps `socket` alive until `done` runs (hold its owner in `done`).
+/// `allowed`, when given, is asked about every address before it is tried;
+/// when it allows none the outcome is a connect failure with
+/// asio::error::access_denied.
 void connect_with_deadline(asio::ip::tcp::socket &socket, const std::string &host, std::uint16_t port,
-                           std::chrono::milliseconds timeout, std::function<void(const ConnectOutcome &)> done);
+                           std::chrono::milliseconds timeout, std::function<void(const ConnectOutcome &)> done,
+                           std::function<bool(const asio::ip::address &)> allowed = nullptr);
 
 } // namespace pytun::detail

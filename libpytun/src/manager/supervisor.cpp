@@ -5,6 +5,7 @@
 #include <pytun/error.h>
 
 #include "log.h"
+#include "tunnel/run_status.h"
 #include "tunnel/tunnel_run.h"
 
 namespace pytun::detail {
@@ -17,7 +18,7 @@ void StatusBoard::put(const std::string &name, std::uint64_t generation, TunnelS
     Row &row = rows_[name];
     row.generation = generation;
     row.status = std::move(status);
-    row.counters.reset();
+    row.run.reset();
 }
 
 void StatusBoard::update(const std::string &name, std::uint64_t generation,
@@ -29,13 +30,12 @@ void StatusBoard::update(const std::string &name, std::uint64_t generation,
         change(it->second.status);
 }
 
-void StatusBoard::set_counters(const std::string &name, std::uint64_t generation,
-                               std::shared_ptr<TrafficCounters> counters)
+void StatusBoard::set_run(const std::string &name, std::uint64_t generation, std::shared_ptr<RunStatus> run)
 {
     std::lock_guard lock(mutex_);
     auto it = rows_.find(name);
     if (it != rows_.end() && it->second.generation == generation)
-        it->second.counters = std::move(counters);
+        it->second.run = std::move(run);
 }
 
 void StatusBoard::remove(const std::string &name, std::uint64_t generation)
@@ -53,8 +53,12 @@ std::vector<TunnelStatus> StatusBoard::snapshot() const
     out.reserve(rows_.size());
     for (const auto &[name, row] : rows_) {
         out.push_back(row.status);
-        if (row.counters)
-            out.back().traffic = row.counters->snapshot();
+        if (row.run) {
+            TunnelStatus &t = out.back();
+            t.traffic = row.run->total();
+            t.forwards = row.run->forwards();
+            t.sessions = row.run->sessions.load(std::memory_order_relaxed);
+        }
     }
     return out;
 }
@@ -93,8 +97,8 @@ void Supervisor::attempt()
     if (stopping_)
         return;
     ++attempts_;
-    auto counters = std::make_shared<TrafficCounters>();
-    board_.set_counters(options_.name, generation_, counters);
+    auto run = std::make_shared<RunStatus>(all_forwards(options_));
+    board_.set_run(options_.name, generation_, run);
     board_.update(options_.name, generation_, [](TunnelStatus &s) {
         ++s.started_times;
         s.last_start = std::chrono::system_clock::now();
@@ -111,7 +115,7 @@ void Supervisor::attempt()
     handlers.probed = [this, self](std::chrono::microseconds rtt) {
         board_.update(options_.name, generation_, [rtt](TunnelStatus &s) { s.probe_rtt = rtt; });
     };
-    tunnel_ = std::make_shared<TunnelRun>(io_, options_, log_, counters, std::move(handlers));
+    tunnel_ = std::make_shared<TunnelRun>(io_, options_, log_, run, std::move(handlers));
     tunnel_->start();
 }
 

@@ -20,11 +20,11 @@
 
 #include <pytun/manager.h>
 
-#include "forward/traffic.h"
 #include "util/callback_list.h"
 
 namespace pytun::detail {
 
+class RunStatus;
 class TunnelRun;
 
 /// The manager's status snapshot: written by supervisors, read by anyone.
@@ -34,7 +34,8 @@ class StatusBoard {
 public:
     void put(const std::string &name, std::uint64_t generation, TunnelStatus status);
     void update(const std::string &name, std::uint64_t generation, const std::function<void(TunnelStatus &)> &change);
-    void set_counters(const std::string &name, std::uint64_t generation, std::shared_ptr<TrafficCounters> counters);
+    /// The current run's forwards and counters, read at snapshot time.
+    void set_run(const std::string &name, std::uint64_t generation, std::shared_ptr<RunStatus> run);
     void remove(const std::string &name, std::uint64_t generation);
     std::vector<TunnelStatus> snapshot() const;
 
@@ -42,7 +43,7 @@ private:
     struct Row {
         std::uint64_t generation = 0;
         TunnelStatus status;
-        std::shared_ptr<TrafficCounters> counters;
+        std::shared_ptr<RunStatus> run;
     };
     mutable std::mutex mutex_;
     std::map<std::string, Row> rows_;

@@ -32,16 +32,6 @@ const char *to_string(ManagedState state)
 
 namespace {
 
-bool same_options(const TunnelOptions &a, const TunnelOptions &b)
-{
-    return a.name == b.name && a.server_host == b.server_host && a.server_port == b.server_port &&
-           a.username == b.username && a.key_file == b.key_file && a.key_passphrase == b.key_passphrase &&
-           a.known_hosts_file == b.known_hosts_file && a.bind_address == b.bind_address &&
-           a.listen_port == b.listen_port && a.remote_host == b.remote_host && a.remote_port == b.remote_port &&
-           a.connect_timeout == b.connect_timeout && a.local_connect_timeout == b.local_connect_timeout &&
-           a.keep_alive == b.keep_alive && a.config_path == b.config_path;
-}
-
 // Local services are probed at the tunnel's health interval (30 s default).
 std::chrono::milliseconds service_interval(const TunnelOptions &options)
 {
@@ -167,12 +157,17 @@ ApplyResult TunnelManager::apply(std::vector<TunnelOptions> tunnels)
     }
     for (auto &tunnel : tunnels) {
         auto it = d.entries.find(tunnel.name);
-        if (it != d.entries.end() && same_options(it->second.options, tunnel)) {
+        if (it != d.entries.end() && it->second.options == tunnel) {
             result.kept.push_back(tunnel.name);
             continue;
         }
         const std::string name = tunnel.name;
-        d.health.watch(name, tunnel.remote_host, tunnel.remote_port, service_interval(tunnel));
+        // The local service of the original connector's reverse tunnel; a
+        // tunnel of other forwards only has clients here.
+        if (tunnel.remote_host.empty())
+            d.health.unwatch(name);
+        else
+            d.health.watch(name, tunnel.remote_host, tunnel.remote_port, service_interval(tunnel));
         if (it != d.entries.end()) {
             // Changed: the old session must give the bastion port back before
             // the new one asks for it.

@@ -2,11 +2,19 @@
 // A channel stream's state machine: every transition of its life is here.
 #include "ssh/channel_stream.h"
 
+#include <atomic>
+
 #include "ssh/session.h"
 
 namespace pytun::detail {
+namespace {
+std::atomic<std::uint64_t> last_stream_id{0};
+} // namespace
 
-ChannelStream::ChannelStream(SshSession &session, std::uint64_t id) : session_(&session), id_(id) {}
+ChannelStream::ChannelStream(std::shared_ptr<spdlog::logger> log)
+    : log_(std::move(log)), id_(last_stream_id.fetch_add(1, std::memory_order_relaxed) + 1)
+{
+}
 
 ChannelStream::~ChannelStream() = default;
 
@@ -15,13 +23,28 @@ void ChannelStream::attach(LIBSSH2_CHANNEL *channel)
     channel_ = channel;
     // Closed while its open was in flight: stays closing, and the driver
     // closes the channel at once.
-    if (phase_ == Phase::opening)
+    if (phase_ == Phase::opening) {
         phase_ = Phase::open;
+        on_opened();
+    }
 }
 
-void ChannelStream::open_failed(int rc)
+void ChannelStream::open_failed(OpenError error)
 {
-    finish(rc);
+    finish(error);
+}
+
+const char *to_string(OpenError error)
+{
+    switch (error) {
+    case OpenError::none: return "no error";
+    case OpenError::prohibited: return "administratively prohibited by the bastion";
+    case OpenError::connect_failed: return "the bastion could not connect (refused or unreachable)";
+    case OpenError::resource_shortage: return "the bastion is short of resources";
+    case OpenError::timed_out: return "no answer from the bastion in time";
+    case OpenError::other: return "the channel could not be opened";
+    }
+    return "unknown";
 }
 
 std::span<char> ChannelStream::receive_space()
@@ -68,20 +91,24 @@ void ChannelStream::channel_failed(int rc)
 void ChannelStream::channel_freed()
 {
     channel_ = nullptr;
-    finish(0);
+    finish(OpenError::none);
 }
 
 void ChannelStream::abort()
 {
     channel_ = nullptr; // libssh2_session_free releases it
     session_ = nullptr;
-    finish(0);
+    finish(OpenError::none);
 }
 
 void ChannelStream::begin_close(const char *why)
 {
     if (phase_ == Phase::closing || phase_ == Phase::closed)
         return;
+    if (!session_) { // still waiting for a session: no open was asked for
+        finish(OpenError::none);
+        return;
+    }
     // An open still in flight completes first; the driver then closes the
     // channel it brings (see attach()).
     phase_ = Phase::closing;
@@ -129,11 +156,6 @@ void ChannelStream::local_shut()
     maybe_close();
 }
 
-spdlog::logger &ChannelStream::log() const
-{
-    return session_->log(); // only used while the stream is not finished
-}
-
 void ChannelStream::wake()
 {
     if (session_)
@@ -146,13 +168,13 @@ void ChannelStream::maybe_close()
         begin_close("both directions finished");
 }
 
-void ChannelStream::finish(int rc)
+void ChannelStream::finish(OpenError error)
 {
     if (phase_ == Phase::closed)
         return;
     phase_ = Phase::closed;
     release_idle_buffers();
-    on_closed(rc);
+    on_closed(error);
 }
 
 } // namespace pytun::detail

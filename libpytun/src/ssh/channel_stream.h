@@ -23,6 +23,19 @@ namespace pytun::detail {
 
 class SshSession;
 
+/// Why a channel could not be opened, as far as libssh2 1.10 tells: it keeps
+/// the server's reason code but not its text, so "refused" and "unreachable"
+/// on the bastion's side are both connect_failed.
+enum class OpenError {
+    none,
+    prohibited,        ///< administratively prohibited: the bastion's policy (permitopen, AllowTcpForwarding)
+    connect_failed,    ///< the bastion could not connect to the destination
+    resource_shortage, ///< the bastion is out of something (MaxSessions...)
+    timed_out,         ///< no answer within the forward's open timeout
+    other,             ///< an unknown channel type, an unknown reason, a lost session
+};
+const char *to_string(OpenError error);
+
 class ChannelStream : public std::enable_shared_from_this<ChannelStream> {
 public:
     /// The stream's life: opening -> open -> closing -> closed. While open,
@@ -38,11 +51,14 @@ public:
     /// every buffered byte has gone out, then passed on (`done`).
     enum class End { open, pending, done };
 
-    ChannelStream(SshSession &session, std::uint64_t id);
+    /// A stream is made before it has a session (its open may wait for one);
+    /// the driver binds it when it adopts it.
+    explicit ChannelStream(std::shared_ptr<spdlog::logger> log);
     virtual ~ChannelStream();
     ChannelStream(const ChannelStream &) = delete;
     ChannelStream &operator=(const ChannelStream &) = delete;
 
+    /// Unique in the process: "connection #N" in log lines.
     std::uint64_t id() const { return id_; }
     Phase phase() const { return phase_; }
     bool finished() const { return phase_ == Phase::closed; }
@@ -50,11 +66,14 @@ public:
     void begin_close(const char *why);
 
     // --- the driver's side (ssh/session.cpp only) ------------------------
+    void bind(SshSession &session) { session_ = &session; }
     LIBSSH2_CHANNEL *channel() const { return channel_; }
     /// The channel exists now (accepted, or its open succeeded).
     void attach(LIBSSH2_CHANNEL *channel);
-    /// The channel could not be opened; `rc` is libssh2's error.
-    void open_failed(int rc);
+    /// The channel could not be opened.
+    void open_failed(OpenError error);
+    /// The stream was closed before its open began: no channel was asked for.
+    void open_abandoned() { finish(OpenError::none); }
     bool wants_receive() const { return phase_ == Phase::open && downstream_ == End::open; }
     /// Room for bytes from the channel; empty while the local end lags.
     std::span<char> receive_space();
@@ -93,23 +112,27 @@ protected:
     /// The local end passed the channel's EOF on (shutdown of its write side).
     void local_shut();
     bool upload_ended() const { return upstream_ != End::open; }
-    spdlog::logger &log() const;
-    /// Ask the driver for a pass (after local progress).
+    spdlog::logger &log() const { return *log_; }
+    /// Ask the driver for a pass (after local progress); nothing before the
+    /// stream is bound.
     void wake();
 
+    /// The channel is open (accepted or opened): bytes may flow.
+    virtual void on_opened() {}
     /// Bytes or the channel's EOF are ready for the local end.
     virtual void on_download() = 0;
     /// The upload buffer has room again after being full.
     virtual void on_upload_space() = 0;
     /// The stream is finished (channel freed, open failed, or aborted):
-    /// release the local end. `rc` is 0, or libssh2's error for a failed open.
-    virtual void on_closed(int rc) = 0;
+    /// release the local end. `error` says why an open failed, else none.
+    virtual void on_closed(OpenError error) = 0;
 
 private:
     void maybe_close();
-    void finish(int rc);
+    void finish(OpenError error);
 
-    SshSession *session_;
+    SshSession *session_ = nullptr;
+    std::shared_ptr<spdlog::logger> log_;
     std::uint64_t id_;
     LIBSSH2_CHANNEL *channel_ = nullptr;
     Phase phase_ = Phase::opening;

@@ -36,6 +36,13 @@ void set_tcp_liveness(int fd, std::chrono::seconds keep_alive)
     ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
 }
 
+// A refused channel or request is an answer too: the bastion is alive.
+bool probe_answered(int rc)
+{
+    return rc == 0 || rc == LIBSSH2_ERROR_CHANNEL_FAILURE || rc == LIBSSH2_ERROR_REQUEST_DENIED ||
+           rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED;
+}
+
 } // namespace
 
 SshConnection::SshConnection(asio::io_context &io, ConnectionOptions options, std::shared_ptr<spdlog::logger> log,
@@ -194,8 +201,38 @@ void SshConnection::on_authenticated(int rc)
         return;
     }
     log_->debug("authenticated as {}", who);
+    if (options_.anchor) {
+        open_anchor();
+        return;
+    }
     if (handlers_.ready)
         handlers_.ready();
+}
+
+void SshConnection::open_anchor()
+{
+    auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
+    LIBSSH2_SESSION *ssh = session_->raw();
+    session_->submit(
+        "open anchor channel",
+        [ssh, channel] {
+            *channel = libssh2_channel_open_ex(ssh, "session", sizeof("session") - 1, LIBSSH2_CHANNEL_WINDOW_DEFAULT,
+                                               LIBSSH2_CHANNEL_PACKET_DEFAULT, nullptr, 0);
+            return *channel ? 0 : libssh2_session_last_errno(ssh);
+        },
+        [this, self = shared_from_this(), channel](int rc) {
+            if (ended_)
+                return;
+            if (*channel)
+                session_->set_anchor(*channel);
+            else // e.g. MaxSessions 0: streams' channels read instead, probes open channels
+                log_->info("the bastion {} refused an idle session channel ({}); going on without one", where(),
+                           session_->last_error_text());
+            (void)rc;
+            if (handlers_.ready)
+                handlers_.ready();
+        },
+        SshSession::Lane::open);
 }
 
 void SshConnection::start_health_checks()
@@ -224,42 +261,77 @@ void SshConnection::schedule_health_check()
 }
 
 // Every keep_alive: an SSH keepalive, and a probe whose answer proves the
-// whole path (bastion sshd included) works.
+// whole path (bastion sshd included) works. Its deadline runs from when it
+// is sent.
 void SshConnection::run_health_check()
 {
     auto self = shared_from_this();
     session_->send_keepalive();
-    const auto started = std::chrono::steady_clock::now();
-    probe_deadline_.expires_after(k_probe_grace);
-    probe_deadline_.async_wait([this, self](const asio::error_code &ec) {
-        if (!ec && !ended_ && checking_health_)
-            fail(Errc::transport_lost, "the bastion " + where() + " did not answer a health probe within " +
-                                           std::to_string(k_probe_grace.count()) +
-                                           " s: the connection is dead or the network drops packets");
-    });
-    probe([this, self, started](int rc) {
-        if (ended_ || !checking_health_)
-            return;
-        probe_deadline_.cancel();
-        // A refused channel is an answer too: the bastion is alive.
-        if (rc != 0 && rc != LIBSSH2_ERROR_CHANNEL_FAILURE && rc != LIBSSH2_ERROR_REQUEST_DENIED) {
-            fail(Errc::transport_lost, "health probe failed: " + session_->last_error_text());
-            return;
-        }
-        if (handlers_.probed)
-            handlers_.probed(
-                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started));
-        schedule_health_check();
-    });
+    auto started = std::make_shared<std::chrono::steady_clock::time_point>();
+    probe(
+        [this, self, started](int rc) {
+            if (ended_ || !checking_health_)
+                return;
+            probe_deadline_.cancel();
+            if (!probe_answered(rc)) {
+                fail(Errc::transport_lost, "health probe failed: " + session_->last_error_text());
+                return;
+            }
+            if (handlers_.probed)
+                handlers_.probed(
+                    std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - *started));
+            schedule_health_check();
+        },
+        [this, self, started] {
+            *started = std::chrono::steady_clock::now();
+            probe_deadline_.expires_after(k_probe_grace);
+            probe_deadline_.async_wait([this, self](const asio::error_code &ec) {
+                if (!ec && !ended_ && checking_health_)
+                    fail(Errc::transport_lost, "the bastion " + where() + " did not answer a health probe within " +
+                                                   std::to_string(k_probe_grace.count()) +
+                                                   " s: the connection is dead or the network drops packets");
+            });
+        });
 }
 
-void SshConnection::probe(std::function<void(int rc)> done)
+void SshConnection::probe(std::function<void(int rc)> done, std::function<void()> started)
 {
-    auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
     auto session = session_;
+    // Runs `started` before the first attempt of the probe's first call.
+    auto first_attempt = [started = std::make_shared<std::function<void()>>(std::move(started))] {
+        if (*started) {
+            auto call = std::move(*started);
+            *started = nullptr;
+            call();
+        }
+    };
+    if (LIBSSH2_CHANNEL *anchor = session->anchor()) {
+        static constexpr char k_name[] = "PYTUN_PROBE";
+        session->submit(
+            "probe: request on the anchor channel",
+            [anchor, first_attempt] {
+                first_attempt();
+                return libssh2_channel_setenv_ex(anchor, k_name, sizeof(k_name) - 1, "1", 1);
+            },
+            [this, self = shared_from_this(), session, done](int rc) {
+                if (rc == 0 || rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED) {
+                    done(0);
+                    return;
+                }
+                // The bastion closed the anchor (e.g. a channel timeout): go
+                // on without it; open-and-close probes from now on.
+                log_->debug("anchor channel unusable ({}); probing with channel opens", session->last_error_text());
+                session->set_anchor(nullptr);
+                probe(done);
+            },
+            SshSession::Lane::anchor);
+        return;
+    }
+    auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
     session->submit(
         "probe: open session channel",
-        [session, channel] {
+        [session, channel, first_attempt] {
+            first_attempt();
             *channel = libssh2_channel_open_ex(session->raw(), "session", sizeof("session") - 1,
                                                LIBSSH2_CHANNEL_WINDOW_DEFAULT, LIBSSH2_CHANNEL_PACKET_DEFAULT,
                                                nullptr, 0);
@@ -276,8 +348,9 @@ void SshConnection::probe(std::function<void(int rc)> done)
                     int close_rc = libssh2_channel_close(*channel);
                     return close_rc == LIBSSH2_ERROR_EAGAIN ? close_rc : libssh2_channel_free(*channel);
                 },
-                [done](int) { done(0); });
-        });
+                [done](int) { done(0); }); // a close needs no open state: not behind other opens
+        },
+        SshSession::Lane::open);
 }
 
 void SshConnection::disconnect(std::function<void()> done)

@@ -34,6 +34,10 @@ struct ConnectionOptions {
     std::string known_hosts_file;
     std::chrono::milliseconds connect_timeout{10000}; ///< resolve + TCP connect
     std::chrono::seconds keep_alive{30};              ///< health interval; 0: no checks
+    /// Keep an idle "session" channel open (SshSession::set_anchor): for
+    /// connections that open channels themselves and may have no listener.
+    /// Probes then are requests on it, which no pending open can hold up.
+    bool anchor = false;
 };
 
 class SshConnection : public std::enable_shared_from_this<SshConnection> {
@@ -63,10 +67,13 @@ public:
     /// answered in time fails the connection.
     void start_health_checks();
     void stop_health_checks();
-    /// Open and close a "session" channel; `done(rc)`: 0, or a channel-level
-    /// refusal, mean the bastion answered. sshd handles requests in order,
-    /// so an answer also confirms every request sent before it.
-    void probe(std::function<void(int rc)> done);
+    /// Ask the bastion something it must answer: a request on the anchor
+    /// channel, or without one, a "session" channel opened and closed.
+    /// `done(rc)`: 0, or a refusal, mean the bastion answered. sshd handles
+    /// requests in order, so an answer also confirms every request sent
+    /// before it. `started` runs when the probe is actually sent (an open
+    /// lane may be busy before).
+    void probe(std::function<void(int rc)> done, std::function<void()> started = nullptr);
     /// Send SSH_MSG_DISCONNECT, then free everything; `done` runs once after.
     void disconnect(std::function<void()> done);
     /// Free everything now (no handler is called afterwards). Idempotent.
@@ -76,6 +83,7 @@ private:
     void on_tcp_connected(asio::ip::tcp::socket socket);
     void on_handshake(int rc);
     void on_authenticated(int rc);
+    void open_anchor();
     void schedule_health_check();
     void run_health_check();
     void fail(std::error_code ec, const std::string &message);

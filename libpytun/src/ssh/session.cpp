@@ -206,10 +206,69 @@ std::string SshSession::last_error_text() const
 }
 
 
-void SshSession::submit(const char *what, std::function<int()> attempt, std::function<void(int)> done)
+void SshSession::submit(const char *what, std::function<int()> attempt, std::function<void(int)> done, Lane lane)
 {
-    ops_.push_back({what, std::move(attempt), std::move(done)});
+    lanes_[static_cast<int>(lane)].push_back({what, std::move(attempt), std::move(done)});
     wake();
+}
+
+void SshSession::open_channel(std::shared_ptr<ChannelStream> stream, const char *what,
+                              std::function<LIBSSH2_CHANNEL *()> open, std::function<void()> after)
+{
+    // Not a libssh2 code: the stream was closed before its open began.
+    constexpr int k_abandoned = 1;
+    adopt(stream);
+    auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
+    auto started = std::make_shared<bool>(false);
+    submit(
+        what,
+        [this, raw = stream.get(), open = std::move(open), channel, started]() -> int {
+            if (!*started && raw->phase() != ChannelStream::Phase::opening)
+                return k_abandoned;
+            *started = true;
+            *channel = open();
+            return *channel ? 0 : libssh2_session_last_errno(ssh_);
+        },
+        [this, stream, channel, after = std::move(after)](int rc) {
+            if (*channel)
+                stream->attach(*channel);
+            else if (rc == k_abandoned)
+                stream->open_abandoned();
+            else
+                stream->open_failed(open_error(rc));
+            if (after)
+                after();
+        },
+        Lane::open);
+}
+
+// libssh2 1.10 reports the server's reason code only as the text of its
+// last error ("Channel open failure (connect failed)").
+OpenError SshSession::open_error(int rc) const
+{
+    if (rc == LIBSSH2_ERROR_TIMEOUT)
+        return OpenError::timed_out; // libssh2's own 60 s limit
+    if (rc != LIBSSH2_ERROR_CHANNEL_FAILURE)
+        return OpenError::other;
+    const std::string text = last_error_text();
+    if (text.find("administratively prohibited") != std::string::npos)
+        return OpenError::prohibited;
+    if (text.find("connect failed") != std::string::npos)
+        return OpenError::connect_failed;
+    if (text.find("resource shortage") != std::string::npos)
+        return OpenError::resource_shortage;
+    return OpenError::other;
+}
+
+void SshSession::open_direct_tcpip(std::shared_ptr<ChannelStream> stream, std::string host, std::uint16_t port,
+                                   std::string origin_host, std::uint16_t origin_port, std::function<void()> after)
+{
+    open_channel(
+        std::move(stream), "open direct-tcpip channel",
+        [this, host = std::move(host), port, origin_host = std::move(origin_host), origin_port] {
+            return libssh2_channel_direct_tcpip_ex(ssh_, host.c_str(), port, origin_host.c_str(), origin_port);
+        },
+        std::move(after));
 }
 
 void SshSession::add_listener(LIBSSH2_LISTENER *listener, std::function<void(LIBSSH2_CHANNEL *)> on_channel)
@@ -226,6 +285,7 @@ void SshSession::remove_listener(LIBSSH2_LISTENER *listener)
 
 void SshSession::adopt(std::shared_ptr<ChannelStream> stream)
 {
+    stream->bind(*this);
     streams_.push_back(std::move(stream));
     rescan_receive_ = true;
     if (!housekeeping_armed_) {
@@ -382,7 +442,7 @@ bool SshSession::run_pinned()
     case Pinned::Kind::none:
         return true;
     case Pinned::Kind::op:
-        return run_ops();
+        return run_lane(pin.lane);
     case Pinned::Kind::flush:
         transport_readable_ = true; // the read must run even without new data
         return pump_transport();
@@ -422,13 +482,26 @@ bool SshSession::run_pinned()
 
 bool SshSession::run_ops()
 {
-    while (!ops_.empty()) {
-        Op &op = ops_.front();
+    for (Lane lane : {Lane::session, Lane::open, Lane::anchor})
+        if (!run_lane(lane))
+            return false;
+    return true;
+}
+
+// Runs the lane's operations in order until one waits for the bastion.
+bool SshSession::run_lane(Lane lane)
+{
+    auto &ops = lanes_[static_cast<int>(lane)];
+    while (!ops.empty()) {
+        Op &op = ops.front();
         int rc = op.attempt();
-        if (rc == LIBSSH2_ERROR_EAGAIN)
-            return blocked({Pinned::Kind::op});
+        if (rc == LIBSSH2_ERROR_EAGAIN) {
+            Pinned pin{Pinned::Kind::op};
+            pin.lane = lane;
+            return blocked(pin);
+        }
         Op finished = std::move(op);
-        ops_.pop_front();
+        ops.pop_front();
         log_->trace("{} finished: {}", finished.what, rc);
         finished.done(rc);
         if (closed_ || failed_)
@@ -484,25 +557,32 @@ bool SshSession::accept_channels(Listener &listener)
     }
 }
 
-// Without a listener the transport is read through an open channel:
-// libssh2_channel_wait_eof only reads (until EAGAIN, or that channel's EOF),
-// it never sends, so it is also a flush.
+// Without a listener the transport is read through an open channel (a
+// stream's, else the anchor): libssh2_channel_wait_eof only reads (until
+// EAGAIN, or that channel's EOF), it never sends, so it is also a flush.
 bool SshSession::read_transport()
 {
-    for (auto &stream : streams_) {
-        LIBSSH2_CHANNEL *channel = stream->channel();
-        if (stream->phase() != ChannelStream::Phase::open || !channel || libssh2_channel_eof(channel))
-            continue;
+    auto read_through = [this](LIBSSH2_CHANNEL *channel) -> int {
+        if (!channel || libssh2_channel_eof(channel))
+            return 0; // not a reader: try the next one
         int rc = libssh2_channel_wait_eof(channel);
         bytes_received_at_pump_ = bytes_received_;
         if (rc == LIBSSH2_ERROR_EAGAIN)
-            return blocked({Pinned::Kind::flush});
+            return blocked({Pinned::Kind::flush}) ? 1 : -1;
         if (rc < 0) {
             fail(Errc::transport_lost, transport_failure("read", rc));
-            return false;
+            return -1;
         }
-        // That channel saw its EOF: read on through the next one.
+        return 0; // that channel saw its EOF: read on through the next one
+    };
+    for (auto &stream : streams_) {
+        if (stream->phase() != ChannelStream::Phase::open)
+            continue;
+        if (int done = read_through(stream->channel()))
+            return done > 0;
     }
+    if (int done = read_through(anchor_))
+        return done > 0;
     return true;
 }
 
@@ -636,7 +716,9 @@ void SshSession::close()
     streams_.clear();
     for (auto &stream : streams)
         stream->abort();
-    ops_.clear();
+    for (auto &ops : lanes_)
+        ops.clear();
+    anchor_ = nullptr; // freed with the session
     pinned_ = {};
     // The callbacks hold their owners (forwards, the tunnel); dropping them
     // breaks the cycles.

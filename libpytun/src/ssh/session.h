@@ -11,6 +11,7 @@
 
 #include "internal.h"
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -26,6 +27,7 @@
 namespace pytun::detail {
 
 class ChannelStream;
+enum class OpenError;
 
 class SshSession : public std::enable_shared_from_this<SshSession> {
 public:
@@ -43,11 +45,43 @@ public:
     /// callbacks, host-key preference). Call once, first.
     std::error_code begin(const std::string &hostkey_preference, std::string &message);
 
-    /// Queue a session-level libssh2 operation (handshake, auth, listen,
-    /// cancel, disconnect...). `attempt` is called on the loop thread until it
-    /// returns something other than LIBSSH2_ERROR_EAGAIN, then `done(rc)`.
-    /// Operations run in order, one at a time.
-    void submit(const char *what, std::function<int()> attempt, std::function<void(int rc)> done);
+    /// Which libssh2 state an operation uses, and so what it must wait for.
+    /// libssh2 1.10 keeps the state of a session-level request (handshake,
+    /// authentication, tcpip-forward, disconnect) and that of a channel open
+    /// in the session, one of each at a time, and a channel request's state
+    /// in its channel. Operations of one lane run in order, one at a time;
+    /// the lanes interleave (never while a packet is half-sent), so an open
+    /// the bastion is slow to answer does not hold up a keepalive or a probe.
+    enum class Lane { session, open, anchor };
+
+    /// Queue a libssh2 operation. `attempt` is called on the loop thread
+    /// until it returns something other than LIBSSH2_ERROR_EAGAIN, then
+    /// `done(rc)`.
+    void submit(const char *what, std::function<int()> attempt, std::function<void(int rc)> done,
+                Lane lane = Lane::session);
+
+    /// Open a channel for `stream` (which is opening): `open` makes the
+    /// libssh2 call (direct-tcpip, ...) and is repeated, with the same
+    /// arguments, until it returns a channel or fails. The stream is adopted
+    /// now (its local bytes wait in its buffer) and gets the channel
+    /// (attach) or the error (open_failed). Opens run in the open lane, one
+    /// in flight per session; a stream closed before its open began gets
+    /// none.
+    /// `after` runs once the open is over, either way.
+    void open_channel(std::shared_ptr<ChannelStream> stream, const char *what,
+                      std::function<LIBSSH2_CHANNEL *()> open, std::function<void()> after = nullptr);
+    /// open_channel for a direct-tcpip channel to host:port.
+    void open_direct_tcpip(std::shared_ptr<ChannelStream> stream, std::string host, std::uint16_t port,
+                           std::string origin_host, std::uint16_t origin_port, std::function<void()> after);
+    /// Opens queued or in flight.
+    std::size_t opens_pending() const { return lanes_[static_cast<int>(Lane::open)].size(); }
+
+    /// A channel kept open for the session's life (an idle "session"
+    /// channel): libssh2 1.10 reads the transport only through a listener or
+    /// a channel, and a connection with neither must still answer the
+    /// bastion's keepalives and re-keys. Freed with the session.
+    void set_anchor(LIBSSH2_CHANNEL *anchor) { anchor_ = anchor; }
+    LIBSSH2_CHANNEL *anchor() const { return anchor_; }
 
     /// Drain `listener`'s queue of forwarded connections; each new channel is
     /// handed to `on_channel`, which adopts a stream for it. Several
@@ -63,8 +97,6 @@ public:
     /// Begin closing every stream's channel (graceful stop).
     void close_all_streams();
     std::size_t stream_count() const { return streams_.size(); }
-    /// A number for the next stream's log lines ("connection #N").
-    std::uint64_t next_stream_id() { return ++last_stream_id_; }
     /// `then` runs (posted, on the loop thread) once no stream is left;
     /// at the next pass if none is left now. One waiter at a time.
     void when_no_streams(std::function<void()> then);
@@ -115,6 +147,7 @@ private:
         ChannelStream *stream = nullptr;
         char *buffer = nullptr;
         std::size_t size = 0;
+        Lane lane = Lane::session; ///< of a pinned op
     };
 
     static ssize_t send_callback(libssh2_socket_t fd, const void *buffer, std::size_t length, int flags,
@@ -129,6 +162,7 @@ private:
     /// session failed).
     bool run_pinned();
     bool run_ops();
+    bool run_lane(Lane lane);
     bool pump_transport();
     bool accept_channels(Listener &listener);
     bool read_transport();
@@ -144,6 +178,7 @@ private:
     bool channel_error(ChannelStream &stream, int rc, const char *what);
     void fail(std::error_code ec, const std::string &message);
     std::string transport_failure(const char *what, int rc) const;
+    OpenError open_error(int rc) const;
     void sweep_finished();
     void schedule_housekeeping();
     bool keepalive_fits() const;
@@ -154,12 +189,12 @@ private:
     asio::steady_timer housekeeping_timer_;
     LIBSSH2_SESSION *ssh_ = nullptr;
 
-    std::deque<Op> ops_;
+    std::array<std::deque<Op>, 3> lanes_; ///< by Lane
     Pinned pinned_;
     std::vector<Listener> listeners_;
+    LIBSSH2_CHANNEL *anchor_ = nullptr;
     std::vector<std::shared_ptr<ChannelStream>> streams_;
     std::function<void()> when_no_streams_;
-    std::uint64_t last_stream_id_ = 0;
     Done on_failure_;
 
     // Socket state as seen by our libssh2 send/recv callbacks: exact, unlike

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "loop/event_loop.h"
+#include "tunnel/run_status.h"
 #include "tunnel/tunnel_run.h"
 
 namespace pytun {
@@ -22,7 +23,7 @@ constexpr std::chrono::milliseconds k_stop_limit{900};
 struct Tunnel::Impl {
     TunnelOptions options;
     std::shared_ptr<spdlog::logger> log;
-    std::shared_ptr<detail::TrafficCounters> counters = std::make_shared<detail::TrafficCounters>();
+    std::shared_ptr<detail::RunStatus> run;
 
     mutable std::mutex mutex;
     std::condition_variable changed;
@@ -79,7 +80,7 @@ std::error_code Tunnel::start()
     d.message.clear();
     d.port = 0;
     d.running = true;
-    d.counters = std::make_shared<detail::TrafficCounters>();
+    d.run = std::make_shared<detail::RunStatus>(all_forwards(d.options));
     d.loop = std::make_unique<detail::EventLoop>();
 
     detail::TunnelRun::Handlers handlers;
@@ -97,7 +98,7 @@ std::error_code Tunnel::start()
         d.running = false;
         d.changed.notify_all();
     };
-    d.tunnel = std::make_shared<detail::TunnelRun>(d.loop->io(), d.options, d.log, d.counters,
+    d.tunnel = std::make_shared<detail::TunnelRun>(d.loop->io(), d.options, d.log, d.run,
                                                        std::move(handlers));
     asio::post(d.loop->io(), [tunnel = d.tunnel] { tunnel->start(); });
     d.changed.wait(lock, [&d] { return d.state != TunnelState::connecting; });
@@ -179,7 +180,13 @@ std::string Tunnel::last_error_message() const
 TunnelStats Tunnel::stats() const
 {
     std::lock_guard lock(impl_->mutex);
-    return impl_->counters->snapshot();
+    return impl_->run ? impl_->run->total() : TunnelStats{};
+}
+
+std::vector<ForwardStatus> Tunnel::forwards() const
+{
+    std::lock_guard lock(impl_->mutex);
+    return impl_->run ? impl_->run->forwards() : std::vector<ForwardStatus>{};
 }
 
 const TunnelOptions &Tunnel::options() const

@@ -2,11 +2,16 @@
 // One run of a tunnel: a connection, its forwards, a graceful stop.
 #include "tunnel/tunnel_run.h"
 
+#include <algorithm>
+
 #include <pytun/error.h>
 
-#include "forward/reverse_forward.h"
+#include "forward/local_forwarder.h"
+#include "forward/reverse_forwarder.h"
 #include "ssh/connection.h"
 #include "ssh/session.h"
+#include "tunnel/run_status.h"
+#include "tunnel/session_pool.h"
 
 namespace pytun::detail {
 namespace {
@@ -14,6 +19,15 @@ namespace {
 // After the grace period, closing the remaining channels and saying goodbye
 // may take this long.
 constexpr std::chrono::milliseconds k_close_deadline{500};
+// A forward that cannot serve while the others do is retried after this,
+// doubling up to the maximum.
+constexpr std::chrono::milliseconds k_forward_retry_initial{1000};
+constexpr std::chrono::milliseconds k_forward_retry_max{30000};
+
+bool opens_channels(const ForwardSpec &spec)
+{
+    return std::holds_alternative<LocalForward>(spec) || std::holds_alternative<DynamicForward>(spec);
+}
 
 ConnectionOptions connection_options(const TunnelOptions &o)
 {
@@ -26,31 +40,30 @@ ConnectionOptions connection_options(const TunnelOptions &o)
     c.known_hosts_file = o.known_hosts_file;
     c.connect_timeout = o.connect_timeout;
     c.keep_alive = o.keep_alive;
+    const auto forwards = all_forwards(o);
+    c.anchor = std::any_of(forwards.begin(), forwards.end(), opens_channels);
     return c;
-}
-
-ReverseForwardSpec reverse_forward_spec(const TunnelOptions &o)
-{
-    ReverseForwardSpec spec;
-    spec.bind_address = o.bind_address;
-    spec.listen_port = o.listen_port;
-    spec.target_host = o.remote_host;
-    spec.target_port = o.remote_port;
-    spec.connect_timeout = o.local_connect_timeout;
-    return spec;
 }
 
 } // namespace
 
 TunnelRun::TunnelRun(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
-                     std::shared_ptr<TrafficCounters> counters, Handlers handlers)
-    : io_(io), options_(std::move(options)), log_(std::move(log)), counters_(std::move(counters)),
-      handlers_(std::move(handlers)), setup_timer_(io), grace_timer_(io), close_deadline_(io)
+                     std::shared_ptr<RunStatus> status, Handlers handlers)
+    : io_(io), options_(std::move(options)), specs_(all_forwards(options_)), log_(std::move(log)),
+      status_(std::move(status)), handlers_(std::move(handlers)), setup_timer_(io), grace_timer_(io),
+      close_deadline_(io)
 {
+    forwards_.resize(specs_.size());
+    states_.assign(specs_.size(), ForwardState::starting);
+    retry_delays_.assign(specs_.size(), k_forward_retry_initial);
+    for (std::size_t i = 0; i < specs_.size(); ++i)
+        retry_timers_.push_back(std::make_unique<asio::steady_timer>(io));
 }
 
 TunnelRun::~TunnelRun()
 {
+    if (pool_)
+        pool_->close();
     if (connection_)
         connection_->close();
 }
@@ -62,17 +75,29 @@ std::error_code TunnelRun::check_options(const TunnelOptions &options, std::stri
         missing += " server_host";
     if (options.username.empty())
         missing += " username";
-    if (options.remote_host.empty())
-        missing += " remote_host";
     if (options.key_file.empty())
         missing += " keyfile";
+    if (options.remote_host.empty() && options.forwards.empty())
+        missing += " remote_host (or a forward)";
     if (!missing.empty()) {
         message = "missing required setting(s):" + missing;
         return Errc::invalid_options;
     }
-    if (options.server_port == 0 || options.remote_port == 0) {
+    if (options.server_port == 0 || (!options.remote_host.empty() && options.remote_port == 0)) {
         message = "server_port and remote_port must be between 1 and 65535";
         return Errc::invalid_options;
+    }
+    for (const auto &spec : options.forwards) {
+        const std::string what = describe(spec);
+        if (const auto *f = std::get_if<RemoteForward>(&spec); f && (f->target_host.empty() || !f->target_port))
+            message = what + ": a remote forward needs a target host and port";
+        else if (const auto *l = std::get_if<LocalForward>(&spec); l && (l->target_host.empty() || !l->target_port))
+            message = what + ": a local forward needs a target host and port";
+        else if (const auto *r = std::get_if<RemoteDynamicForward>(&spec); r && r->allow.empty())
+            message = what + ": a reverse SOCKS forward needs an allowlist (allow): without one any client of the "
+                             "bastion port could reach the whole local network";
+        if (!message.empty())
+            return Errc::invalid_options;
     }
     return {};
 }
@@ -85,8 +110,6 @@ void TunnelRun::start()
         return;
     }
     auto self = shared_from_this();
-    forwards_.push_back(std::make_shared<ReverseForward>(reverse_forward_spec(options_), log_, counters_));
-
     SshConnection::Handlers handlers;
     handlers.ready = [this, self] { on_ready(); };
     handlers.failed = [this, self](std::error_code ec, const std::string &why) { on_connection_failed(ec, why); };
@@ -94,7 +117,11 @@ void TunnelRun::start()
         if (handlers_.probed)
             handlers_.probed(rtt);
     };
-    connection_ = std::make_shared<SshConnection>(io_, connection_options(options_), log_, std::move(handlers));
+    const ConnectionOptions connection = connection_options(options_);
+    connection_ = std::make_shared<SshConnection>(io_, connection, log_, std::move(handlers));
+    SessionPool::Limits limits;
+    limits.max_sessions = std::max(1u, options_.max_sessions);
+    pool_ = std::make_shared<SessionPool>(io_, connection, log_, limits, status_);
     setup_timer_.expires_after(options_.connect_timeout);
     setup_timer_.async_wait([this, self](const asio::error_code &ec) {
         if (!ec && !up_)
@@ -106,30 +133,117 @@ void TunnelRun::start()
 
 void TunnelRun::on_ready()
 {
-    auto self = shared_from_this();
-    for (auto &forward : forwards_) {
-        Forward::Handlers handlers;
-        handlers.ready = [this, self](std::uint16_t port) { on_forward_ready(port); };
-        handlers.failed = [this, self](std::error_code ec, const std::string &why) { finish(ec, why); };
-        forward->start(*connection_, std::move(handlers));
-        if (ended_)
-            return;
-    }
+    pool_->add_primary(connection_);
+    for (std::size_t i = 0; i < specs_.size() && !ended_; ++i)
+        start_forward(i);
 }
 
-void TunnelRun::on_forward_ready(std::uint16_t bound_port)
+void TunnelRun::start_forward(std::size_t index)
+{
+    struct Make {
+        TunnelRun &run;
+        std::size_t index;
+        std::shared_ptr<Forward> operator()(const RemoteForward &f) const
+        {
+            ReverseForwarderSpec spec;
+            spec.bind_address = f.bind_address;
+            spec.listen_port = f.listen_port;
+            spec.target_host = f.target_host;
+            spec.target_port = f.target_port;
+            spec.connect_timeout = run.options_.local_connect_timeout;
+            return std::make_shared<ReverseForwarder>(spec, run.log_, run.status_->counters(index));
+        }
+        std::shared_ptr<Forward> operator()(const LocalForward &f) const
+        {
+            return std::make_shared<LocalForwarder>(run.io_, f, run.log_, run.status_->counters(index));
+        }
+        std::shared_ptr<Forward> operator()(const DynamicForward &) const { return nullptr; }
+        std::shared_ptr<Forward> operator()(const RemoteDynamicForward &) const { return nullptr; }
+    };
+    auto forward = std::visit(Make{*this, index}, specs_[index]);
+    if (!forward) {
+        on_forward_failed(index, Errc::invalid_options, describe(specs_[index]) + ": not supported");
+        return;
+    }
+    states_[index] = ForwardState::starting;
+    forwards_[index] = forward;
+    auto self = shared_from_this();
+    Forward::Handlers handlers;
+    handlers.ready = [this, self, index](std::uint16_t port) { on_forward_ready(index, port); };
+    handlers.failed = [this, self, index](std::error_code ec, const std::string &why) {
+        on_forward_failed(index, ec, why);
+    };
+    forward->start(*connection_, *pool_, std::move(handlers));
+}
+
+void TunnelRun::on_forward_ready(std::size_t index, std::uint16_t bound_port)
 {
     if (ended_)
         return;
-    if (listen_port_ == 0)
-        listen_port_ = bound_port;
-    if (++forwards_ready_ < forwards_.size())
+    states_[index] = ForwardState::serving;
+    retry_delays_[index] = k_forward_retry_initial;
+    status_->set_serving(index, bound_port);
+    if (up_)
+        log_->info("forward serving again: {}", describe(specs_[index]));
+    else
+        check_started();
+}
+
+void TunnelRun::on_forward_failed(std::size_t index, std::error_code ec, const std::string &message)
+{
+    if (ended_)
         return;
+    states_[index] = ForwardState::failed;
+    status_->set_failed(index, message);
+    // Called from inside the forward: drop it only after it has returned.
+    asio::post(io_, [self = shared_from_this(), forward = std::move(forwards_[index])] {});
+    if (!first_error_) {
+        first_error_ = ec;
+        first_error_message_ = message;
+    }
+    if (up_) {
+        log_->warn("forward {} cannot serve: {}", describe(specs_[index]), message);
+        schedule_retry(index);
+    } else {
+        check_started();
+    }
+}
+
+// Up once every forward has started or failed, with at least one serving;
+// the run fails with the first error when none serves.
+void TunnelRun::check_started()
+{
+    if (std::count(states_.begin(), states_.end(), ForwardState::starting) > 0)
+        return;
+    const auto serving = std::find(states_.begin(), states_.end(), ForwardState::serving);
+    if (serving == states_.end()) {
+        finish(first_error_, first_error_message_);
+        return;
+    }
     up_ = true;
     setup_timer_.cancel();
+    for (std::size_t i = 0; i < specs_.size(); ++i)
+        if (states_[i] == ForwardState::failed) {
+            log_->warn("forward {} cannot serve, the others do; retrying it: {}", describe(specs_[i]),
+                       status_->forwards()[i].error);
+            schedule_retry(i);
+        }
     connection_->start_health_checks();
+    const auto forwards = status_->forwards();
+    const std::uint16_t port = forwards[static_cast<std::size_t>(serving - states_.begin())].bound_port;
     if (handlers_.up)
-        handlers_.up(listen_port_);
+        handlers_.up(port);
+}
+
+void TunnelRun::schedule_retry(std::size_t index)
+{
+    auto &timer = *retry_timers_[index];
+    timer.expires_after(retry_delays_[index]);
+    retry_delays_[index] = std::min(retry_delays_[index] * 2, k_forward_retry_max);
+    timer.async_wait([this, self = shared_from_this(), index](const asio::error_code &ec) {
+        if (!ec && !ended_ && !stopping_)
+            start_forward(index);
+    });
 }
 
 void TunnelRun::on_connection_failed(std::error_code ec, const std::string &message)
@@ -151,13 +265,20 @@ void TunnelRun::stop(std::chrono::milliseconds grace, std::function<void()> done
     stopping_ = true;
     stop_done_ = std::move(done);
     connection_->stop_health_checks();
+    for (auto &timer : retry_timers_)
+        timer->cancel();
     auto self = shared_from_this();
-    forwards_accepting_ = forwards_.size();
+    forwards_accepting_ = 1; // released below, after every forward was asked
     for (auto &forward : forwards_)
-        forward->stop_accepting([this, self] {
-            if (--forwards_accepting_ == 0)
-                maybe_disconnect();
-        });
+        if (forward) {
+            ++forwards_accepting_;
+            forward->stop_accepting([this, self] {
+                if (--forwards_accepting_ == 0)
+                    maybe_disconnect();
+            });
+        }
+    if (--forwards_accepting_ == 0)
+        maybe_disconnect();
     grace_timer_.expires_after(grace);
     grace_timer_.async_wait([this, self](const asio::error_code &ec) {
         if (!ec)
@@ -169,10 +290,9 @@ void TunnelRun::on_grace_over()
 {
     if (ended_ || disconnecting_)
         return;
-    SshSession &session = connection_->session();
-    if (session.stream_count() > 0)
-        log_->info("closing {} connection(s) still open after the grace period", session.stream_count());
-    session.close_all_streams();
+    if (const std::size_t open = pool_->stream_count(); open > 0)
+        log_->info("closing {} connection(s) still open after the grace period", open);
+    pool_->close_all_streams();
     arm_close_deadline();
 }
 
@@ -182,14 +302,14 @@ void TunnelRun::maybe_disconnect()
     if (ended_ || disconnecting_ || forwards_accepting_ > 0)
         return;
     auto self = shared_from_this();
-    SshSession &session = connection_->session();
-    if (session.stream_count() > 0) {
-        session.when_no_streams([this, self] { maybe_disconnect(); });
+    if (pool_->stream_count() > 0) {
+        pool_->when_no_streams([this, self] { maybe_disconnect(); });
         return;
     }
     disconnecting_ = true;
     grace_timer_.cancel();
     arm_close_deadline();
+    pool_->close();
     connection_->disconnect([this, self] { finish(Errc::stopped, "stopped"); });
 }
 
@@ -215,10 +335,21 @@ void TunnelRun::finish(std::error_code ec, const std::string &message)
     setup_timer_.cancel();
     grace_timer_.cancel();
     close_deadline_.cancel();
+    for (auto &timer : retry_timers_)
+        timer->cancel();
     if (ec == Errc::stopped)
         log_->info("tunnel stopped");
     else
         log_->error("{}", message);
+    for (auto &forward : forwards_)
+        if (forward)
+            forward->stop_accepting([] {});
+    // The forwards hold this run in their handlers: let them go, but not
+    // from inside one of their own calls (finish may run in one).
+    asio::post(io_, [forwards = std::move(forwards_)] {});
+    forwards_.clear();
+    if (pool_)
+        pool_->close();
     if (connection_)
         connection_->close();
     // The handlers hold their owner; release them all (after the last call).

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: MIT
 // TunnelRun: one run of a tunnel on an event loop, from start to end: an SSH
-// connection and the forwards it carries. It starts the forwards once the
-// connection is ready, reports "up" when all serve, and stops gracefully
-// (forwards stop accepting, open connections get a grace period, then the
-// connection says goodbye). Used by pytun::Tunnel (own thread) and by the
-// manager's supervisors (shared loop threads); a restart is a new run. All
-// calls on the loop thread.
+// connection, the forwards it carries and the extra sessions they open
+// channels on. It starts the forwards once the connection is ready and
+// reports "up" when every forward has either started serving or failed, at
+// least one serving (one that failed is retried on its own while the others
+// serve; the run fails only if none can). It stops gracefully: forwards stop
+// accepting, open connections get a grace period, then the connection says
+// goodbye. Used by pytun::Tunnel (own thread) and by the manager's
+// supervisors (shared loop threads); a restart is a new run. All calls on the
+// loop thread.
 #pragma once
 
 #include "internal.h"
@@ -22,23 +25,24 @@
 
 #include <pytun/tunnel.h>
 
-#include "forward/traffic.h"
-
 namespace pytun::detail {
 
 class Forward;
+class RunStatus;
+class SessionPool;
 class SshConnection;
 
 class TunnelRun : public std::enable_shared_from_this<TunnelRun> {
 public:
     struct Handlers {
-        std::function<void(std::uint16_t listen_port)> up;               ///< every forward serves
+        std::function<void(std::uint16_t listen_port)> up;               ///< forwards serve
         std::function<void(std::error_code, const std::string &)> ended; ///< once, after up or not
         std::function<void(std::chrono::microseconds rtt)> probed;        ///< a health probe answered
     };
 
+    /// `status` must have one row per forward of all_forwards(options).
     TunnelRun(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
-              std::shared_ptr<TrafficCounters> counters, Handlers handlers);
+              std::shared_ptr<RunStatus> status, Handlers handlers);
     ~TunnelRun();
     TunnelRun(const TunnelRun &) = delete;
     TunnelRun &operator=(const TunnelRun &) = delete;
@@ -51,12 +55,18 @@ public:
     /// loop thread; `ended` reports Errc::stopped first.
     void stop(std::chrono::milliseconds grace, std::function<void()> done);
 
-    /// The checks that need no network (required settings, ports).
+    /// The checks that need no network (required settings, ports, forwards).
     static std::error_code check_options(const TunnelOptions &options, std::string &message);
 
 private:
+    enum class ForwardState { starting, serving, failed };
+
     void on_ready();
-    void on_forward_ready(std::uint16_t bound_port);
+    void start_forward(std::size_t index);
+    void on_forward_ready(std::size_t index, std::uint16_t bound_port);
+    void on_forward_failed(std::size_t index, std::error_code ec, const std::string &message);
+    void check_started();
+    void schedule_retry(std::size_t index);
     void on_connection_failed(std::error_code ec, const std::string &message);
     void on_grace_over();
     void maybe_disconnect();
@@ -65,18 +75,23 @@ private:
 
     asio::io_context &io_;
     TunnelOptions options_;
+    std::vector<ForwardSpec> specs_;
     std::shared_ptr<spdlog::logger> log_;
-    std::shared_ptr<TrafficCounters> counters_;
+    std::shared_ptr<RunStatus> status_;
     Handlers handlers_;
     std::shared_ptr<SshConnection> connection_;
-    std::vector<std::shared_ptr<Forward>> forwards_;
+    std::shared_ptr<SessionPool> pool_;
+    std::vector<std::shared_ptr<Forward>> forwards_;  ///< by spec index; null while failed
+    std::vector<ForwardState> states_;
+    std::vector<std::unique_ptr<asio::steady_timer>> retry_timers_;
+    std::vector<std::chrono::milliseconds> retry_delays_;
+    std::error_code first_error_;
+    std::string first_error_message_;
     asio::steady_timer setup_timer_;
     asio::steady_timer grace_timer_;
     asio::steady_timer close_deadline_;
     std::function<void()> stop_done_;
-    std::size_t forwards_ready_ = 0;
     std::size_t forwards_accepting_ = 0; ///< while stopping: not yet confirmed stopped
-    std::uint16_t listen_port_ = 0;
     bool up_ = false;
     bool ended_ = false;
     bool stopping_ = false;

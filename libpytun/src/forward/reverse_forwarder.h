@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// ReverseForward (ssh -R): the bastion listens on a port and opens a
+// ReverseForwarder (ssh -R): the bastion listens on a port and opens a
 // forwarded-tcpip channel for every connection that arrives there; each is
 // relayed to target_host:target_port, dialled from here.
 #pragma once
@@ -19,7 +19,7 @@
 
 namespace pytun::detail {
 
-struct ReverseForwardSpec {
+struct ReverseForwarderSpec {
     std::string bind_address;  ///< on the bastion; empty: its default
     std::uint16_t listen_port = 0; ///< on the bastion; 0: the bastion chooses
     std::string target_host;
@@ -27,20 +27,20 @@ struct ReverseForwardSpec {
     std::chrono::milliseconds connect_timeout{2000}; ///< per forwarded connection
 };
 
-class ReverseForward final : public Forward, public std::enable_shared_from_this<ReverseForward> {
+class ReverseForwarder final : public Forward, public std::enable_shared_from_this<ReverseForwarder> {
 public:
-    ReverseForward(ReverseForwardSpec spec, std::shared_ptr<spdlog::logger> log,
+    ReverseForwarder(ReverseForwarderSpec spec, std::shared_ptr<spdlog::logger> log,
                    std::shared_ptr<TrafficCounters> counters);
-    ~ReverseForward() override;
+    ~ReverseForwarder() override;
 
-    void start(SshConnection &connection, Handlers handlers) override;
+    void start(SshConnection &connection, ChannelOpener &opener, Handlers handlers) override;
     void stop_accepting(std::function<void()> done) override;
 
 private:
     void on_listening(int rc, int bound_port);
     void on_channel(LIBSSH2_CHANNEL *channel);
 
-    ReverseForwardSpec spec_;
+    ReverseForwarderSpec spec_;
     std::shared_ptr<spdlog::logger> log_;
     std::shared_ptr<TrafficCounters> counters_;
     SshConnection *connection_ = nullptr;

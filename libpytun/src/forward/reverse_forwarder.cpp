@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The reverse forward: tcpip-forward, accept, dial the target.
-#include "forward/reverse_forward.h"
+#include "forward/reverse_forwarder.h"
 
 #include <pytun/error.h>
 
@@ -17,15 +17,15 @@ constexpr int k_accept_queue = 1024;
 
 } // namespace
 
-ReverseForward::ReverseForward(ReverseForwardSpec spec, std::shared_ptr<spdlog::logger> log,
+ReverseForwarder::ReverseForwarder(ReverseForwarderSpec spec, std::shared_ptr<spdlog::logger> log,
                                std::shared_ptr<TrafficCounters> counters)
     : spec_(std::move(spec)), log_(std::move(log)), counters_(std::move(counters))
 {
 }
 
-ReverseForward::~ReverseForward() = default;
+ReverseForwarder::~ReverseForwarder() = default;
 
-void ReverseForward::start(SshConnection &connection, Handlers handlers)
+void ReverseForwarder::start(SshConnection &connection, ChannelOpener &, Handlers handlers)
 {
     connection_ = &connection;
     handlers_ = std::move(handlers);
@@ -44,7 +44,7 @@ void ReverseForward::start(SshConnection &connection, Handlers handlers)
         [this, self, bound_port](int rc) { on_listening(rc, *bound_port); });
 }
 
-void ReverseForward::on_listening(int rc, int bound_port)
+void ReverseForwarder::on_listening(int rc, int bound_port)
 {
     const std::string bind = spec_.bind_address.empty() ? std::string("(default address)") : spec_.bind_address;
     auto failed = handlers_.failed;
@@ -69,16 +69,16 @@ void ReverseForward::on_listening(int rc, int bound_port)
         handlers_.ready(port);
 }
 
-void ReverseForward::on_channel(LIBSSH2_CHANNEL *channel)
+void ReverseForwarder::on_channel(LIBSSH2_CHANNEL *channel)
 {
     SshSession &session = connection_->session();
-    auto relay = std::make_shared<Relay>(session, *counters_, session.next_stream_id());
+    auto relay = std::make_shared<Relay>(session.io(), log_, counters_);
     relay->attach(channel);
     session.adopt(relay);
     relay->connect(spec_.target_host, spec_.target_port, spec_.connect_timeout);
 }
 
-void ReverseForward::stop_accepting(std::function<void()> done)
+void ReverseForwarder::stop_accepting(std::function<void()> done)
 {
     if (!listener_) {
         done();
@@ -88,17 +88,17 @@ void ReverseForward::stop_accepting(std::function<void()> done)
     listener_ = nullptr;
     SshSession &session = connection_->session();
     // Cancel first so the bastion stops accepting; open connections go on.
+    // libssh2 does not wait for the cancel's reply. A probe sent after it is
+    // a barrier: sshd handles requests in order, so once the probe is
+    // answered the port is free again (a restart on reload can bind it at
+    // once).
     session.submit(
         "cancel-tcpip-forward",
         [&session, listener] {
             session.remove_listener(listener);
             return libssh2_channel_forward_cancel(listener);
         },
-        [](int) {});
-    // libssh2 does not wait for the cancel's reply. A probe after it is a
-    // barrier: sshd handles requests in order, so once the probe is answered
-    // the port is free again (a restart on reload can bind it at once).
-    connection_->probe([done](int) { done(); });
+        [this, self = shared_from_this(), done](int) { connection_->probe([done](int) { done(); }); });
 }
 
 } // namespace pytun::detail
