@@ -136,8 +136,19 @@ def _current_user() -> str:
         return getpass.getuser()
 
 
-def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def prepare(dir: str, port: int | None = None, *,  # noqa: A002 (API name)
+            listen: list[tuple[str, int]] | None = None,
+            host_names: list[str] | None = None) -> dict:
     """Create keys, sshd_config, authorized_keys and known_hosts files in dir.
+
+    `port` is the port clients use; sshd listens on `listen` ((address, port)
+    pairs, default 127.0.0.1:port; the network lab puts a delay relay in
+    between). The known_hosts files name every address in `host_names`
+    (default 127.0.0.1) with that port.
 
     Returns (and writes to dir/fixture.json) a dict with absolute paths, the
     port, the user, the sshd path, the passphrase and host key fingerprints.
@@ -148,6 +159,10 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
     os.chmod(d, 0o700)
     if port is None:
         port = free_port()
+    if listen is None:
+        listen = [("127.0.0.1", port)]
+    if host_names is None:
+        host_names = ["127.0.0.1"]
     p = lambda name: os.path.join(d, name)  # noqa: E731
 
     if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
@@ -171,7 +186,7 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
 
     config = [
         f"Port {port}",
-        f"ListenAddress 127.0.0.1:{port}",
+        *(f"ListenAddress {_host_port(a, lp)}" for a, lp in listen),
         f"HostKey {p('ssh_host_ed25519_key')}",
         f"HostKey {p('ssh_host_ecdsa_key')}",
         f"PidFile {p('sshd.pid')}",
@@ -180,10 +195,11 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
     _write(p("sshd_config"), "\n".join(config) + "\n")
 
     host_keys = [_pub(p("ssh_host_ed25519_key")), _pub(p("ssh_host_ecdsa_key"))]
-    bracketed_name = f"[127.0.0.1]:{port}"
-    bracketed = "".join(f"{bracketed_name} {t} {b}\n" for t, b in host_keys)
+    bracketed_names = [f"[{h}]:{port}" for h in host_names]
+    bracketed_name = bracketed_names[0]
+    bracketed = "".join(f"{n} {t} {b}\n" for n in bracketed_names for t, b in host_keys)
     _write(p("known_hosts_bracketed"), bracketed, 0o644)
-    _write(p("known_hosts_plain"), "".join(f"127.0.0.1 {t} {b}\n" for t, b in host_keys), 0o644)
+    _write(p("known_hosts_plain"), "".join(f"{h} {t} {b}\n" for h in host_names for t, b in host_keys), 0o644)
 
     shutil.copyfile(p("known_hosts_bracketed"), p("known_hosts_hashed"))
     _run([_ssh_keygen(), "-H", "-f", p("known_hosts_hashed")])
@@ -199,7 +215,8 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
     _keygen(s("ca_ed25519"), "ed25519")
     _keygen(s("revoked_ed25519"), "ed25519")
     other = [_pub(s("other_ed25519")), _pub(s("other_ecdsa"))]
-    _write(p("known_hosts_changed"), "".join(f"{bracketed_name} {t} {b}\n" for t, b in other), 0o644)
+    _write(p("known_hosts_changed"), "".join(f"{n} {t} {b}\n" for n in bracketed_names for t, b in other),
+           0o644)
     _write(p("known_hosts_unknown"), "".join(f"[other.example]:22 {t} {b}\n" for t, b in other),
            0o644)
 
@@ -263,24 +280,31 @@ def _log_tail(path: str, lines: int = 30) -> str:
         return "(no log)"
 
 
-def start_sshd(info: dict, deadline: float = 10.0) -> subprocess.Popen:
-    """Run sshd in the foreground (stderr appended to dir/sshd.log) until it accepts TCP."""
+def start_sshd(info: dict, deadline: float = 10.0, *, spawn=subprocess.Popen,
+               ready=None) -> subprocess.Popen:
+    """Run sshd in the foreground (stderr appended to dir/sshd.log) until it accepts TCP.
+
+    `spawn` starts the process (the network lab passes one that runs it in a
+    namespace); `ready()` says whether it listens (default: a connection to
+    127.0.0.1:port succeeds)."""
+    if ready is None:
+        ready = lambda: _port_accepts(info["port"], timeout=0.5)  # noqa: E731
     log = open(info["sshd_log"], "ab")  # noqa: SIM115 (handed to the child)
     try:
-        proc = subprocess.Popen([info["sshd"], "-D", "-e", "-f", info["sshd_config"]],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = spawn([info["sshd"], "-D", "-e", "-f", info["sshd_config"]],
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     finally:
         log.close()
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"sshd exited with {proc.returncode}:\n{_log_tail(info['sshd_log'])}")
-        if _port_accepts(info["port"], timeout=0.5):
+        if ready():
             return proc
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    raise RuntimeError(f"sshd did not accept on 127.0.0.1:{info['port']} within {deadline} s:\n"
+    raise RuntimeError(f"sshd did not accept on port {info['port']} within {deadline} s:\n"
                        f"{_log_tail(info['sshd_log'])}")
 
 
