@@ -59,6 +59,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import sshd_fixture  # noqa: E402  (tests/support/sshd_fixture.py)
+from testcheck import wait_until  # noqa: E402
 
 DELAY_RELAY = os.path.join(HERE, "delay_relay.py")
 SERVICES = os.path.join(REPO, "bench", "services.py")
@@ -99,16 +100,6 @@ def unavailable_reason() -> str | None:
         if _tool(name) is None:
             return f"{name} not found (install {package})"
     return None
-
-
-def wait_until(condition, timeout: float, step: float = 0.02) -> bool:
-    """Poll `condition` until it is true or `timeout` seconds have passed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return bool(condition())
 
 
 def netns_names() -> list[str]:
@@ -391,7 +382,8 @@ class Namespace:
             except BaseException as e:  # noqa: BLE001 (handed to the caller)
                 outcome["error"] = e
 
-        thread = threading.Thread(target=body, name=f"netns {self.name}")
+        # A daemon: if a signal unwinds the caller meanwhile, the exit does not wait for it.
+        thread = threading.Thread(target=body, name=f"netns {self.name}", daemon=True)
         thread.start()
         thread.join()
         if "error" in outcome:
@@ -575,8 +567,10 @@ class SshTopology:
                                                  ready=lambda: self.bastion.listening(port))
         return self.sshd_proc
 
-    def stop_sshd(self) -> int:
-        """Stop the listening sshd by PID (sessions it forked live on, as after a restart)."""
+    def stop_sshd(self, sessions: bool = True) -> int:
+        """Stop sshd by PID and, unless `sessions` is False, its per-connection children:
+        the bastion goes away (with False they live on, as after `systemctl restart`)."""
+        sshd_fixture.stop_sshd(self.sshd_proc, sessions=sessions)
         return self.bastion.stop(self.sshd_proc)
 
     def ssh_command(self, *options: str, command: tuple[str, ...] = (), client: str = "client",

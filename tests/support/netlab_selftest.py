@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 # Self-test of the network lab: SSH topology with delay, no route to the lan, relay latency, ssh -D burst, cleanup.
-"""netlab_selftest.py [--child MODE]  (meson: netlab-selftest, suite integration)
+"""netlab_selftest.py  (meson: netlab-selftest, suite integration; --child: a lab to be killed)
 
 Builds the SSH topology with 10 ms of delay each way and checks what tests
 rely on: the client cannot reach the lan directly; the relay adds at least
 the delay (a lower bound only: a loaded machine may add more, never less)
 and carries bytes intact, in order, with half-close; 100 SOCKS connections
-through `ssh -D` all get their echo; IPv6; cutting and restoring a link;
-packet counters; the machine's own namespace is untouched; and after the
-Lab, whether it ended normally, by an exception, by SIGTERM or by SIGKILL,
-no namespace or process of it remains.
+through `ssh -D` all get their echo; IPv6; a second client; cutting and
+restoring a link; packet counters; stopping and restarting sshd; the
+machine's own namespace is untouched; and after the Lab, whether it ended
+normally, by an exception, by SIGTERM or by SIGKILL, no namespace or process
+of it remains.
 """
 
 import hashlib
@@ -28,21 +29,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import netlab  # noqa: E402
 import socks_burst  # noqa: E402
+from testcheck import Failure, check, wait_until  # noqa: E402
 
 DELAY_MS = 10
 SOCKS_PORT = 1080
 PROBE_PORT = 7000  # a second relay in the bastion, straight to the lan's echo
 BURST = 100
-
-
-class Failure(AssertionError):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failure(what)
-    print("ok: " + what, flush=True)
 
 
 def alive(pid):
@@ -60,6 +52,13 @@ def lab_pids(lab):
     for ns in lab.namespaces:
         pids += netlab._pids_in_namespace(netlab._namespace_key(f"/run/netns/{ns.name}"))
     return pids
+
+
+def spawn_sleeper(lab, ns):
+    """A process in `ns`; returns its PID once it is in there (ip netns exec has joined)."""
+    proc = ns.spawn(["sleep", "600"])
+    check(wait_until(lambda: proc.pid in lab_pids(lab), 10), f"a process runs in {ns.name}")
+    return proc.pid
 
 
 def check_gone(names, pids, how):
@@ -169,7 +168,7 @@ def check_backpressure(lab, topo):
 
 def test_topology():
     with netlab.Lab() as lab:
-        topo = lab.ssh_topology(delay_ms=DELAY_MS)
+        topo = lab.ssh_topology(delay_ms=DELAY_MS, clients=2)
         names = [ns.name for ns in lab.namespaces]
         check(all(n.startswith(f"pytun-{os.getpid()}-") for n in names) and set(names) <= set(netlab.netns_names()),
               f"namespaces named pytun-<pid>-<serial>-<role>: {names}")
@@ -220,12 +219,20 @@ def test_topology():
               f"(failures: {result['failures'][:3]})")
         check(result["min_ms"] >= 2 * DELAY_MS - 0.5,
               f"each SOCKS echo took at least one round trip through the relay ({2 * DELAY_MS} ms)")
+        busy_pids = lab_pids(lab)
+        check(len(busy_pids) >= 5, f"processes run in the lab (sshd and its session, ssh, relay, services): "
+                                   f"{len(busy_pids)}")
 
         # IPv6 end to end: sshd by its ULA address, the lan's echo by its own.
         r = topo.client.run(topo.ssh_command(host=topo.ssh_host6, command=("true",)), check=False)
         check(r.returncode == 0, f"ssh to the bastion's IPv6 address works (known_hosts names it): {r.stderr.strip()}")
         six = topo.client.call(socks_burst.burst, ("127.0.0.1", SOCKS_PORT), (topo.lan_ip6, topo.echo_port), 5)
         check(six["ok"] == 5, f"SOCKS to the lan's IPv6 address through ssh -D ({six['failures'][:1]})")
+
+        client2 = topo.clients[1]
+        r = client2.run(topo.ssh_command(client="client2", command=("true",)), check=False)
+        check(r.returncode == 0 and topo.ssh_hosts["client2"] != topo.ssh_host,
+              f"a second client reaches sshd over its own link ({topo.ssh_hosts['client2']}) {r.stderr.strip()}")
 
         # Cut and restore, with packet counters on both ends.
         link = topo.links["client"]
@@ -257,8 +264,15 @@ def test_topology():
         check("default via" in topo.lan.ip("route", "show", "default"),
               "restore (after down): addresses and the lan's default route are back")
 
-        names, pids = [ns.name for ns in lab.namespaces], lab_pids(lab)
-        check(len(pids) >= 5, f"processes run in the lab (sshd and its session, ssh, relay, services): {len(pids)}")
+        # The bastion goes away (sessions included) and comes back.
+        topo.stop_sshd()
+        check(wait_until(lambda: ssh.poll() is not None, 15), "stop_sshd: the bastion goes away, its sessions "
+                                                             "with it (ssh -D exits)")
+        topo.start_sshd()
+        r = topo.client.run(topo.ssh_command(command=("true",)), check=False)
+        check(r.returncode == 0, f"start_sshd: the bastion serves again {r.stderr.strip()}")
+
+        names, pids = [ns.name for ns in lab.namespaces], sorted(set(busy_pids + lab_pids(lab)))
     check_gone(names, pids, "after the Lab")
 
 
@@ -266,28 +280,27 @@ def test_exception():
     try:
         with netlab.Lab() as lab:
             ns = lab.namespace("boom")
-            ns.spawn(["sleep", "600"])
-            names, pids = [ns.name], lab_pids(lab)
+            names, pids = [ns.name], [spawn_sleeper(lab, ns)]
             raise RuntimeError("a failing test")
     except RuntimeError:
         pass
     check_gone(names, pids, "after an exception")
 
 
-def child(mode):
+def child():
     """Run by test_signal: a lab with a process, then wait to be killed."""
     lab = netlab.Lab()
     ns = lab.namespace("victim")
-    ns.spawn(["sleep", "600"])
-    print(json.dumps({"names": [ns.name], "pids": lab_pids(lab)}), flush=True)
+    print(json.dumps({"names": [ns.name], "pids": [spawn_sleeper(lab, ns)]}), flush=True)
     time.sleep(600)
     return 0
 
 
 def test_signal(sig):
-    proc = subprocess.Popen([sys.executable, __file__, "--child", "lab"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--child"], stdout=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
+        line = next((ln for ln in proc.stdout if ln.startswith("{")), "")
+        check(line, "the child reports its lab")
         state = json.loads(line)
         check(set(state["names"]) <= set(netlab.netns_names()), f"the child's lab is up ({state['names']})")
         proc.send_signal(sig)
@@ -298,7 +311,7 @@ def test_signal(sig):
             proc.wait()
     name = signal.Signals(sig).name
     if sig == signal.SIGKILL:  # the guard cleans up after the process died
-        netlab.wait_until(lambda: not set(state["names"]) & set(netlab.netns_names())
+        wait_until(lambda: not set(state["names"]) & set(netlab.netns_names())
                           and not any(alive(p) for p in state["pids"]), 20)
     else:
         check(rc == 128 + sig, f"{name}: the test process exits {128 + sig} (got {rc})")
@@ -306,8 +319,8 @@ def test_signal(sig):
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        return child(sys.argv[2])
+    if sys.argv[1:] == ["--child"]:
+        return child()
     reason = netlab.unavailable_reason() or (None if netlab._tool("ssh") else "ssh not found (openssh-client)")
     if reason:
         print(f"netlab_selftest: skipping: {reason}")

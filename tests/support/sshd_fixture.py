@@ -17,6 +17,7 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -308,16 +309,45 @@ def start_sshd(info: dict, deadline: float = 10.0, *, spawn=subprocess.Popen,
                        f"{_log_tail(info['sshd_log'])}")
 
 
-def stop_sshd(proc: subprocess.Popen, timeout: float = 5.0) -> None:
-    """SIGTERM the sshd started by start_sshd (by PID), SIGKILL after `timeout`, reap it."""
+def _children(pid: int) -> list[int]:
+    children = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(x) for x in f.read().split()]
+    except OSError:
+        pass  # it has exited
+    return children
+
+
+def stop_sshd(proc: subprocess.Popen, timeout: float = 5.0, sessions: bool = False) -> None:
+    """SIGTERM the sshd started by start_sshd (by PID), SIGKILL after `timeout`, reap it.
+
+    With `sessions`, its per-connection children are SIGKILLed too (the whole
+    bastion goes away; without, they live on as after `systemctl restart`)."""
     if proc.poll() is not None:
         return
+    # pidfds taken before the listener goes: a child that exits meanwhile can
+    # never be confused with a new process that got its PID.
+    children = []
+    for pid in _children(proc.pid) if sessions else []:
+        try:
+            children.append(os.pidfd_open(pid))
+        except OSError:
+            pass
     proc.terminate()
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    for fd in children:
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def ssh_base_args(info: dict, key: str | None = None) -> list[str]:
