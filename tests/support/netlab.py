@@ -404,8 +404,12 @@ class Namespace:
     def wait_listening(self, port: int, host: str | None = None, timeout: float = 15.0,
                        proc: subprocess.Popen | None = None) -> None:
         """Wait until something listens on `port` here; fail early if `proc` exits."""
+        what = "the namespace"
+        if proc is not None:  # spawn's args: ip netns exec NAME PROGRAM ...
+            program = proc.args[4] if isinstance(proc.args, list) and len(proc.args) > 4 else proc.pid
+            what = f"{os.path.basename(str(program))} (pid {proc.pid})"
         self.call(_wait_listening_here, port, host, timeout, proc,
-                  f"{os.path.basename(proc.args[4]) if proc is not None else 'namespace'} in {self.name}")
+                  f"{what} {self.name}" if proc is None else f"{what} in {self.name}")
 
     # Counting -------------------------------------------------------------
     def packet_counter(self, ifname: str) -> PacketCounter:
