@@ -16,6 +16,7 @@ Protocols (all integers are 8-byte big-endian):
   echo:   everything received is sent back until EOF.
 """
 
+import argparse
 import json
 import os
 import socket
@@ -104,11 +105,16 @@ HANDLERS = {"sink": _sink, "source": _source, "echo": _echo}
 
 
 def start_services(host="127.0.0.1"):
-    """Start all services in daemon threads; return {name: port}."""
+    """Start all services in daemon threads; return {name: port}.
+
+    An IPv6 host ("::" in the network lab) also accepts IPv4 (dual stack)."""
     ports = {}
     for name, handler in HANDLERS.items():
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         listener.bind((host, 0))
         listener.listen(4096)
         ports[name] = listener.getsockname()[1]
@@ -118,8 +124,12 @@ def start_services(host="127.0.0.1"):
 
 def main():
     """Run as a child process: print the ports as one JSON line, serve until
-    stdin closes (so the services never outlive the benchmark)."""
-    ports = start_services()
+    stdin closes (so the services never outlive the benchmark).
+
+        services.py [--host ADDR]   (default 127.0.0.1)"""
+    parser = argparse.ArgumentParser(description="sink, source and echo services")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ports = start_services(parser.parse_args().host)
     sys.stdout.write(json.dumps(ports) + "\n")
     sys.stdout.flush()
     try:

@@ -17,6 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "support"))
 import sshd_fixture  # noqa: E402
+from testcheck import Failure, check, wait_until  # noqa: E402,F401  (re-exported to cli_test.py)
 
 ALERT_DIR = os.path.join(REPO, "tests", "alert")
 EXIT_SKIP = 77
@@ -26,25 +27,6 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC \[(\d+)\] \[(
 
 class Skip(Exception):
     pass
-
-
-class Failure(AssertionError):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failure(what)
-    print("ok: " + what, flush=True)
-
-
-def wait_until(cond, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def port_accepts(port, host="127.0.0.1"):
@@ -184,14 +166,7 @@ class Env:
 
     def stop_sshd(self, sessions=True):
         """Stop the listener and (by default) its per-connection children: the bastion goes away."""
-        children = []
-        if sessions:
-            for task in os.listdir("/proc/%d/task" % self.sshd_proc.pid):
-                with open("/proc/%d/task/%s/children" % (self.sshd_proc.pid, task)) as f:
-                    children += [int(x) for x in f.read().split()]
-        sshd_fixture.stop_sshd(self.sshd_proc)
-        for pid in children:
-            kill_pid(pid, signal.SIGKILL)
+        sshd_fixture.stop_sshd(self.sshd_proc, sessions=sessions)
 
     def echo(self):
         s = EchoService()

@@ -17,6 +17,7 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -136,8 +137,19 @@ def _current_user() -> str:
         return getpass.getuser()
 
 
-def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def prepare(dir: str, port: int | None = None, *,  # noqa: A002 (API name)
+            listen: list[tuple[str, int]] | None = None,
+            host_names: list[str] | None = None) -> dict:
     """Create keys, sshd_config, authorized_keys and known_hosts files in dir.
+
+    `port` is the port clients use; sshd listens on `listen` ((address, port)
+    pairs, default 127.0.0.1:port; the network lab puts a delay relay in
+    between). The known_hosts files name every address in `host_names`
+    (default 127.0.0.1) with that port.
 
     Returns (and writes to dir/fixture.json) a dict with absolute paths, the
     port, the user, the sshd path, the passphrase and host key fingerprints.
@@ -148,6 +160,10 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
     os.chmod(d, 0o700)
     if port is None:
         port = free_port()
+    if listen is None:
+        listen = [("127.0.0.1", port)]
+    if host_names is None:
+        host_names = ["127.0.0.1"]
     p = lambda name: os.path.join(d, name)  # noqa: E731
 
     if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
@@ -171,7 +187,7 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
 
     config = [
         f"Port {port}",
-        f"ListenAddress 127.0.0.1:{port}",
+        *(f"ListenAddress {_host_port(a, lp)}" for a, lp in listen),
         f"HostKey {p('ssh_host_ed25519_key')}",
         f"HostKey {p('ssh_host_ecdsa_key')}",
         f"PidFile {p('sshd.pid')}",
@@ -180,10 +196,11 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
     _write(p("sshd_config"), "\n".join(config) + "\n")
 
     host_keys = [_pub(p("ssh_host_ed25519_key")), _pub(p("ssh_host_ecdsa_key"))]
-    bracketed_name = f"[127.0.0.1]:{port}"
-    bracketed = "".join(f"{bracketed_name} {t} {b}\n" for t, b in host_keys)
+    bracketed_names = [f"[{h}]:{port}" for h in host_names]
+    bracketed_name = bracketed_names[0]
+    bracketed = "".join(f"{n} {t} {b}\n" for n in bracketed_names for t, b in host_keys)
     _write(p("known_hosts_bracketed"), bracketed, 0o644)
-    _write(p("known_hosts_plain"), "".join(f"127.0.0.1 {t} {b}\n" for t, b in host_keys), 0o644)
+    _write(p("known_hosts_plain"), "".join(f"{h} {t} {b}\n" for h in host_names for t, b in host_keys), 0o644)
 
     shutil.copyfile(p("known_hosts_bracketed"), p("known_hosts_hashed"))
     _run([_ssh_keygen(), "-H", "-f", p("known_hosts_hashed")])
@@ -199,7 +216,8 @@ def prepare(dir: str, port: int | None = None) -> dict:  # noqa: A002 (API name)
     _keygen(s("ca_ed25519"), "ed25519")
     _keygen(s("revoked_ed25519"), "ed25519")
     other = [_pub(s("other_ed25519")), _pub(s("other_ecdsa"))]
-    _write(p("known_hosts_changed"), "".join(f"{bracketed_name} {t} {b}\n" for t, b in other), 0o644)
+    _write(p("known_hosts_changed"), "".join(f"{n} {t} {b}\n" for n in bracketed_names for t, b in other),
+           0o644)
     _write(p("known_hosts_unknown"), "".join(f"[other.example]:22 {t} {b}\n" for t, b in other),
            0o644)
 
@@ -263,37 +281,73 @@ def _log_tail(path: str, lines: int = 30) -> str:
         return "(no log)"
 
 
-def start_sshd(info: dict, deadline: float = 10.0) -> subprocess.Popen:
-    """Run sshd in the foreground (stderr appended to dir/sshd.log) until it accepts TCP."""
+def start_sshd(info: dict, deadline: float = 10.0, *, spawn=subprocess.Popen,
+               ready=None) -> subprocess.Popen:
+    """Run sshd in the foreground (stderr appended to dir/sshd.log) until it accepts TCP.
+
+    `spawn` starts the process (the network lab passes one that runs it in a
+    namespace); `ready()` says whether it listens (default: a connection to
+    127.0.0.1:port succeeds)."""
+    if ready is None:
+        ready = lambda: _port_accepts(info["port"], timeout=0.5)  # noqa: E731
     log = open(info["sshd_log"], "ab")  # noqa: SIM115 (handed to the child)
     try:
-        proc = subprocess.Popen([info["sshd"], "-D", "-e", "-f", info["sshd_config"]],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = spawn([info["sshd"], "-D", "-e", "-f", info["sshd_config"]],
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     finally:
         log.close()
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"sshd exited with {proc.returncode}:\n{_log_tail(info['sshd_log'])}")
-        if _port_accepts(info["port"], timeout=0.5):
+        if ready():
             return proc
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    raise RuntimeError(f"sshd did not accept on 127.0.0.1:{info['port']} within {deadline} s:\n"
+    raise RuntimeError(f"sshd did not accept on port {info['port']} within {deadline} s:\n"
                        f"{_log_tail(info['sshd_log'])}")
 
 
-def stop_sshd(proc: subprocess.Popen, timeout: float = 5.0) -> None:
-    """SIGTERM the sshd started by start_sshd (by PID), SIGKILL after `timeout`, reap it."""
+def _children(pid: int) -> list[int]:
+    children = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(x) for x in f.read().split()]
+    except OSError:
+        pass  # it has exited
+    return children
+
+
+def stop_sshd(proc: subprocess.Popen, timeout: float = 5.0, sessions: bool = False) -> None:
+    """SIGTERM the sshd started by start_sshd (by PID), SIGKILL after `timeout`, reap it.
+
+    With `sessions`, its per-connection children are SIGKILLed too (the whole
+    bastion goes away; without, they live on as after `systemctl restart`)."""
     if proc.poll() is not None:
         return
+    # pidfds taken before the listener goes: a child that exits meanwhile can
+    # never be confused with a new process that got its PID.
+    children = []
+    for pid in _children(proc.pid) if sessions else []:
+        try:
+            children.append(os.pidfd_open(pid))
+        except OSError:
+            pass
     proc.terminate()
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    for fd in children:
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def ssh_base_args(info: dict, key: str | None = None) -> list[str]:
