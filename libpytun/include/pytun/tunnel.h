@@ -31,6 +31,9 @@ struct TunnelOptions {
     std::chrono::milliseconds connect_timeout{10000};      ///< resolve + TCP connect + SSH set-up
     std::chrono::milliseconds local_connect_timeout{2000}; ///< per forwarded connection
     std::chrono::seconds keep_alive{30};   ///< health interval (keep_alive_time); 0: no checks
+    /// Forwarded connections open at once (max_connections); more are
+    /// refused (the channel closed) until some finish.
+    std::uint32_t max_connections = 512;
     std::string config_path;               ///< the file this tunnel came from, if any (a status key)
 };
 
@@ -46,6 +49,7 @@ struct TunnelStats {
     std::uint64_t connections_active = 0;
     std::uint64_t connections_total = 0;
     std::uint64_t connections_failed = 0;   ///< the local service refused or timed out
+    std::uint64_t connections_refused = 0;  ///< turned away: max_connections, or descriptors kept for others
     std::uint64_t bytes_to_service = 0;     ///< relayed from the bastion to remote_host
     std::uint64_t bytes_from_service = 0;   ///< relayed from remote_host to the bastion
 };

@@ -5,6 +5,7 @@
 
 #include <pytun/error.h>
 
+#include "log/aggregate.h"
 #include "ssh/session.h"
 
 namespace pytun::detail {
@@ -63,10 +64,17 @@ void Relay::on_connected(const asio::error_code &ec)
     if (!session_ || closing_)
         return;
     if (ec) {
+        // Out of descriptors is pytun's own problem, not the service's.
+        if (is_fd_exhaustion(ec)) {
+            FdBudget::instance().note_exhausted();
+            refuse(fd_exhaustion_text());
+            return;
+        }
         counters_.failed.fetch_add(1, std::memory_order_relaxed);
         std::string why = ec == asio::error::operation_aborted ? std::string("timed out") : ec.message();
-        session_->log().warn("connection #{}: cannot reach {} ({}); closing this connection, the tunnel stays up",
-                             id_, target_, why);
+        log_aggregated(session_->log(), spdlog::level::warn, "unreachable " + target_ + " " + why,
+                       "connection #" + std::to_string(id_) + ": cannot reach " + target_ + " (" + why +
+                           "); closing this connection, the tunnel stays up");
         begin_close("local service unreachable");
         return;
     }
@@ -201,6 +209,15 @@ void Relay::maybe_finish()
         begin_close("both directions finished");
 }
 
+void Relay::refuse(const std::string &why)
+{
+    counters_.refused.fetch_add(1, std::memory_order_relaxed);
+    if (session_)
+        log_aggregated(session_->log(), spdlog::level::warn, "refused " + why,
+                       "connection #" + std::to_string(id_) + " refused: " + why);
+    begin_close("refused");
+}
+
 void Relay::begin_close(const char *why)
 {
     if (closing_ || !channel_)
@@ -252,6 +269,7 @@ void Relay::close_local()
     timer_.cancel();
     resolver_.cancel();
     socket_.close(ignored);
+    lease_.release();
     connected_ = false;
     release_idle_buffers();
 }

@@ -20,6 +20,7 @@
 #include <libssh2.h>
 
 #include "forward/ring_buffer.h"
+#include "util/fd_budget.h"
 
 namespace pytun::detail {
 
@@ -30,6 +31,7 @@ struct RelayCounters {
     std::atomic<std::uint64_t> active{0};
     std::atomic<std::uint64_t> total{0};
     std::atomic<std::uint64_t> failed{0};
+    std::atomic<std::uint64_t> refused{0};   ///< turned away: connection cap or descriptor reserve
     std::atomic<std::uint64_t> bytes_to_service{0};
     std::atomic<std::uint64_t> bytes_from_service{0};
 };
@@ -41,6 +43,12 @@ public:
     Relay(const Relay &) = delete;
     Relay &operator=(const Relay &) = delete;
 
+    /// The descriptor the local socket will use (util/fd_budget.h); given
+    /// back when the socket closes.
+    void hold(FdLease lease) { lease_ = std::move(lease); }
+    /// Turn the connection away without connecting (`why` is logged,
+    /// aggregated): the channel is closed.
+    void refuse(const std::string &why);
     /// Connect the local side to host:port within `timeout`.
     void connect(const std::string &host, std::uint16_t port, std::chrono::milliseconds timeout);
 
@@ -104,6 +112,7 @@ private:
     bool reading_ = false;        ///< async_wait(read) outstanding
     bool writing_ = false;        ///< async_wait(write) outstanding
     bool pinned_ = false;
+    FdLease lease_;
 };
 
 } // namespace pytun::detail

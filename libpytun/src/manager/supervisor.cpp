@@ -58,6 +58,7 @@ std::vector<TunnelStatus> StatusBoard::snapshot() const
             t.connections_active = c->active.load(std::memory_order_relaxed);
             t.connections_total = c->total.load(std::memory_order_relaxed);
             t.connections_failed = c->failed.load(std::memory_order_relaxed);
+            t.connections_refused = c->refused.load(std::memory_order_relaxed);
             t.bytes_to_service = c->bytes_to_service.load(std::memory_order_relaxed);
             t.bytes_from_service = c->bytes_from_service.load(std::memory_order_relaxed);
         }

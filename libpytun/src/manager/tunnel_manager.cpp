@@ -15,6 +15,7 @@
 #include "log.h"
 #include "loop/event_loop.h"
 #include "manager/supervisor.h"
+#include "util/fd_budget.h"
 
 namespace pytun {
 
@@ -39,7 +40,7 @@ bool same_options(const TunnelOptions &a, const TunnelOptions &b)
            a.known_hosts_file == b.known_hosts_file && a.bind_address == b.bind_address &&
            a.listen_port == b.listen_port && a.remote_host == b.remote_host && a.remote_port == b.remote_port &&
            a.connect_timeout == b.connect_timeout && a.local_connect_timeout == b.local_connect_timeout &&
-           a.keep_alive == b.keep_alive && a.config_path == b.config_path;
+           a.keep_alive == b.keep_alive && a.max_connections == b.max_connections && a.config_path == b.config_path;
 }
 
 // Local services are probed at the tunnel's health interval (30 s default).
@@ -154,6 +155,7 @@ ApplyResult TunnelManager::apply(std::vector<TunnelOptions> tunnels)
         result.message = "the manager has been stopped";
         return result;
     }
+    detail::FdBudget::instance().set_tunnels(tunnels.size());
     for (auto it = d.entries.begin(); it != d.entries.end();) {
         if (names.count(it->first)) {
             ++it;

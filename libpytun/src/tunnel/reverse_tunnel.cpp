@@ -293,6 +293,17 @@ void ReverseTunnel::on_channel(LIBSSH2_CHANNEL *channel)
 {
     auto relay = std::make_shared<Relay>(*session_, channel, *counters_, ++next_connection_id_);
     session_->adopt(relay);
+    // Admission (util/fd_budget.h): the tunnel's connection cap, then a
+    // descriptor from its share, so a flood here cannot starve the others.
+    if (counters_->active.load(std::memory_order_relaxed) > options_.max_connections)
+        return relay->refuse("the tunnel has " + std::to_string(options_.max_connections) +
+                             " connections open (max_connections)");
+    FdLease lease = FdBudget::instance().acquire(fd_share_);
+    if (!lease)
+        return relay->refuse("pytun keeps its remaining file descriptors for the other tunnels and its control "
+                             "plane (limit " + std::to_string(FdBudget::instance().limit()) +
+                             "); raise LimitNOFILE");
+    relay->hold(std::move(lease));
     relay->connect(options_.remote_host, options_.remote_port, options_.local_connect_timeout);
 }
 

@@ -82,6 +82,7 @@ private:
     bool up_ = false;
     bool ended_ = false;
     bool stopping_ = false;
+    std::shared_ptr<FdShare> fd_share_ = std::make_shared<FdShare>();
 };
 
 } // namespace pytun::detail

@@ -184,6 +184,7 @@ TunnelStats Tunnel::stats() const
     s.connections_active = c.active.load(std::memory_order_relaxed);
     s.connections_total = c.total.load(std::memory_order_relaxed);
     s.connections_failed = c.failed.load(std::memory_order_relaxed);
+    s.connections_refused = c.refused.load(std::memory_order_relaxed);
     s.bytes_to_service = c.bytes_to_service.load(std::memory_order_relaxed);
     s.bytes_from_service = c.bytes_from_service.load(std::memory_order_relaxed);
     return s;
