@@ -62,6 +62,16 @@ def stop(env, proc):
         raise Failure("pytun did not stop within 20 s of SIGTERM")
 
 
+def one_tunnel(env, prefix=()):
+    """sshd, an echo service, one tunnel T to it, pytun started: (echo, bastion port, process)."""
+    env.sshd()
+    echo = env.echo()
+    env.connector_ini()
+    port = sshd_fixture.free_port()
+    env.tunnel_ini("t", "T", port, echo.port)
+    return echo, port, env.start(["--config_ini", "connector.ini"], prefix=prefix)
+
+
 def prlimit_prefix(soft, hard):
     if not os.path.exists("/usr/bin/prlimit"):
         raise Skip("prlimit (util-linux) is missing")
@@ -112,12 +122,7 @@ def case_fd_flood(binary):
 def case_fd_limit_raised(binary):
     """Soft 1024, hard 4096: pytun raises the soft limit and says so."""
     with Env(binary) as env:
-        env.sshd()
-        echo = env.echo()
-        env.connector_ini()
-        port = sshd_fixture.free_port()
-        env.tunnel_ini("t", "T", port, echo.port)
-        proc = env.start(["--config_ini", "connector.ini"], prefix=prlimit_prefix(1024, 4096))
+        echo, port, proc = one_tunnel(env, prefix=prlimit_prefix(1024, 4096))
         check(wait_until(lambda: echo_roundtrip(port), 30), "the tunnel serves")
         check("descriptor limit raised from 1024 to 4096" in env.log("main_connector"), "the raise is logged")
         status, text = http_get(env.inspection_port, "/metrics")
@@ -169,12 +174,7 @@ def case_secret_typo(binary):
     rejected and the secret is in no log and no archive."""
     secret = "Typo-S3cret-4711"
     with Env(binary) as env:
-        env.sshd()
-        echo = env.echo()
-        env.connector_ini()
-        port = sshd_fixture.free_port()
-        env.tunnel_ini("t", "T", port, echo.port)
-        proc = env.start(["--config_ini", "connector.ini"])
+        echo, port, proc = one_tunnel(env)
         check(wait_until(lambda: echo_roundtrip(port), 30), "the tunnel serves")
         env.connector_ini(inspection_port=env.inspection_port, extra="smtp_password %s\n" % secret)
         env.write("tunnels/extra.txt", "api_token:%s\nsmtp_password %s\n" % (secret, secret))

@@ -27,20 +27,6 @@ bool is_inline_key_char(char c)
     return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
 }
 
-// Lower-cased last component of a (dotted, maybe quoted) key: what REDACTED.txt names.
-std::string key_name(std::string_view raw)
-{
-    std::string k(raw);
-    std::transform(k.begin(), k.end(), k.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    while (!k.empty() && std::isspace(static_cast<unsigned char>(k.back())))
-        k.pop_back();
-    if (auto dot = k.find_last_of('.'); dot != std::string::npos)
-        k.erase(0, dot + 1);
-    if (k.size() >= 2 && (k.front() == '"' || k.front() == '\'') && k.back() == k.front())
-        k = k.substr(1, k.size() - 2);
-    return k;
-}
-
 // The marker in a form that keeps the file loadable: quoted where the value
 // was a TOML string, bare in INI.
 std::string marker_for(std::string_view value)

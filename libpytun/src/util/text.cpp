@@ -62,7 +62,7 @@ std::size_t find_control_char(std::string_view text)
     return std::string_view::npos;
 }
 
-bool is_secret_key(std::string_view key)
+std::string key_name(std::string_view key)
 {
     std::string k(key);
     std::transform(k.begin(), k.end(), k.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -72,6 +72,12 @@ bool is_secret_key(std::string_view key)
         k.erase(0, dot + 1);
     if (k.size() >= 2 && (k.front() == '"' || k.front() == '\'') && k.back() == k.front())
         k = k.substr(1, k.size() - 2);
+    return k;
+}
+
+bool is_secret_key(std::string_view key)
+{
+    const std::string k = key_name(key);
     static constexpr std::string_view parts[] = {"password", "passwd",  "passphrase", "token",     "secret",
                                                  "api_key",  "apikey",  "credential", "signature", "private_key"};
     return std::any_of(std::begin(parts), std::end(parts),

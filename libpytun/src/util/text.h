@@ -26,6 +26,11 @@ std::string printable(std::string_view text, std::size_t max_bytes = k_quote_max
 /// character other than tab: NUL, ESC, CR, DEL, U+0080..U+009F), or npos.
 std::size_t find_control_char(std::string_view text);
 
+/// A key as written (`alert.SMTP_Password`, `"db_secret"`) reduced to the
+/// name that says what it holds: lower case, the last part of a dotted TOML
+/// key, quotes removed.
+std::string key_name(std::string_view key);
+
 /// True for key names whose values are secrets: smtp_password,
 /// http_password, signature, inspection_token and every name containing
 /// password, passwd, passphrase, token, secret, api_key, apikey,
