@@ -6,6 +6,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -222,6 +223,13 @@ TEST_CASE("GET /logs over many small files holds little memory")
 
 TEST_CASE("slow and silent clients: /status, /healthz and /readyz keep answering")
 {
+    // The attackers' sockets and the server's live in this one process.
+    rlimit rl{};
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 4096 && rl.rlim_max > rl.rlim_cur) {
+        rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, 4096);
+        ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
     pytun::StatusServerOptions o;
     o.request_timeout = 2000ms;
     Server s(o);
