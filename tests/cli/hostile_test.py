@@ -37,12 +37,16 @@ def metric(text, series):
     return -1
 
 
-def open_idle(port, count):
-    """`count` connections to 127.0.0.1:port that say nothing."""
+def open_idle(port, count, within=20):
+    """Up to `count` connections to 127.0.0.1:port that say nothing, made within `within` s
+    (a server that stopped accepting only fills its backlog)."""
     socks = []
+    end = time.monotonic() + within
     for _ in range(count):
+        if time.monotonic() > end:
+            break
         s = socket.socket()
-        s.settimeout(5)
+        s.settimeout(1)
         try:
             s.connect(("127.0.0.1", port))
         except OSError:
