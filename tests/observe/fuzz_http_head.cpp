@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target: the inspection API's request-head checks (request line,
 // target path tricks, header lines, Content-Length) and the config redaction,
-// both fed untrusted bytes. Built with -Dfuzz=true from tests/fuzz.
+// both fed untrusted bytes; the redaction also gets the input as one long
+// line (past the 16 KiB it examines) and as the value of a secret key, and
+// the text escaping of diagnostics gets it too. Built with -Dfuzz=true from
+// tests/fuzz.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -18,7 +22,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     (void)pytun::detail::check_target(input, limits);
     std::vector<pytun::detail::Redaction> redactions;
     (void)pytun::detail::redact_config(input, redactions);
+    // Long lines: the input repeated into one line of about 20 kB, and as a
+    // secret's value (linear time whatever the bytes; nothing of it kept).
+    std::string line = "http_password = ";
+    while (!input.empty() && line.size() < 20000)
+        line.append(input.substr(0, input.find('\n')));
+    (void)pytun::detail::redact_config(line, redactions);
+    (void)pytun::detail::redact_config("x = " + std::string(input) + "\nsmtp_password " + std::string(input), redactions);
     (void)pytun::detail::private_key_kind(input);
     (void)pytun::detail::looks_binary(input);
+    (void)pytun::detail::printable(input);
+    (void)pytun::detail::find_control_char(input);
     return 0;
 }

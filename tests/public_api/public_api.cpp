@@ -5,6 +5,7 @@
 #include <pytun/crypto.h>
 #include <pytun/error.h>
 #include <pytun/health.h>
+#include <pytun/resources.h>
 #include <pytun/log.h>
 #include <pytun/manager.h>
 #include <pytun/status_server.h>
@@ -22,6 +23,10 @@ int main()
         return 1;
     }
     pytun::set_log_level(pytun::LogLevel::warning);
+    if (pytun::descriptor_stats().limit == 0 || pytun::descriptors_needed(1) == 0) {
+        std::fprintf(stderr, "descriptor figures missing\n");
+        return 1;
+    }
     pytun::TunnelOptions options; // defaults documented in compat.md
     if (options.server_port != 22 || options.listen_port != 4000) {
         std::fprintf(stderr, "unexpected option defaults\n");

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include <pytun/device.h>
+#include <pytun/resources.h>
 
 namespace pytun::cli {
 
@@ -26,6 +27,12 @@ int check_config(const std::string &config_path)
                   << " -> " << t.remote_host << ":" << t.remote_port << " (" << t.source_file << ")\n";
     if (!config->connector.signature.empty())
         std::cout << "  " << device.message << "\n";
+    // The limit the connector will run with: the hard one (it raises the
+    // soft limit at start).
+    std::string message;
+    const DescriptorLimit fds = raise_descriptor_limit(message);
+    if (std::string warning = descriptor_limit_warning(fds.soft, config->tunnels.size()); !warning.empty())
+        std::cerr << "warning: " << warning << "\n";
     return k_exit_ok;
 }
 

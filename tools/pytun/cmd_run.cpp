@@ -14,6 +14,7 @@
 #include <pytun/device.h>
 #include <pytun/logging.h>
 #include <pytun/manager.h>
+#include <pytun/resources.h>
 #include <pytun/version.h>
 #include <pytun/status_server.h>
 
@@ -80,6 +81,47 @@ bool connector_changed(ConnectorConfig a, const ConnectorConfig &b)
     return !(a == b);
 }
 
+// Running short of file descriptors is pytun's own problem: one alert (for
+// the whole connector) when it starts, "recovered" after five quiet minutes;
+// the per-connection details are in the tunnels' logs, aggregated.
+class DescriptorShortage {
+public:
+    void check(Logging &logging, Alerter &alerter)
+    {
+        const DescriptorStats s = descriptor_stats();
+        const std::uint64_t events = s.exhausted_total + s.refused_total;
+        const auto now = std::chrono::steady_clock::now();
+        if (events > seen_) {
+            seen_ = events;
+            last_ = now;
+            if (!alerted_) {
+                alerted_ = true;
+                const std::string text =
+                    "pytun is short of file descriptors (limit " + std::to_string(s.limit) + ", " +
+                    std::to_string(s.reserved) + " reserved for its control plane, " + std::to_string(s.forwarded) +
+                    " forwarded connections): connections are being refused; raise LimitNOFILE, or lower "
+                    "max_connections of the tunnel that is flooded";
+                logging.log(LogLevel::error, text);
+                AlertEvent a;
+                a.kind = AlertEvent::Kind::degraded;
+                a.error = text;
+                alerter.notify(a);
+            }
+        } else if (alerted_ && now - last_ > std::chrono::minutes(5)) {
+            alerted_ = false;
+            logging.log(LogLevel::info, "no shortage of file descriptors for 5 minutes");
+            AlertEvent a;
+            a.kind = AlertEvent::Kind::recovered;
+            alerter.notify(a);
+        }
+    }
+
+private:
+    std::uint64_t seen_ = 0;
+    std::chrono::steady_clock::time_point last_{};
+    bool alerted_ = false;
+};
+
 } // namespace
 
 int run_connector(const std::string &config_path)
@@ -102,6 +144,12 @@ int run_connector(const std::string &config_path)
                                     openssl_version() + ") starting: " + config.main_file + ", " +
                                     std::to_string(config.tunnels.size()) + " tunnel(s), tunnel_manager_id " +
                                     c.tunnel_manager_id);
+    // Every connection is a descriptor and pytun uses no select(): take
+    // all the kernel allows (systemd gives services a soft limit of 1024).
+    const DescriptorLimit fds = raise_descriptor_limit(message);
+    logging.log(LogLevel::info, message);
+    if (std::string warning = descriptor_limit_warning(fds.soft, config.tunnels.size()); !warning.empty())
+        logging.log(LogLevel::warning, warning);
 
     Alerter alerter(c);
     if (std::error_code ec = alerter.start()) {
@@ -168,6 +216,7 @@ int run_connector(const std::string &config_path)
     sigaddset(&signals, SIGHUP);
     const auto tick = notifier.tick();
     std::string last_status;
+    DescriptorShortage shortage;
     int stop_signal = 0;
     while (!stop_signal) {
         timespec timeout{static_cast<time_t>(tick.count() / 1000), static_cast<long>(tick.count() % 1000) * 1000000L};
@@ -207,6 +256,7 @@ int run_connector(const std::string &config_path)
         // thread: a stuck loop withholds it and systemd restarts pytun.
         if (notifier.enabled() && manager.responsive(std::chrono::seconds(1)))
             notifier.watchdog();
+        shortage.check(logging, alerter);
         std::string now = tunnels_up(manager);
         if (now != last_status) {
             notifier.status(now);

@@ -42,6 +42,46 @@ int main(int argc, char **argv)
         ->type_name("TUNNEL.ini");
     app.add_flag("-v,--version", show_version, "print the versions of pytun, libssh2 and OpenSSL");
 
+    ForwardArgs fwd;
+    CLI::App *forward = app.add_subcommand(
+        "forward", "forward ports through one SSH connection, like ssh -N -L/-D/-R: in the foreground until "
+                   "SIGTERM/SIGINT, reconnecting by itself");
+    forward->add_option("-r,--remote", fwd.remote, "the bastion")->type_name("[USER@]HOST[:PORT]")->required();
+    forward->add_option("-i,--identity", fwd.key_file, "private key (OpenSSH or PEM)")->type_name("KEYFILE")->required();
+    forward->add_option("--known-hosts", fwd.known_hosts, "known_hosts file with the bastion's host key")
+        ->type_name("FILE")
+        ->required();
+    forward->add_option("-L", fwd.local, "listen here, connect from the bastion (repeatable)")
+        ->type_name("[BIND:]PORT:HOST:HOSTPORT")
+        ->allow_extra_args(false);
+    forward->add_option("-D", fwd.dynamic, "SOCKS 4/4a/5 proxy here, connections from the bastion (repeatable)")
+        ->type_name("[BIND:]PORT")
+        ->allow_extra_args(false);
+    forward->add_option("-R", fwd.reverse,
+                        "the bastion listens, connect from here; without HOST:HOSTPORT its clients speak SOCKS "
+                        "and --allow is required (repeatable)")
+        ->type_name("[BIND:]PORT[:HOST:HOSTPORT]")
+        ->allow_extra_args(false);
+    forward->add_option("--allow", fwd.allow,
+                        "destinations the SOCKS forwards (-D, -R without target) may reach (repeatable)")
+        ->type_name("CIDR[:PORT[-PORT]]|HOST[:PORT[-PORT]]")
+        ->allow_extra_args(false);
+    forward->add_option("--socks-user", fwd.socks_user, "-D clients must authenticate (RFC 1929) as this user");
+    forward->add_option("--socks-password-file", fwd.socks_password_file, "the first line is the -D password")
+        ->type_name("FILE");
+    forward->add_option("--keep-alive", fwd.keep_alive, "seconds between health checks (0: none)")
+        ->capture_default_str();
+    forward->add_option("--max-sessions", fwd.max_sessions,
+                        "SSH connections for bursts of opens (-L, -D), the first included")
+        ->capture_default_str();
+    forward->add_option("--grace", fwd.grace, "seconds open connections get to finish on SIGTERM/SIGINT")
+        ->capture_default_str();
+    forward->add_flag("-v,--verbose", fwd.verbose, "log every connection (debug level)");
+    forward->footer("Examples:\n"
+                    "  pytun forward -r tunnel@bastion.example.com -i ~/.ssh/id_ed25519 --known-hosts kh \\\n"
+                    "      -L 5432:db.internal:5432 -D 1080\n"
+                    "  pytun forward -r tunnel@bastion -i key --known-hosts kh -R 1080 --allow 10.0.0.0/8:389");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp &e) {
@@ -51,6 +91,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (*forward)
+        return run_forward(fwd);
     if (show_version)
         return print_version(std::cout);
     if (!make_key_file.empty())

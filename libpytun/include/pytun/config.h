@@ -33,6 +33,7 @@ struct ConnectorConfig {
     LogLevel log_level = LogLevel::info;
     bool log_to_console = false;
     std::string log_path;                   ///< default "./logs"
+    std::uint32_t log_max_mb_per_day = 100;  ///< per log file; 0: no limit
     std::uint16_t inspection_port = 9999;
     bool inspection_localhost_only = true;
     std::string inspection_token;           ///< required by the HTTP API to serve other hosts
@@ -73,6 +74,7 @@ struct TunnelConfig {
     std::string keyfile;                    ///< required; absolute
     std::string server_key;                 ///< known_hosts file; absolute; empty: none
     std::chrono::seconds keep_alive_time{30};
+    std::uint32_t max_connections = 512;    ///< forwarded connections open at once
     LogLevel log_level = LogLevel::debug;
     bool log_to_console = false;
     std::string source_file;                ///< absolute path of the file that defined it

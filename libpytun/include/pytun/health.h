@@ -29,6 +29,9 @@ struct ServiceHealth {
     bool reachable = false;
     std::chrono::microseconds connect_time{0};   ///< how long the connect took
     std::string error;                           ///< why not, when unreachable
+    /// The probe could not be made (pytun was out of file descriptors): it
+    /// says nothing about the service, and the monitor keeps the last result.
+    bool inconclusive = false;
     std::chrono::system_clock::time_point checked_at;
 };
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -34,6 +35,9 @@ struct LoggingOptions {
     bool to_console = false;            ///< the main lines also go to stderr
     Color color = Color::automatic;     ///< automatic: only when stderr is a terminal
     std::size_t max_files = 30;         ///< rotated files kept per log
+    /// Past this many bytes in one day a file takes no more lines until
+    /// midnight UTC (it says so once, and how many were dropped); 0: no limit.
+    std::uint64_t max_bytes_per_day = 100ull << 20;
 };
 
 /// The options of the `[pytun]` section / a tunnel section.

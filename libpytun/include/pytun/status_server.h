@@ -30,13 +30,16 @@ struct StatusServerOptions {
     std::string log_dir;                       ///< log_path, its *.log files make /logs
 
     // Limits that keep a hostile or slow client from holding the server.
-    unsigned threads = 4;                                 ///< request workers
+    unsigned threads = 4;                                 ///< workers running routes (half of them may build archives)
     std::chrono::milliseconds request_timeout{5000};      ///< whole request, from accept to last byte
     std::size_t max_header_bytes = 16 * 1024;             ///< request line plus headers; more: 431
     std::size_t max_headers = 64;                         ///< header lines; more: 431
     std::size_t max_target_length = 2048;                 ///< request target; longer: 414
     std::size_t max_body_bytes = 64 * 1024;               ///< request body; more: 413
-    std::size_t max_pending = 256;                        ///< accepted, not yet served; more: 503
+    /// Connections whose request is not complete yet (and, as many again,
+    /// complete ones waiting for a worker); past it the connection that has
+    /// waited longest is answered 503 and closed.
+    std::size_t max_pending = 256;
     std::size_t max_archive_bytes = 64u << 20;            ///< input of one /configs or /logs zip
 };
 

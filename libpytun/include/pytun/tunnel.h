@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <variant>
 #include <vector>
@@ -72,6 +74,14 @@ using ForwardSpec = std::variant<RemoteForward, LocalForward, DynamicForward, Re
 /// "D 127.0.0.1:1080", "R 0.0.0.0:1080 (SOCKS)": for logs and status.
 PYTUN_EXPORT std::string describe(const ForwardSpec &forward);
 
+/// A forward written as for ssh: `kind` 'L' "[BIND:]PORT:HOST:HOSTPORT",
+/// 'D' "[BIND:]PORT", 'R' "[BIND:]PORT:HOST:HOSTPORT" or "[BIND:]PORT"
+/// (reverse SOCKS: give it an allowlist). IPv6 addresses in brackets;
+/// BIND '*' means every interface; without BIND, -L and -D listen on
+/// 127.0.0.1 and -R on the bastion's default. Nothing and `error` set
+/// ("'8080:db': expected [BIND:]PORT:HOST:HOSTPORT") when it does not parse.
+PYTUN_EXPORT std::optional<ForwardSpec> parse_forward(char kind, std::string_view text, std::string &error);
+
 /// Everything one tunnel needs: the SSH connection, and what it carries.
 /// Only the configured key is used (no agent, no key discovery) and the
 /// bastion's host key is always verified against known_hosts_file.
@@ -103,6 +113,9 @@ struct TunnelOptions {
     /// wait, up to this many connections (the tunnel's own included) share
     /// them; extra ones close when idle. 1: never more than the tunnel's own.
     unsigned max_sessions = 8;
+    /// Connections open at once over all its forwards (max_connections);
+    /// more are refused (closed at once) until some finish.
+    std::uint32_t max_connections = 512;
     std::string config_path;               ///< the file this tunnel came from, if any (a status key)
 
     friend bool operator==(const TunnelOptions &, const TunnelOptions &) = default;
@@ -126,6 +139,7 @@ struct TunnelStats {
     std::uint64_t connections_active = 0;
     std::uint64_t connections_total = 0;
     std::uint64_t connections_failed = 0;   ///< could not be connected (refused, unreachable, timed out)
+    std::uint64_t connections_refused = 0;  ///< turned away: max_connections, or descriptors kept for others
     std::uint64_t bytes_to_service = 0;     ///< relayed from the bastion to this side
     std::uint64_t bytes_from_service = 0;   ///< relayed from this side to the bastion
 };

@@ -3,13 +3,15 @@
 // tunnel files, runs the checks across files and assembles the LoadResult.
 #include <pytun/config.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <optional>
-#include <sstream>
 
 #include "config/ini_parser.h"
 #include "config/raw.h"
@@ -43,16 +45,62 @@ namespace {
 
 constexpr const char *k_string_file = "<string>";
 
+// Larger than any real config (the biggest seen are a few kB); what is larger
+// is a mistake (a log or a key named *.ini) and would otherwise be parsed,
+// quoted and printed whole.
+constexpr std::size_t k_max_config_bytes = 1u << 20;
+
+// Reads a config file: a regular file of at most k_max_config_bytes. The
+// type is checked on the opened descriptor (opened non-blocking, so a FIFO
+// cannot hang the open), and no more than the limit is ever read.
 std::optional<std::string> read_file(const fs::path &p, std::string &why)
 {
-    std::ifstream in(p, std::ios::binary);
-    if (!in) {
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
         why = std::strerror(errno);
         return std::nullopt;
     }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) {
+        why = std::strerror(errno);
+        return std::nullopt;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        why = S_ISFIFO(st.st_mode) ? "it is a FIFO, not a regular file"
+              : S_ISDIR(st.st_mode) ? "it is a directory, not a regular file"
+                                    : "it is a device or socket, not a regular file";
+        return std::nullopt;
+    }
+    if (static_cast<std::uint64_t>(st.st_size) > k_max_config_bytes) {
+        why = "it is larger than " + std::to_string(k_max_config_bytes >> 10) + " KiB (" +
+              std::to_string(st.st_size) + " bytes; a config file is a few kB): is it the right file?";
+        return std::nullopt;
+    }
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    std::string text(k_max_config_bytes + 1, '\0');
+    std::size_t got = 0;
+    while (got < text.size()) {
+        const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            why = std::strerror(errno);
+            return std::nullopt;
+        }
+        if (n == 0)
+            break;
+        got += static_cast<std::size_t>(n);
+    }
+    if (got > k_max_config_bytes) { // grew while read
+        why = "it is larger than " + std::to_string(k_max_config_bytes >> 10) + " KiB: is it the right file?";
+        return std::nullopt;
+    }
+    text.resize(got);
+    return text;
 }
 
 fs::path absolute_normal(const fs::path &p)
@@ -111,7 +159,7 @@ bool load_tunnel_dir(const BuiltConnector &main, const std::string &main_file, D
         std::string why;
         std::optional<std::string> text = read_file(path, why);
         if (!text) {
-            diag.error(file, 0, "", "cannot read the tunnel file (" + why + "): give pytun read access to it");
+            diag.error(file, 0, "", "cannot read the tunnel file: " + why + ": give pytun read access to it, or move it out of the tunnel directory");
             continue;
         }
         std::vector<RawSection> sections = parse_ini(*text, file, diag);
@@ -241,8 +289,8 @@ LoadResult load_file(const std::string &path, TextLoader loader)
     if (!text) {
         LoadResult r;
         r.diagnostics.push_back({Diagnostic::Severity::error, file.string(), 0, "",
-                                 "cannot read the main config (" + why +
-                                     "): check the path given with --config_ini"});
+                                 "cannot read the main config: " + why +
+                                     ": check the path given with --config_ini"});
         return r;
     }
     return loader(*text, file.string(), file.parent_path(), file);
@@ -303,6 +351,7 @@ TunnelOptions to_tunnel_options(const TunnelConfig &tunnel)
     o.remote_host = tunnel.remote_host;
     o.remote_port = tunnel.remote_port;
     o.keep_alive = tunnel.keep_alive_time;
+    o.max_connections = tunnel.max_connections;
     o.config_path = tunnel.source_file;
     return o;
 }

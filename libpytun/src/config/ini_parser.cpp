@@ -5,6 +5,10 @@
 #include "config/ini_parser.h"
 
 #include <cctype>
+#include <cstdio>
+
+#include "config/schema.h"
+#include "util/text.h"
 
 namespace pytun::config {
 
@@ -66,12 +70,27 @@ std::vector<RawSection> parse_ini(std::string_view text, const std::string &file
         if (line.empty() || line.front() == '#' || line.front() == ';')
             continue;
 
+        // NUL, ESC, CR and their kind have no place in a config: a value
+        // with a NUL in it would be cut there by every C API it reaches
+        // (server_host = 127.0.0.1\0evil connects to 127.0.0.1).
+        if (const std::size_t bad = detail::find_control_char(line); bad != std::string_view::npos) {
+            const std::size_t sep = line.find_first_of("=:");
+            const std::string key = sep == std::string_view::npos || sep > bad ? "" : to_lower(trim(line.substr(0, sep)));
+            char byte[8];
+            std::snprintf(byte, sizeof byte, "0x%02x", static_cast<unsigned char>(line[bad]));
+            diag.error(file, lineno, key,
+                       std::string("contains a control character (byte ") + byte + " at column " +
+                           std::to_string(bad + 1) + "): remove it; values are text on one line");
+            continue;
+        }
+
         if (line.front() == '[') {
             std::size_t close = line.find(']');
             std::string_view after = close == std::string_view::npos ? "" : trim(line.substr(close + 1));
             if (close == std::string_view::npos || (!after.empty() && after.front() != '#' && after.front() != ';')) {
-                diag.error(file, lineno, "", "malformed section header '" + std::string(line) +
-                                                 "': write it as [name] on a line of its own");
+                diag.error(file, lineno, "",
+                           "malformed section header " + quote_value(line, line) +
+                               ": write it as [name] on a line of its own");
                 continue;
             }
             RawSection s;
@@ -83,9 +102,31 @@ std::vector<RawSection> parse_ini(std::string_view text, const std::string &file
         }
 
         std::size_t sep = line.find_first_of("=:");
-        if (sep == std::string_view::npos || sep == 0) {
-            diag.error(file, lineno, "",
-                       "cannot read '" + std::string(line) + "': write key = value (or a [section] header)");
+        // The key is one word. `smtp_password hunter2` (the = forgotten, or
+        // a colon further on) must not be read as a key called
+        // "smtp_password hunter2": the diagnostic would print the password.
+        const std::string_view before = trim(line.substr(0, sep == std::string_view::npos ? line.size() : sep));
+        const std::size_t blank = before.find_first_of(" \t");
+        if (blank != std::string_view::npos || sep == std::string_view::npos) {
+            const std::string first = to_lower(before.substr(0, blank));
+            if (is_known_key(first) || detail::is_secret_key(first))
+                diag.error(file, lineno, first,
+                           "no '=' between the key and its value: write " + first +
+                               " = VALUE (the line is not shown: it may hold a secret)");
+            else if (sep == std::string_view::npos)
+                diag.error(file, lineno, "",
+                           "cannot read this line (" + std::to_string(line.size()) +
+                               " bytes, no '=' or ':'; not shown, it may hold a secret): write key = value "
+                               "(or a [section] header)");
+            else
+                diag.error(file, lineno, "",
+                           "the key before '" + std::string(1, line[sep]) +
+                               "' has a blank in it (not shown, it may hold a secret): write key = value, the key "
+                               "one word");
+            continue;
+        }
+        if (sep == 0) {
+            diag.error(file, lineno, "", "no key before '" + std::string(1, line[0]) + "': write key = value");
             continue;
         }
         RawValue v;

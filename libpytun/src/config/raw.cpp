@@ -5,17 +5,40 @@
 #include <algorithm>
 #include <cctype>
 
+#include "util/text.h"
+
 namespace pytun::config {
 
 void Diagnostics::error(std::string file, int line, std::string key, std::string message)
 {
-    list_.push_back({Diagnostic::Severity::error, std::move(file), line, std::move(key), std::move(message)});
     ++errors_;
+    add(Diagnostic::Severity::error, std::move(file), line, std::move(key), std::move(message));
 }
 
 void Diagnostics::warning(std::string file, int line, std::string key, std::string message)
 {
-    list_.push_back({Diagnostic::Severity::warning, std::move(file), line, std::move(key), std::move(message)});
+    add(Diagnostic::Severity::warning, std::move(file), line, std::move(key), std::move(message));
+}
+
+void Diagnostics::add(Diagnostic::Severity severity, std::string file, int line, std::string key,
+                      std::string message)
+{
+    std::size_t &count = per_file_[file];
+    if (++count > k_max_per_file) {
+        if (count == k_max_per_file + 1)
+            list_.push_back({severity, detail::printable(file, 4096), 0, "",
+                             "more problems in this file are not listed: fix the ones above (is it a config file?)"});
+        return;
+    }
+    list_.push_back({severity, detail::printable(file, 4096), line, detail::printable(key, 64),
+                     detail::printable(message, 4096)});
+}
+
+std::string quote_value(std::string_view key, std::string_view value)
+{
+    if (detail::is_secret_key(key))
+        return "(value not shown: " + std::string(detail::printable(key, 64)) + " holds a secret)";
+    return "'" + detail::printable(value) + "'";
 }
 
 std::string to_lower(std::string_view s)

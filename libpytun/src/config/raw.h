@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,18 +38,31 @@ struct RawSection {
     std::vector<RawValue> entries;     ///< in file order
 };
 
-/// Collects every problem; loading never stops at the first one.
+/// Collects every problem; loading never stops at the first one. What it
+/// keeps is safe to print: control characters escaped, keys and messages
+/// bounded, and at most k_max_per_file diagnostics per file (a junk file
+/// would otherwise make one per line).
 class Diagnostics {
 public:
+    static constexpr std::size_t k_max_per_file = 50;
+
     void error(std::string file, int line, std::string key, std::string message);
     void warning(std::string file, int line, std::string key, std::string message);
     bool has_errors() const { return errors_ > 0; }
     std::vector<Diagnostic> take() { return std::move(list_); }
 
 private:
+    void add(Diagnostic::Severity severity, std::string file, int line, std::string key, std::string message);
+
     std::vector<Diagnostic> list_;
+    std::map<std::string, std::size_t> per_file_;
     int errors_ = 0;
 };
+
+/// A value as a diagnostic may quote it: 'value' with control characters
+/// escaped and at most k_quote_max bytes, or "(value not shown)" when the
+/// key's values are secrets.
+std::string quote_value(std::string_view key, std::string_view value);
 
 std::string to_lower(std::string_view s);
 std::string_view trim(std::string_view s);

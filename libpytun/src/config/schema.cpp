@@ -13,25 +13,27 @@
 #include <optional>
 #include <string_view>
 
+#include "util/text.h"
+
 namespace pytun::config {
 
 namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::array<std::string_view, 26> k_main_keys = {
+constexpr std::array<std::string_view, 27> k_main_keys = {
     "tunnel_manager_id", "tunnel_dirs",   "log_level",         "log_to_console",    "log_path",
     "inspection_port",   "inspection_localhost_only",          "inspection_token",  "smtp_hostname",
     "smtp_port",         "smtp_security", "smtp_login",        "smtp_password",     "smtp_from",
     "smtp_to",           "smtp_ca_file",  "smtp_verify_tls",   "http_url",          "http_user",
     "http_password",     "signature",     "mac_address_pub_key", "grace_period_ms",   "smtp_rate_limit",
-    "http_rate_limit",   "alert_reminder_interval",
+    "http_rate_limit",   "alert_reminder_interval",            "log_max_mb_per_day",
 };
 
-constexpr std::array<std::string_view, 14> k_tunnel_keys = {
+constexpr std::array<std::string_view, 15> k_tunnel_keys = {
     "tunnel_name", "connector_name", "server_host",     "server_port", "port",
     "bind_address", "remote_host",   "remote_port",     "username",    "keyfile",
-    "server_key",  "keep_alive_time", "log_level",      "log_to_console",
+    "server_key",  "keep_alive_time", "log_level",      "log_to_console", "max_connections",
 };
 
 constexpr std::string_view k_bool_words = "1, yes, true, on, 0, no, false or off";
@@ -70,7 +72,7 @@ public:
         for (const RawValue &v : s.entries) {
             if (std::find(known, known + count, v.key) == known + count) {
                 diag.warning(s.file, v.line, v.key,
-                             "unknown key '" + v.key + "': " + suggestion(v.key, known, count));
+                             "unknown key '" + detail::printable(v.key, 64) + "': " + suggestion(v.key, known, count));
                 continue;
             }
             std::string key = canonical_key(v.key);
@@ -150,7 +152,7 @@ public:
                 return true;
             if (w == "0" || w == "no" || w == "false" || w == "off")
                 return false;
-            error(key, "'" + v->text + "' is not a boolean: write one of " + std::string(k_bool_words));
+            error(key, quote_value(key, v->text) + " is not a boolean: write one of " + std::string(k_bool_words));
             return fallback;
         }
         error(key, "must be a boolean: write " + key + " = true or " + key + " = false (no quotes)");
@@ -172,7 +174,7 @@ public:
             const char *e = b + v->text.size();
             auto [p, ec] = std::from_chars(b, e, n);
             if (v->text.empty() || ec != std::errc{} || p != e) {
-                error(key, "'" + v->text + "' is not a number: write " + what + ", " + range);
+                error(key, quote_value(key, v->text) + " is not a number: write " + what + ", " + range);
                 return fallback;
             }
         } else if (v->kind == RawValue::Kind::text) {
@@ -215,7 +217,7 @@ public:
             return LogLevel::error;
         if (u == "CRITICAL")
             return LogLevel::critical;
-        error(key, "'" + s + "' is not a log level: write DEBUG, INFO, WARNING, ERROR or CRITICAL");
+        error(key, quote_value(key, s) + " is not a log level: write DEBUG, INFO, WARNING, ERROR or CRITICAL");
         return fallback;
     }
 
@@ -283,6 +285,12 @@ bool starts_with_nocase(std::string_view s, std::string_view prefix)
 }
 
 } // namespace
+
+bool is_known_key(std::string_view key)
+{
+    return std::find(k_main_keys.begin(), k_main_keys.end(), key) != k_main_keys.end() ||
+           std::find(k_tunnel_keys.begin(), k_tunnel_keys.end(), key) != k_tunnel_keys.end();
+}
 
 std::size_t edit_distance(std::string_view a, std::string_view b)
 {
@@ -366,6 +374,8 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
     c.log_path = f.path("log_path", base_dir, "./logs");
     if (f.find("log_path") && c.log_path.empty() && f.find("log_path")->kind == RawValue::Kind::text)
         f.error("log_path", "is empty: set it to the directory for log files (default ./logs)");
+    c.log_max_mb_per_day = static_cast<std::uint32_t>(
+        f.integer("log_max_mb_per_day", 100, 0, 1'000'000, "MiB a log file may grow by in one day (0: no limit)"));
     c.inspection_port = f.port("inspection_port", 9999, "the HTTP status API port");
     c.inspection_localhost_only = f.boolean("inspection_localhost_only", true);
     c.inspection_token = f.string("inspection_token");
@@ -384,8 +394,8 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
         else if (sec == "ssl")
             c.smtp_security = SmtpSecurity::ssl;
         else if (f.find("smtp_security")->kind == RawValue::Kind::text)
-            f.error("smtp_security", "'" + f.find("smtp_security")->text +
-                                         "' is not a choice: write none, tls (STARTTLS) or ssl (implicit TLS)");
+            f.error("smtp_security", quote_value("smtp_security", f.find("smtp_security")->text) +
+                                         " is not a choice: write none, tls (STARTTLS) or ssl (implicit TLS)");
     }
     c.smtp_login = f.string("smtp_login");
     c.smtp_password = f.string("smtp_password");
@@ -411,8 +421,8 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
                                  "is an address)");
         else if (c.smtp_from.empty() && !valid_email(c.smtp_login))
             diag.error(s.file, f.line("smtp_login"), "smtp_from",
-                       "not set, and its default smtp_login '" + c.smtp_login +
-                           "' is not an e-mail address: set smtp_from to the sender address");
+                       "not set, and its default smtp_login " + quote_value("smtp_login", c.smtp_login) +
+                           " is not an e-mail address: set smtp_from to the sender address");
         if (!c.smtp_login.empty() && c.smtp_password.empty())
             f.warning("smtp_login", "set without smtp_password: AUTH will use an empty password");
     } else if (!c.smtp_to.empty()) {
@@ -421,10 +431,10 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
     if (c.smtp_from.empty() && valid_email(c.smtp_login))
         c.smtp_from = c.smtp_login;
     else if (!c.smtp_from.empty() && !valid_email(c.smtp_from))
-        f.error("smtp_from", "'" + c.smtp_from + "' is not an e-mail address: write it as name@example.com");
+        f.error("smtp_from", quote_value("smtp_from", c.smtp_from) + " is not an e-mail address: write it as name@example.com");
     for (const std::string &to : c.smtp_to) {
         if (!valid_email(to))
-            f.error("smtp_to", "'" + to + "' is not an e-mail address: write it as name@example.com (separate "
+            f.error("smtp_to", quote_value("smtp_to", to) + " is not an e-mail address: write it as name@example.com (separate "
                                "several with commas)");
     }
 
@@ -433,7 +443,8 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
     c.http_password = f.string("http_password");
     if (!c.http_url.empty()) {
         if (!starts_with_nocase(c.http_url, "http://") && !starts_with_nocase(c.http_url, "https://"))
-            f.error("http_url", "'" + c.http_url + "' is not an http:// or https:// URL: write the webhook's full URL");
+            f.error("http_url", "is not an http:// or https:// URL (the value is not shown: a URL may hold a password): "
+                                "write the webhook's full URL");
         if (c.http_user.empty())
             f.error("http_user", "missing: webhook alerts (http_url) need http_user for basic auth");
         if (c.http_password.empty())
@@ -501,6 +512,8 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
                                 "known_hosts file (" + keyscan + " > known_hosts)");
     t.keep_alive_time = std::chrono::seconds(
         f.integer("keep_alive_time", 30, 1, 86400, "the seconds between health checks"));
+    t.max_connections = static_cast<std::uint32_t>(f.integer(
+        "max_connections", 512, 1, 1'000'000, "the most forwarded connections this tunnel keeps open at once"));
     t.log_level = f.log_level("log_level", LogLevel::debug);
     t.log_to_console = f.boolean("log_to_console", false);
     return out;
@@ -515,7 +528,7 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
         const TunnelConfig &c = t.config;
         if (auto [it, fresh] = names.try_emplace(c.tunnel_name, &t); !fresh) {
             diag.error(t.file, t.name_line, "tunnel_name",
-                       "'" + c.tunnel_name + "' is also the name of the tunnel in " + it->second->file + ":" +
+                       quote_value("tunnel_name", c.tunnel_name) + " is also the name of the tunnel in " + it->second->file + ":" +
                            std::to_string(it->second->name_line) + ": give each tunnel its own name");
         } else if (auto [lit, lfresh] = logs.try_emplace(c.source_name, &t); !lfresh) {
             // Only checked for distinct names: a shared name already explains a shared log file.

@@ -50,6 +50,9 @@ void check_private_mode(const std::filesystem::path &path, const std::string &fi
 /// Syntax only: the original's DNS lookup made start-up fail without public DNS.
 bool valid_email(std::string_view address);
 
+/// Every key pytun knows, of the main section and of a tunnel section.
+bool is_known_key(std::string_view key);
+
 /// Levenshtein distance, for "did you mean" suggestions.
 std::size_t edit_distance(std::string_view a, std::string_view b);
 

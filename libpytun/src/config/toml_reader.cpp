@@ -15,6 +15,8 @@
 #include <toml++/toml.h>
 #pragma pop_macro("NDEBUG")
 
+#include "util/text.h"
+
 namespace pytun::config {
 
 namespace {
@@ -24,7 +26,33 @@ int line_of(const toml::node &n)
     return static_cast<int>(n.source().begin.line);
 }
 
-RawSection to_section(const toml::table &table, const std::string &file, std::string name, int header_line)
+// A NUL or other control character in a key or string (TOML allows them
+// escaped, "\u0000") would be cut or misread by the C APIs the value
+// reaches: reported, and the entry dropped.
+bool has_control_char(const RawValue &v, const std::string &file, Diagnostics &diag)
+{
+    std::size_t bad = detail::find_control_char(v.key);
+    std::string_view where = "key";
+    if (bad == std::string_view::npos && v.kind == RawValue::Kind::text) {
+        bad = detail::find_control_char(v.text);
+        where = "value";
+    }
+    for (const auto &s : v.strings) {
+        if (bad != std::string_view::npos)
+            break;
+        bad = detail::find_control_char(s);
+        where = "value";
+    }
+    if (bad == std::string_view::npos)
+        return false;
+    diag.error(file, v.line, detail::find_control_char(v.key) == std::string_view::npos ? v.key : "",
+               "the " + std::string(where) + " contains a control character (at byte " + std::to_string(bad + 1) +
+                   "): remove it; values are text on one line");
+    return true;
+}
+
+RawSection to_section(const toml::table &table, const std::string &file, std::string name, int header_line,
+                      Diagnostics &diag)
 {
     RawSection s;
     s.file = file;
@@ -55,6 +83,8 @@ RawSection to_section(const toml::table &table, const std::string &file, std::st
         } else {
             v.kind = RawValue::Kind::other;
         }
+        if (has_control_char(v, file, diag))
+            continue;
         s.entries.push_back(std::move(v));
     }
     return s;
@@ -69,8 +99,12 @@ TomlSections read_toml(std::string_view text, const std::string &file, Diagnosti
     try {
         root = toml::parse(text, file);
     } catch (const toml::parse_error &e) {
+        // toml++ quotes what it found where it failed: on a secret's line
+        // (smtp_password "x", the = forgotten) that could be the secret.
+        const std::string description(e.description());
+        const auto saw = description.find(", saw ");
         diag.error(file, static_cast<int>(e.source().begin.line), "",
-                   std::string(e.description()) + ": fix the TOML syntax");
+                   description.substr(0, saw) + ": fix the TOML syntax");
         return out;
     }
     for (const auto &[k, node] : root) {
@@ -78,7 +112,7 @@ TomlSections read_toml(std::string_view text, const std::string &file, Diagnosti
         const int line = static_cast<int>(k.source().begin.line);
         if (key == "pytun") {
             if (const toml::table *t = node.as_table())
-                out.main = to_section(*t, file, "pytun", line_of(*t) ? line_of(*t) : line);
+                out.main = to_section(*t, file, "pytun", line_of(*t) ? line_of(*t) : line, diag);
             else
                 diag.error(file, line, key, "must be a table: write [pytun] followed by its keys");
         } else if (key == "tunnel") {
@@ -88,7 +122,7 @@ TomlSections read_toml(std::string_view text, const std::string &file, Diagnosti
                 continue;
             }
             for (const auto &e : *arr)
-                out.tunnels.push_back(to_section(*e.as_table(), file, "tunnel", line_of(e)));
+                out.tunnels.push_back(to_section(*e.as_table(), file, "tunnel", line_of(e), diag));
         } else {
             diag.warning(file, line, key, "unknown top-level key or table: ignored (expected [pytun] and [[tunnel]])");
         }

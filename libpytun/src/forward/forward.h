@@ -17,6 +17,7 @@
 
 namespace pytun::detail {
 
+class Admission;
 class ChannelStream;
 class SshConnection;
 
@@ -34,6 +35,13 @@ public:
                                    std::uint16_t origin_port) = 0;
 };
 
+/// What a forward works with, lent by its tunnel run for the forward's life.
+struct ForwardContext {
+    SshConnection &connection; ///< authenticated
+    ChannelOpener &opener;     ///< for channels the forward opens
+    Admission &admission;      ///< every new connection passes it
+};
+
 class Forward {
 public:
     struct Handlers {
@@ -45,10 +53,8 @@ public:
     };
 
     virtual ~Forward() = default;
-    /// Begin serving over `connection`, which is authenticated; channels
-    /// this forward opens come from `opener`. Both outlive the forward's use
-    /// of them.
-    virtual void start(SshConnection &connection, ChannelOpener &opener, Handlers handlers) = 0;
+    /// Begin serving.
+    virtual void start(ForwardContext context, Handlers handlers) = 0;
     /// Accept no new streams; streams in flight go on. `done` runs once
     /// nothing new can arrive (for a reverse forward: the bastion has
     /// released its port).

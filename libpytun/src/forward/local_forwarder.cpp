@@ -5,7 +5,9 @@
 
 #include <pytun/error.h>
 
+#include "forward/admission.h"
 #include "forward/relay.h"
+#include "util/fd_budget.h"
 
 namespace pytun::detail {
 
@@ -56,18 +58,28 @@ void LocalListener::accept_next()
     acceptor_.async_accept([self = shared_from_this()](const asio::error_code &ec, asio::ip::tcp::socket socket) {
         if (!self->on_client_ || ec == asio::error::operation_aborted)
             return; // closed
-        if (!ec)
+        if (!ec) {
             self->on_client_(std::move(socket));
-        // After an error (e.g. out of descriptors) go on: the listening
-        // socket itself is still fine.
-        if (self->on_client_)
-            self->accept_next();
+            if (self->on_client_)
+                self->accept_next();
+            return;
+        }
+        // Out of descriptors (or another transient error): the client waits
+        // in the backlog; accepting again at once would spin.
+        if (is_fd_exhaustion(ec))
+            FdBudget::instance().note_exhausted();
+        self->pause_.expires_after(std::chrono::milliseconds(100));
+        self->pause_.async_wait([self](const asio::error_code &timer_ec) {
+            if (!timer_ec && self->on_client_)
+                self->accept_next();
+        });
     });
 }
 
 void LocalListener::close()
 {
     asio::error_code ignored;
+    pause_.cancel();
     acceptor_.close(ignored);
     on_client_ = nullptr;
 }
@@ -81,8 +93,10 @@ LocalForwarder::LocalForwarder(asio::io_context &io, pytun::LocalForward spec, s
 {
 }
 
-void LocalForwarder::start(SshConnection &, ChannelOpener &opener, Handlers handlers)
+void LocalForwarder::start(ForwardContext context, Handlers handlers)
 {
+    ChannelOpener &opener = context.opener;
+    Admission &admission = context.admission;
     std::string message;
     if (!listener_->open(spec_.bind_address, spec_.listen_port, message)) {
         handlers.failed(Errc::local_port_unavailable, message);
@@ -92,11 +106,13 @@ void LocalForwarder::start(SshConnection &, ChannelOpener &opener, Handlers hand
     bound.listen_port = listener_->port();
     log_->info("forward serving: {}", describe(ForwardSpec(bound)));
     // The listener's callback holds the forward; stop_accepting() drops it.
-    listener_->accept([this, self = shared_from_this(), &opener](asio::ip::tcp::socket socket) {
+    listener_->accept([this, self = shared_from_this(), &opener, &admission](asio::ip::tcp::socket socket) {
         asio::error_code ec;
         const auto peer = socket.remote_endpoint(ec);
         auto relay = std::make_shared<Relay>(io_, log_, counters_);
         relay->start(std::move(socket));
+        if (!admission.admit(*relay))
+            return;
         log_->debug("connection #{}: from {} to {}:{}", relay->id(), ec ? std::string("?") : peer.address().to_string(),
                     spec_.target_host, spec_.target_port);
         opener.open_direct_tcpip(relay, spec_.target_host, spec_.target_port,

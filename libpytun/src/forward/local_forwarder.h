@@ -21,7 +21,7 @@ namespace pytun::detail {
 /// `on_client(socket)` runs for each accepted connection until close().
 class LocalListener : public std::enable_shared_from_this<LocalListener> {
 public:
-    explicit LocalListener(asio::io_context &io) : acceptor_(io) {}
+    explicit LocalListener(asio::io_context &io) : acceptor_(io), pause_(io) {}
     /// Opens the listening socket; false and a message naming the address
     /// and port when it cannot.
     bool open(const std::string &bind, std::uint16_t port, std::string &message);
@@ -33,6 +33,7 @@ private:
     void accept_next();
 
     asio::ip::tcp::acceptor acceptor_;
+    asio::steady_timer pause_;
     std::function<void(asio::ip::tcp::socket)> on_client_;
 };
 
@@ -41,7 +42,7 @@ public:
     LocalForwarder(asio::io_context &io, pytun::LocalForward spec, std::shared_ptr<spdlog::logger> log,
                  std::shared_ptr<TrafficCounters> counters);
 
-    void start(SshConnection &connection, ChannelOpener &opener, Handlers handlers) override;
+    void start(ForwardContext context, Handlers handlers) override;
     void stop_accepting(std::function<void()> done) override;
 
 private:

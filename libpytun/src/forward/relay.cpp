@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "log/aggregate.h"
 #include "loop/connect.h"
 
 namespace pytun::detail {
@@ -142,12 +143,22 @@ void Relay::on_connected(const ConnectOutcome &outcome)
         connect_reply_ = nullptr;
     }
     if (!outcome) {
+        // Out of descriptors is pytun's own problem, not the service's.
+        if (is_fd_exhaustion(outcome.error)) {
+            FdBudget::instance().note_exhausted();
+            if (negotiated)
+                refuse_channel();
+            else
+                refuse(fd_exhaustion_text());
+            return;
+        }
         counters_->failed.fetch_add(1, std::memory_order_relaxed);
         const std::string why = outcome.failure == ConnectOutcome::Failure::timeout
                                     ? std::string("timed out")
                                     : outcome.describe(connect_timeout_);
-        log().warn("connection #{}: cannot reach {} ({}); closing this connection, the tunnel stays up", id(),
-                   target_, why);
+        log_aggregated(log(), spdlog::level::warn, "unreachable " + target_ + " " + why,
+                       "connection #" + std::to_string(id()) + ": cannot reach " + target_ + " (" + why +
+                           "); closing this connection, the tunnel stays up");
         if (negotiated)
             refuse_channel(); // the reply must reach the client before the channel closes
         else
@@ -289,10 +300,19 @@ void Relay::on_closed(OpenError error)
     close_local();
 }
 
+void Relay::refuse(const std::string &why)
+{
+    counters_->refused.fetch_add(1, std::memory_order_relaxed);
+    log_aggregated(log(), spdlog::level::warn, "refused " + why,
+                   "connection #" + std::to_string(id()) + " refused: " + why);
+    begin_close("refused");
+}
+
 void Relay::close_local()
 {
     asio::error_code ignored;
     socket_.close(ignored); // also ends a connect in progress
+    lease_.release();
     connected_ = false;
 }
 

@@ -20,6 +20,7 @@
 #include "forward/traffic.h"
 #include "loop/connect.h"
 #include "ssh/channel_stream.h"
+#include "util/fd_budget.h"
 
 namespace pytun::detail {
 
@@ -28,6 +29,13 @@ public:
     /// `io` is the loop of the session the stream will be bound to.
     Relay(asio::io_context &io, std::shared_ptr<spdlog::logger> log, std::shared_ptr<TrafficCounters> counters);
     ~Relay() override;
+
+    /// The descriptor the local socket uses or will use (util/fd_budget.h);
+    /// given back when the socket closes.
+    void hold(FdLease lease) { lease_ = std::move(lease); }
+    /// Turn the connection away (the connection cap, the descriptor
+    /// reserve): `why` is logged, aggregated; the channel or client is closed.
+    void refuse(const std::string &why);
 
     /// Connect the local end to host:port within `timeout` (the channel may
     /// deliver bytes meanwhile: they wait in the download buffer).
@@ -93,6 +101,7 @@ private:
     std::function<std::string(const ConnectOutcome &)> connect_reply_;
     std::chrono::milliseconds connect_timeout_{0};
     asio::steady_timer open_timer_;
+    FdLease lease_;
     bool counted_active_ = true;
     bool connected_ = false;
     bool opened_ = false;  ///< the channel has been open (what we write goes through)

@@ -4,6 +4,7 @@
 
 #include <pytun/error.h>
 
+#include "forward/admission.h"
 #include "forward/relay.h"
 #include "ssh/connection.h"
 #include "ssh/session.h"
@@ -25,9 +26,11 @@ ReverseForwarder::ReverseForwarder(ReverseForwarderSpec spec, std::shared_ptr<sp
 
 ReverseForwarder::~ReverseForwarder() = default;
 
-void ReverseForwarder::start(SshConnection &connection, ChannelOpener &, Handlers handlers)
+void ReverseForwarder::start(ForwardContext context, Handlers handlers)
 {
+    SshConnection &connection = context.connection;
     connection_ = &connection;
+    admission_ = &context.admission;
     handlers_ = std::move(handlers);
     auto self = shared_from_this();
     SshSession &session = connection.session();
@@ -75,7 +78,8 @@ void ReverseForwarder::on_channel(LIBSSH2_CHANNEL *channel)
     auto relay = std::make_shared<Relay>(session.io(), log_, counters_);
     relay->attach(channel);
     session.adopt(relay);
-    relay->connect(spec_.target_host, spec_.target_port, spec_.connect_timeout);
+    if (admission_->admit(*relay))
+        relay->connect(spec_.target_host, spec_.target_port, spec_.connect_timeout);
 }
 
 void ReverseForwarder::stop_accepting(std::function<void()> done)

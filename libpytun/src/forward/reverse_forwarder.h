@@ -33,7 +33,7 @@ public:
                    std::shared_ptr<TrafficCounters> counters);
     ~ReverseForwarder() override;
 
-    void start(SshConnection &connection, ChannelOpener &opener, Handlers handlers) override;
+    void start(ForwardContext context, Handlers handlers) override;
     void stop_accepting(std::function<void()> done) override;
 
 private:
@@ -44,6 +44,7 @@ private:
     std::shared_ptr<spdlog::logger> log_;
     std::shared_ptr<TrafficCounters> counters_;
     SshConnection *connection_ = nullptr;
+    Admission *admission_ = nullptr;
     Handlers handlers_;
     LIBSSH2_LISTENER *listener_ = nullptr;
 };

@@ -13,13 +13,13 @@
 #include <mutex>
 #include <shared_mutex>
 
-#include <spdlog/details/file_helper.h>
 #include <spdlog/logger.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/ansicolor_sink.h>
 #include <spdlog/sinks/base_sink.h>
 
 #include "log.h"
+#include "log/daily_file_sink.h"
 
 namespace pytun {
 namespace {
@@ -27,89 +27,9 @@ namespace {
 using detail::to_spdlog;
 
 namespace fs = std::filesystem;
-using SysClock = std::chrono::system_clock;
 
 constexpr const char *k_file_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%l] %v";
 constexpr const char *k_console_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%^%l%$] %v";
-
-std::string utc_date(SysClock::time_point tp)
-{
-    std::time_t t = SysClock::to_time_t(tp);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[16];
-    std::strftime(buf, sizeof buf, "%Y-%m-%d", &tm);
-    return buf;
-}
-
-SysClock::time_point next_utc_midnight(SysClock::time_point tp)
-{
-    auto day = std::chrono::floor<std::chrono::days>(tp);
-    return day + std::chrono::days(1);
-}
-
-// Writes NAME.log; at the first line after midnight UTC the file becomes
-// NAME.log.YYYY-MM-DD (the day it covers) and a new NAME.log is started, as
-// Python's TimedRotatingFileHandler did. Only `max_files` old files are kept.
-class DailyUtcFileSink final : public spdlog::sinks::base_sink<std::mutex> {
-public:
-    DailyUtcFileSink(std::string path, std::size_t max_files) : path_(std::move(path)), max_files_(max_files)
-    {
-        file_.open(path_, false);
-        std::error_code ec;
-        auto written = fs::last_write_time(path_, ec);
-        auto start = SysClock::now();
-        if (!ec && fs::file_size(path_, ec) > 0 && !ec)
-            start = std::chrono::time_point_cast<SysClock::duration>(std::chrono::file_clock::to_sys(written));
-        rotate_at_ = next_utc_midnight(std::min(start, SysClock::now()));
-    }
-
-protected:
-    void sink_it_(const spdlog::details::log_msg &msg) override
-    {
-        if (msg.time >= rotate_at_)
-            rotate(msg.time);
-        spdlog::memory_buf_t line;
-        formatter_->format(msg, line);
-        file_.write(line);
-    }
-    void flush_() override { file_.flush(); }
-
-private:
-    void rotate(SysClock::time_point now)
-    {
-        file_.close();
-        std::string dated = path_ + "." + utc_date(rotate_at_ - std::chrono::seconds(1));
-        std::error_code ec;
-        if (!fs::exists(dated, ec))
-            fs::rename(path_, dated, ec);
-        file_.open(path_, false);
-        rotate_at_ = next_utc_midnight(now);
-        prune();
-    }
-    void prune()
-    {
-        const fs::path p(path_);
-        const std::string prefix = p.filename().string() + ".";
-        std::vector<fs::path> old;
-        std::error_code ec;
-        for (const auto &entry : fs::directory_iterator(p.parent_path(), ec)) {
-            const std::string name = entry.path().filename().string();
-            if (name.size() == prefix.size() + 10 && name.starts_with(prefix))
-                old.push_back(entry.path());
-        }
-        if (old.size() <= max_files_)
-            return;
-        std::sort(old.begin(), old.end()); // dates sort as strings
-        for (std::size_t i = 0; i + max_files_ < old.size(); ++i)
-            fs::remove(old[i], ec);
-    }
-
-    std::string path_;
-    std::size_t max_files_;
-    spdlog::details::file_helper file_;
-    SysClock::time_point rotate_at_;
-};
 
 } // namespace
 
@@ -119,6 +39,7 @@ LoggingOptions logging_options(const ConnectorConfig &connector)
     o.directory = connector.log_path;
     o.level = connector.log_level;
     o.to_console = connector.log_to_console;
+    o.max_bytes_per_day = static_cast<std::uint64_t>(connector.log_max_mb_per_day) << 20;
     return o;
 }
 
@@ -152,7 +73,7 @@ struct Logging::Impl {
             return it->second;
         const std::string path = (fs::path(options.directory) / (base + ".log")).string();
         try {
-            auto sink = std::make_shared<DailyUtcFileSink>(path, options.max_files);
+            auto sink = std::make_shared<detail::DailyUtcFileSink>(path, options.max_files, options.max_bytes_per_day);
             sink->set_formatter(
                 std::make_unique<spdlog::pattern_formatter>(k_file_pattern, spdlog::pattern_time_type::utc));
             files.emplace(base, sink);

@@ -8,6 +8,7 @@
 #include <asio.hpp>
 
 #include "loop/event_loop.h"
+#include "util/fd_budget.h"
 #include "util/callback_list.h"
 
 namespace pytun {
@@ -64,6 +65,11 @@ void connect_probe(asio::io_context &io, const std::string &host, std::uint16_t 
             health.connect_time = std::chrono::duration_cast<std::chrono::microseconds>(
                 std::chrono::steady_clock::now() - started);
             health.error = ec ? (why.empty() ? ec.message() : why) : std::string();
+            if (detail::is_fd_exhaustion(ec)) {
+                detail::FdBudget::instance().note_exhausted();
+                health.inconclusive = true;
+                health.error = detail::fd_exhaustion_text();
+            }
             health.checked_at = std::chrono::system_clock::now();
             done(std::move(health));
         }
@@ -114,8 +120,8 @@ void HealthMonitor::Impl::record(const std::string &name, std::uint64_t generati
     auto it = watches.find(name);
     if (it == watches.end() || it->second.generation != generation)
         return; // unwatched or replaced meanwhile
-    bool changed;
-    {
+    bool changed = false;
+    if (!health.inconclusive) {
         std::lock_guard lock(mutex);
         auto previous = results.find(name);
         changed = previous == results.end() || previous->second.reachable != health.reachable;

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "loop/event_loop.h"
 #include "manager/supervisor.h"
+#include "util/fd_budget.h"
 
 namespace pytun {
 
@@ -144,6 +145,7 @@ ApplyResult TunnelManager::apply(std::vector<TunnelOptions> tunnels)
         result.message = "the manager has been stopped";
         return result;
     }
+    detail::FdBudget::instance().set_tunnels(tunnels.size());
     for (auto it = d.entries.begin(); it != d.entries.end();) {
         if (names.count(it->first)) {
             ++it;

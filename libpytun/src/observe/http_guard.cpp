@@ -8,25 +8,31 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <list>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <asio.hpp>
 
 #include <pytun/version.h>
+
+#include "log.h"
 
 namespace pytun::detail {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// When the listener accepted the connection a worker is now serving: the
-// request deadline counts from there, so a client that waited in the queue
-// behind slow ones does not get a fresh allowance, and a slow client's time
-// in the queue counts against it.
-thread_local Clock::time_point t_accepted_at;
-thread_local bool t_overloaded = false;
 
 } // namespace
 
@@ -175,33 +181,6 @@ private:
     std::chrono::milliseconds write_timeout_;
 };
 
-// Runs httplib's jobs on a ThreadPool and stamps each with its accept time
-// and whether the queue was over its limit then.
-class StampingQueue final : public httplib::TaskQueue {
-public:
-    StampingQueue(unsigned threads, std::size_t max_pending, std::atomic<std::size_t> &pending)
-        : pool_(threads), max_pending_(max_pending), pending_(pending)
-    {
-    }
-
-    void enqueue(std::function<void()> fn) override
-    {
-        const bool overloaded = pending_.fetch_add(1) >= max_pending_;
-        pool_.enqueue([fn = std::move(fn), accepted = Clock::now(), overloaded, this] {
-            pending_.fetch_sub(1);
-            t_accepted_at = accepted;
-            t_overloaded = overloaded;
-            fn();
-        });
-    }
-    void shutdown() override { pool_.shutdown(); }
-
-private:
-    httplib::ThreadPool pool_;
-    std::size_t max_pending_;
-    std::atomic<std::size_t> &pending_;
-};
-
 } // namespace
 
 HeadCheck check_target(std::string_view target, const GuardLimits &limits)
@@ -317,145 +296,378 @@ HeadCheck check_head(std::string_view head, const GuardLimits &limits)
     return {};
 }
 
+std::string guard_reply(int status, const std::string &reason, const std::string &body)
+{
+    (void)reason;
+    return "HTTP/1.1 " + std::to_string(status) + " " + reason_phrase(status) +
+           "\r\nServer: Pytun Introspection web server/" + version() +
+           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+           "\r\nConnection: close\r\n\r\n" + body;
+}
+
+// The accepting side, on an Asio loop of its own: every connection waits
+// here, costing a socket and its buffer, until its request head is complete
+// and checked; then a worker gets it.
+struct GuardedServer::FrontEnd {
+    struct Pending {
+        asio::ip::tcp::socket socket;
+        asio::steady_timer timer;
+        Clock::time_point accepted;
+        std::string buffer;
+        std::size_t scanned = 0;
+        std::size_t head_end = std::string::npos;
+        std::size_t body_length = 0;
+        bool listed = false;
+        std::list<std::shared_ptr<Pending>>::iterator where;
+        char chunk[4096];
+        explicit Pending(asio::io_context &io) : socket(io), timer(io) {}
+    };
+    struct Ready {
+        int fd;
+        std::string buffer;
+        Clock::time_point deadline;
+    };
+
+    GuardedServer &server;
+    const GuardLimits limits;
+    asio::io_context io; // declared first: destroyed after every socket
+    asio::ip::tcp::acceptor acceptor{io};
+    asio::steady_timer accept_retry{io};
+    std::list<std::shared_ptr<Pending>> pending; // oldest first; loop thread only
+    std::shared_ptr<spdlog::logger> log = make_logger("http");
+    Clock::time_point last_accept_warning{};
+    std::size_t closing = 0; // answered, being drained
+    std::thread loop_thread;
+
+    std::mutex mutex; // the worker side below
+    std::condition_variable wake;
+    std::deque<Ready> queue;
+    std::set<int> serving;
+    bool stopping = false;
+    std::vector<std::thread> workers;
+
+    FrontEnd(GuardedServer &s) : server(s), limits(s.limits_) {}
+
+    void accept()
+    {
+        auto p = std::make_shared<Pending>(io);
+        acceptor.async_accept(p->socket, [this, p](const asio::error_code &ec) { on_accept(p, ec); });
+    }
+
+    void on_accept(const std::shared_ptr<Pending> &p, const asio::error_code &ec)
+    {
+        if (ec == asio::error::operation_aborted || !acceptor.is_open())
+            return;
+        if (ec) {
+            if (ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system ||
+                ec == std::errc::no_buffer_space || ec == std::errc::not_enough_memory) {
+                // Out of descriptors: give up the oldest waiting client (it
+                // frees one) and try again shortly instead of spinning.
+                ++server.accept_failures_;
+                const auto now = Clock::now();
+                if (now - last_accept_warning > std::chrono::seconds(10)) {
+                    last_accept_warning = now;
+                    log->error("inspection API cannot accept connections: {} (pytun is out of file descriptors; "
+                               "raise LimitNOFILE)",
+                               ec.message());
+                }
+                evict_oldest();
+                accept_retry.expires_after(std::chrono::milliseconds(50));
+                accept_retry.async_wait([this](const asio::error_code &timer_ec) {
+                    if (!timer_ec)
+                        accept();
+                });
+                return;
+            }
+            accept();
+            return;
+        }
+        p->accepted = Clock::now();
+        if (pending.size() >= limits.max_pending)
+            evict_oldest();
+        p->where = pending.insert(pending.end(), p);
+        p->listed = true;
+        p->timer.expires_at(p->accepted + limits.request_timeout);
+        p->timer.async_wait([this, p](const asio::error_code &timer_ec) {
+            if (!timer_ec && p->listed)
+                reject(p, 408, "request not received within " + std::to_string(limits.request_timeout.count()) +
+                                   " ms");
+        });
+        read(p);
+        accept();
+    }
+
+    void evict_oldest()
+    {
+        if (pending.empty())
+            return;
+        ++server.evicted_;
+        const auto oldest = pending.front(); // a copy: reject() takes it off the list
+        reject(oldest, 503, "too many clients waiting; try again");
+    }
+
+    void unlist(const std::shared_ptr<Pending> &p)
+    {
+        if (!p->listed)
+            return;
+        p->listed = false;
+        pending.erase(p->where);
+        p->timer.cancel();
+    }
+
+    void read(const std::shared_ptr<Pending> &p)
+    {
+        p->socket.async_read_some(asio::buffer(p->chunk), [this, p](const asio::error_code &ec, std::size_t n) {
+            if (!p->listed)
+                return;
+            if (ec) { // gone before a complete request: nobody to answer
+                unlist(p);
+                asio::error_code ignored;
+                p->socket.close(ignored);
+                return;
+            }
+            p->buffer.append(p->chunk, n);
+            on_data(p);
+        });
+    }
+
+    void on_data(const std::shared_ptr<Pending> &p)
+    {
+        std::string &buffer = p->buffer;
+        if (p->head_end == std::string::npos) {
+            // Look for the blank line from a little before the new bytes.
+            for (std::size_t i = p->scanned >= 3 ? p->scanned - 3 : 0; i < buffer.size(); ++i) {
+                if (buffer[i] != '\n')
+                    continue;
+                if ((i >= 1 && buffer[i - 1] == '\n') || (i >= 2 && buffer[i - 1] == '\r' && buffer[i - 2] == '\n')) {
+                    p->head_end = i + 1;
+                    break;
+                }
+            }
+            p->scanned = buffer.size();
+            if (p->head_end == std::string::npos) {
+                if (buffer.find('\n') == std::string::npos && buffer.size() > limits.max_target_length + 64)
+                    return reject(p, 414, "request line too long");
+                if (buffer.size() > limits.max_header_bytes)
+                    return reject(p, 431, "request head larger than " + std::to_string(limits.max_header_bytes) +
+                                              " bytes");
+                if (static_cast<std::size_t>(std::count(buffer.begin(), buffer.end(), '\n')) > limits.max_headers + 1)
+                    return reject(p, 431, "more than " + std::to_string(limits.max_headers) + " header lines");
+                return read(p);
+            }
+            if (p->head_end > limits.max_header_bytes)
+                return reject(p, 431, "request head larger than " + std::to_string(limits.max_header_bytes) +
+                                          " bytes");
+            const std::string_view head = std::string_view(buffer).substr(0, p->head_end);
+            if (auto check = check_head(head, limits); check.status)
+                return reject(p, check.status, check.reason);
+            p->body_length = content_length(head);
+        }
+        // A small body is read here too, so a worker never waits for one;
+        // a larger one is httplib's to refuse (413) at once.
+        if (p->body_length <= server.payload_max_length_ && buffer.size() - p->head_end < p->body_length)
+            return read(p);
+        hand_over(p);
+    }
+
+    static std::size_t content_length(std::string_view head)
+    {
+        for (std::size_t pos = head.find('\n'); pos != std::string_view::npos && pos + 1 < head.size();
+             pos = head.find('\n', pos + 1)) {
+            std::string_view line = head.substr(pos + 1, head.find('\n', pos + 1) - pos - 1);
+            static constexpr std::string_view name = "content-length:";
+            if (line.size() <= name.size())
+                continue;
+            bool match = true;
+            for (std::size_t i = 0; i < name.size() && match; ++i)
+                match = std::tolower(static_cast<unsigned char>(line[i])) == name[i];
+            if (!match)
+                continue;
+            std::size_t value = 0;
+            for (char c : line.substr(name.size()))
+                if (c >= '0' && c <= '9')
+                    value = std::min<std::size_t>(value * 10 + static_cast<std::size_t>(c - '0'), 1u << 30);
+            return value;
+        }
+        return 0;
+    }
+
+    void hand_over(const std::shared_ptr<Pending> &p)
+    {
+        unlist(p);
+        asio::error_code ec;
+        const int fd = p->socket.release(ec);
+        if (ec || fd < 0)
+            return;
+        ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK); // httplib's reads and writes block (with poll)
+        {
+            std::lock_guard lock(mutex);
+            if (!stopping && queue.size() < limits.max_queued) {
+                queue.push_back({fd, std::move(p->buffer), p->accepted + limits.request_timeout});
+                wake.notify_one();
+                return;
+            }
+        }
+        ++server.rejected_;
+        const std::string reply = guard_reply(503, "busy", server.error_reply("too many requests waiting; try again"));
+        (void)!::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        ::close(fd);
+    }
+
+    // Answer with the guard's own reply, then close: half-close first and
+    // drain briefly, since closing with unread input sends a reset that can
+    // destroy the reply before the client reads it.
+    void reject(const std::shared_ptr<Pending> &p, int status, const std::string &reason)
+    {
+        unlist(p);
+        ++server.rejected_;
+        const std::string reply = guard_reply(status, reason, server.error_reply_(status, reason));
+        const int fd = p->socket.native_handle();
+        (void)!::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        asio::error_code ignored;
+        if (closing >= GuardLimits::k_max_closing) {
+            p->socket.close(ignored);
+            return;
+        }
+        ++closing;
+        ::shutdown(fd, SHUT_WR);
+        p->timer.expires_after(std::chrono::milliseconds(200));
+        p->timer.async_wait([p](const asio::error_code &) {
+            asio::error_code ignored2;
+            p->socket.close(ignored2);
+        });
+        drain(p);
+    }
+
+    void drain(const std::shared_ptr<Pending> &p)
+    {
+        p->socket.async_read_some(asio::buffer(p->chunk), [this, p](const asio::error_code &ec, std::size_t) {
+            if (!ec)
+                return drain(p);
+            asio::error_code ignored;
+            p->timer.cancel();
+            p->socket.close(ignored);
+            --closing;
+        });
+    }
+
+    void worker()
+    {
+        for (;;) {
+            Ready job;
+            {
+                std::unique_lock lock(mutex);
+                wake.wait(lock, [&] { return stopping || !queue.empty(); });
+                if (stopping)
+                    return;
+                job = std::move(queue.front());
+                queue.pop_front();
+                serving.insert(job.fd);
+            }
+            server.serve(job.fd, std::move(job.buffer), job.deadline);
+            // Closed under the lock, so that stop() never shuts down a reused number.
+            std::lock_guard lock(mutex);
+            serving.erase(job.fd);
+            ::close(job.fd);
+        }
+    }
+};
+
 GuardedServer::GuardedServer(GuardLimits limits, std::function<std::string(int, const std::string &)> error_reply)
     : limits_(limits), error_reply_(std::move(error_reply))
 {
-    new_task_queue = [this] { return new StampingQueue(limits_.threads, limits_.max_pending, pending_); };
-    // httplib's default also sets SO_REUSEPORT, which lets a second pytun
-    // bind the same port silently and share the requests: only
-    // SO_REUSEADDR (restart while old connections linger in TIME_WAIT).
-    set_socket_options([](socket_t sock) {
-        int one = 1;
-        ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+}
+
+GuardedServer::~GuardedServer()
+{
+    stop();
+}
+
+std::string GuardedServer::error_reply(const std::string &reason) const
+{
+    return error_reply_ ? error_reply_(503, reason) : reason;
+}
+
+std::uint16_t GuardedServer::bind(const std::string &address, std::uint16_t port, std::error_code &ec)
+{
+    front_ = std::make_unique<FrontEnd>(*this);
+    auto ip = asio::ip::make_address(address, ec);
+    if (ec) {
+        ec = std::make_error_code(std::errc::invalid_argument);
+        return 0;
+    }
+    const asio::ip::tcp::endpoint endpoint(ip, port);
+    auto &acceptor = front_->acceptor;
+    acceptor.open(endpoint.protocol(), ec);
+    if (!ec)
+        acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec)
+        acceptor.bind(endpoint, ec);
+    // A burst of clients must not see SYN retries of a second.
+    if (!ec)
+        acceptor.listen(512, ec);
+    if (ec) {
+        front_.reset();
+        return 0;
+    }
+    // httplib stops writing a streamed reply once it sees no listening
+    // socket (its "shutting down" test): it must see ours.
+    svr_sock_ = acceptor.native_handle();
+    return acceptor.local_endpoint(ec).port();
+}
+
+void GuardedServer::start()
+{
+    FrontEnd &f = *front_;
+    f.accept();
+    f.loop_thread = std::thread([&f] { f.io.run(); });
+    for (unsigned i = 0; i < std::max(1u, limits_.threads); ++i)
+        f.workers.emplace_back([&f] { f.worker(); });
+}
+
+void GuardedServer::stop()
+{
+    if (!front_)
+        return;
+    FrontEnd &f = *front_;
+    svr_sock_ = INVALID_SOCKET; // streamed replies stop
+    asio::post(f.io, [&f] {
+        asio::error_code ignored;
+        f.acceptor.close(ignored);
+        f.accept_retry.cancel();
+        while (!f.pending.empty()) {
+            auto p = f.pending.front();
+            f.unlist(p);
+            p->socket.close(ignored);
+        }
+        f.io.stop();
     });
-}
-
-GuardedServer::~GuardedServer() = default;
-
-void GuardedServer::raise_backlog(int backlog)
-{
-    // listen() on a listening socket only updates its backlog.
-    if (svr_sock_ != INVALID_SOCKET)
-        ::listen(svr_sock_, backlog);
-}
-
-void GuardedServer::reply_and_close(socket_t sock, int status, const std::string &reason)
-{
-    ++rejected_;
-    std::string body = error_reply_ ? error_reply_(status, reason) : reason;
-    std::string reply = "HTTP/1.1 " + std::to_string(status) + " " + reason_phrase(status) +
-                        "\r\nServer: Pytun Introspection web server/" + version() +
-                        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-                        "\r\nConnection: close\r\n\r\n" + body;
-    GuardedStream stream(sock, {}, Clock::now(), std::chrono::milliseconds(1000));
-    stream.write(reply.data(), reply.size());
-    // Half-close, then drain briefly: closing with unread input would send
-    // a reset that can destroy the reply before the client reads it.
-    ::shutdown(sock, SHUT_WR);
-    char sink[4096];
-    const auto drain_until = Clock::now() + std::chrono::milliseconds(200);
-    while (wait_for(sock, POLLIN, drain_until) && ::recv(sock, sink, sizeof sink, MSG_DONTWAIT) > 0) {
-    }
-}
-
-void GuardedServer::shutdown_clients()
-{
-    std::lock_guard lock(clients_mutex_);
-    for (int fd : clients_)
-        ::shutdown(fd, SHUT_RDWR);
-}
-
-bool GuardedServer::process_and_close_socket(socket_t sock)
-{
-    // Known while served, so that stop() can cut it short; closed under the
-    // same lock, so that shutdown_clients() never touches a reused number.
+    if (f.loop_thread.joinable())
+        f.loop_thread.join();
     {
-        std::lock_guard lock(clients_mutex_);
-        clients_.insert(sock);
+        std::lock_guard lock(f.mutex);
+        f.stopping = true;
+        // Cut the requests being served short: a slow client cannot delay stop().
+        for (int fd : f.serving)
+            ::shutdown(fd, SHUT_RDWR);
+        for (auto &job : f.queue)
+            ::close(job.fd);
+        f.queue.clear();
     }
-    struct Closer {
-        GuardedServer &server;
-        int fd;
-        ~Closer()
-        {
-            std::lock_guard lock(server.clients_mutex_);
-            server.clients_.erase(fd);
-            ::close(fd);
-        }
-    } closer{*this, sock};
+    f.wake.notify_all();
+    for (auto &worker : f.workers)
+        worker.join();
+    front_.reset();
+}
 
-    const auto deadline = t_accepted_at + limits_.request_timeout;
-    if (t_overloaded) {
-        reply_and_close(sock, 503, "too many clients waiting; try again");
-        return false;
-    }
-    // Read the head: up to the empty line, within the limits.
-    std::string buffer;
-    std::size_t scanned = 0;
-    std::size_t head_end = std::string::npos;
-    char chunk[4096];
-    while (head_end == std::string::npos) {
-        if (const Wait w = wait_until(sock, POLLIN, deadline); w != Wait::ready) {
-            if (w == Wait::error)
-                return false;
-            reply_and_close(sock, 408, "request not received within " +
-                                           std::to_string(limits_.request_timeout.count()) + " ms");
-            return false;
-        }
-        ssize_t n = ::recv(sock, chunk, sizeof chunk, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false; // gone before a complete head: nobody to answer
-        buffer.append(chunk, static_cast<std::size_t>(n));
-        // Look for the blank line from a little before the new bytes.
-        std::size_t from = scanned >= 3 ? scanned - 3 : 0;
-        for (std::size_t i = from; i < buffer.size(); ++i) {
-            if (buffer[i] != '\n')
-                continue;
-            if (i >= 1 && buffer[i - 1] == '\n') {
-                head_end = i + 1;
-                break;
-            }
-            if (i >= 2 && buffer[i - 1] == '\r' && buffer[i - 2] == '\n') {
-                head_end = i + 1;
-                break;
-            }
-        }
-        scanned = buffer.size();
-        if (head_end == std::string::npos) {
-            auto first_line = buffer.find('\n');
-            if (first_line == std::string::npos && buffer.size() > limits_.max_target_length + 64) {
-                reply_and_close(sock, 414, "request line too long");
-                return false;
-            }
-            if (buffer.size() > limits_.max_header_bytes) {
-                reply_and_close(sock, 431, "request head larger than " + std::to_string(limits_.max_header_bytes) +
-                                               " bytes");
-                return false;
-            }
-            if (static_cast<std::size_t>(std::count(buffer.begin(), buffer.end(), '\n')) > limits_.max_headers + 1) {
-                reply_and_close(sock, 431, "more than " + std::to_string(limits_.max_headers) + " header lines");
-                return false;
-            }
-        }
-    }
-    if (head_end > limits_.max_header_bytes) {
-        reply_and_close(sock, 431, "request head larger than " + std::to_string(limits_.max_header_bytes) + " bytes");
-        return false;
-    }
-    if (auto check = check_head(std::string_view(buffer).substr(0, head_end), limits_); check.status) {
-        reply_and_close(sock, check.status, check.reason);
-        return false;
-    }
-
+void GuardedServer::serve(int fd, std::string buffered, Clock::time_point deadline)
+{
     // One request per connection: a kept-alive idle connection would hold
     // a worker, and nothing here is hurt by a new TCP connection.
-    GuardedStream stream(sock, std::move(buffer), deadline, limits_.write_timeout);
+    GuardedStream stream(fd, std::move(buffered), deadline, limits_.write_timeout);
     bool connection_closed = false;
-    bool ok = process_request(stream, true, connection_closed, nullptr);
-    ::shutdown(sock, SHUT_WR);
-    return ok;
+    process_request(stream, true, connection_closed, nullptr);
+    ::shutdown(fd, SHUT_WR);
 }
 
 } // namespace pytun::detail

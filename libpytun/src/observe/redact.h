@@ -6,9 +6,12 @@
 
 #include "internal.h"
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "util/text.h"
 
 namespace pytun::detail {
 
@@ -24,19 +27,23 @@ std::string private_key_kind(std::string_view content);
 /// such a file could be a DER key and is never shipped.
 bool looks_binary(std::string_view content);
 
-/// True for key names whose values are secrets (smtp_password,
-/// http_password, signature, inspection_token, anything with password,
-/// passphrase, token, secret, api_key, credential in it).
-bool is_secret_key(std::string_view key);
+/// Lines longer than this are not examined: they are replaced whole by the
+/// marker (a config line is a few hundred bytes; a 40 kB one is junk or an
+/// attack, and nothing of it is worth the risk of shipping a secret).
+inline constexpr std::size_t k_redact_max_line = 16 * 1024;
 
 struct Redaction {
-    int line = 0;         ///< 1-based
-    std::string key;
+    int line = 0;              ///< 1-based
+    std::string key;           ///< whose value was replaced; empty: the whole line was
+    std::size_t line_bytes = 0; ///< for a whole line: its length
 };
 
 /// `content` with the value of every secret `key = value` / `key: value`
 /// (INI) or `key = "value"` (TOML, also inside inline tables and multi-line
-/// strings) replaced by the marker; `redactions` lists what was replaced.
+/// strings) replaced by the marker, and the rest of a line whose first word
+/// is a secret key but that has no `=` (`smtp_password hunter2`, a typo);
+/// `redactions` lists what was replaced. One pass over the text, no
+/// backtracking: the time is linear in the size of `content`.
 std::string redact_config(std::string_view content, std::vector<Redaction> &redactions);
 
 } // namespace pytun::detail

@@ -99,7 +99,8 @@ ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_
                                                   : ordered_json(nullptr);
     j["connections"] = {{"active", t.traffic.connections_active},
                         {"total", t.traffic.connections_total},
-                        {"failed", t.traffic.connections_failed}};
+                        {"failed", t.traffic.connections_failed},
+                        {"refused", t.traffic.connections_refused}};
     j["bytes"] = {{"to_service", t.traffic.bytes_to_service}, {"from_service", t.traffic.bytes_from_service}};
     return j;
 }
@@ -327,6 +328,16 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap)
     Family(out, "pytun_start_time_seconds", "gauge", "Unix time the connector started.")
         .sample("", number(unix_seconds(ctx.created_at)));
     Family(out, "pytun_tunnels", "gauge", "Tunnels managed.").sample("", number(std::uint64_t(snap.tunnels.size())));
+    Family(out, "pytun_descriptors_limit", "gauge", "The process's file descriptor limit (RLIMIT_NOFILE).")
+        .sample("", number(snap.descriptors.limit));
+    Family(out, "pytun_descriptors_reserved", "gauge",
+           "Descriptors kept for SSH sessions, reconnects, health probes and the status API.")
+        .sample("", number(snap.descriptors.reserved));
+    Family(out, "pytun_descriptors_forwarded", "gauge", "Forwarded connections holding a descriptor now.")
+        .sample("", number(snap.descriptors.forwarded));
+    Family(out, "pytun_descriptor_exhaustion_total", "counter",
+           "Operations that failed because pytun was out of file descriptors (EMFILE/ENFILE).")
+        .sample("", number(snap.descriptors.exhausted_total));
 
     auto per_tunnel = [&](const char *name, const char *type, const char *help, auto &&value) {
         Family f(out, name, type, help);
@@ -359,6 +370,10 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap)
     per_tunnel("pytun_tunnel_connections_failed_total", "counter",
                "Forwarded connections whose local service refused or timed out (current session).",
                [](const TunnelStatus &t) { return number(t.traffic.connections_failed); });
+    per_tunnel("pytun_tunnel_connections_refused_total", "counter",
+               "Forwarded connections turned away: max_connections, or descriptors kept for the other tunnels "
+               "(current session).",
+               [](const TunnelStatus &t) { return number(t.traffic.connections_refused); });
     per_tunnel("pytun_tunnel_bytes_in_total", "counter",
                "Bytes relayed from the bastion to the local service (current session).",
                [](const TunnelStatus &t) { return number(t.traffic.bytes_to_service); });

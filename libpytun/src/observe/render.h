@@ -12,6 +12,7 @@
 
 #include <pytun/alerter.h>
 #include <pytun/manager.h>
+#include <pytun/resources.h>
 
 namespace pytun::detail {
 
@@ -19,6 +20,7 @@ namespace pytun::detail {
 struct Snapshot {
     std::vector<TunnelStatus> tunnels;
     std::vector<AlertChannelStats> alerts;
+    DescriptorStats descriptors;
     std::chrono::system_clock::time_point now;
 };
 

@@ -7,20 +7,22 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
-#include <thread>
 
 #include <openssl/crypto.h>
 
 #include <pytun/alerter.h>
 #include <pytun/manager.h>
+#include <pytun/resources.h>
 #include <pytun/version.h>
 
 #include "log.h"
 #include "observe/archive.h"
 #include "observe/http_guard.h"
 #include "observe/render.h"
+#include "util/fd_budget.h"
 
 namespace pytun {
 
@@ -91,7 +93,8 @@ struct StatusServer::Impl {
 
     std::mutex mutex;                    // start/stop
     std::unique_ptr<detail::GuardedServer> server;
-    std::thread thread;
+    std::atomic<int> archives_building{0};
+    std::int64_t reserved_fds = 0;
     std::atomic<bool> running{false};
     std::atomic<std::uint16_t> bound_port{0};
 
@@ -111,6 +114,7 @@ struct StatusServer::Impl {
         s.tunnels = manager.status();
         if (alerter)
             s.alerts = alerter->stats();
+        s.descriptors = descriptor_stats();
         s.now = std::chrono::system_clock::now();
         return s;
     }
@@ -161,11 +165,41 @@ struct StatusServer::Impl {
         return false;
     }
 
-    void zip(httplib::Response &res, std::string data, const char *filename) const
+    // Streams the archive from its (unlinked) file: the reply costs one
+    // 64 KiB buffer, not the archive's size.
+    void zip(httplib::Response &res, detail::ArchiveFile archive, const char *filename) const
     {
         res.status = 200;
         res.set_header("Content-Disposition", std::string("attachment; filename=\"") + filename + "\"");
-        res.set_content(std::move(data), "application/zip");
+        auto file = std::make_shared<detail::ArchiveFile>(std::move(archive));
+        res.set_content_provider(
+            static_cast<std::size_t>(file->size()), "application/zip",
+            [file](std::size_t offset, std::size_t length, httplib::DataSink &sink) {
+                char buf[64 * 1024];
+                const ssize_t n =
+                    ::pread(file->fd(), buf, std::min(length, sizeof buf), static_cast<off_t>(offset));
+                return n > 0 && sink.write(buf, static_cast<std::size_t>(n));
+            },
+            [file](bool) {});
+    }
+
+    // Archives are built one or two at a time (CPU, disk): never by every
+    // worker, so /healthz and /status still find one free.
+    template <typename Build>
+    void archive(httplib::Response &res, const char *filename, Build build)
+    {
+        const int limit = static_cast<int>(std::max(1u, options.threads / 2));
+        if (archives_building.fetch_add(1) >= limit) {
+            archives_building.fetch_sub(1);
+            res.set_header("Retry-After", "5");
+            error(res, 503, "another archive is being built; try again in a few seconds");
+            return;
+        }
+        struct Done {
+            std::atomic<int> &count;
+            ~Done() { count.fetch_sub(1); }
+        } done{archives_building};
+        zip(res, build(), filename);
     }
 
     void routes(detail::GuardedServer &s)
@@ -182,11 +216,14 @@ struct StatusServer::Impl {
             json(res, 200, detail::render_status(ctx, snapshot()));
         });
         s.Get("/configs", [this](const httplib::Request &, httplib::Response &res) {
-            zip(res, detail::make_config_archive(options.main_config_file, options.config_dir, options.max_archive_bytes),
-                "configs.zip");
+            archive(res, "configs.zip", [this] {
+                return detail::make_config_archive(options.main_config_file, options.config_dir,
+                                                   options.max_archive_bytes);
+            });
         });
         s.Get("/logs", [this](const httplib::Request &, httplib::Response &res) {
-            zip(res, detail::make_log_archive(options.log_dir, options.max_archive_bytes), "logs.zip");
+            archive(res, "logs.zip",
+                    [this] { return detail::make_log_archive(options.log_dir, options.max_archive_bytes); });
         });
         s.Get("/metrics", [this](const httplib::Request &, httplib::Response &res) {
             res.set_content(detail::render_metrics(ctx, snapshot()), "text/plain; version=0.0.4; charset=utf-8");
@@ -263,6 +300,7 @@ std::error_code StatusServer::start(std::string &message)
     limits.max_headers = d.options.max_headers;
     limits.max_target_length = d.options.max_target_length;
     limits.max_pending = d.options.max_pending;
+    limits.max_queued = std::min<std::size_t>(d.options.max_pending, 64);
     limits.threads = std::max(1u, d.options.threads);
     auto server = std::make_unique<detail::GuardedServer>(
         limits, [&d](int, const std::string &reason) { return detail::render_error(d.ctx, reason); });
@@ -271,28 +309,21 @@ std::error_code StatusServer::start(std::string &message)
     server->set_keep_alive_max_count(1);
     d.routes(*server);
 
-    int port = 0;
-    if (d.options.port == 0) {
-        port = server->bind_to_any_port(d.options.bind_address);
-        if (port <= 0)
-            port = 0;
-    } else if (server->bind_to_port(d.options.bind_address, d.options.port)) {
-        port = d.options.port;
-    }
+    std::error_code bind_error;
+    const std::uint16_t port = server->bind(d.options.bind_address, d.options.port, bind_error);
     if (port == 0) {
         std::error_code ec;
         message = bind_failure(d.options.bind_address, d.options.port, ec);
         d.log->error("{}", message);
         return ec;
     }
-    server->raise_backlog(512);
-    d.bound_port = static_cast<std::uint16_t>(port);
+    d.bound_port = port;
     d.server = std::move(server);
-    d.thread = std::thread([server = d.server.get()] { server->listen_after_bind(); });
-    // httplib's stop() does nothing until the listen loop runs: wait for it,
-    // so that a stop() right after start() cannot leave the thread behind.
-    for (int i = 0; i < 2000 && !d.server->is_running(); ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // Its connections are kept out of what forwarded connections may use.
+    d.reserved_fds = static_cast<std::int64_t>(limits.max_pending + limits.max_queued + limits.threads +
+                                               detail::GuardLimits::k_max_closing);
+    detail::FdBudget::instance().reserve(d.reserved_fds);
+    d.server->start();
     d.running = true;
 
     message = "inspection API listening on " + d.options.bind_address + ":" + std::to_string(port);
@@ -313,17 +344,9 @@ void StatusServer::stop()
     std::lock_guard lock(d.mutex);
     if (!d.server)
         return;
-    // httplib's stop() closes the listener; its listen thread then waits
-    // for the workers. Cut the connections they serve (and those still
-    // queued, as they start) short, so that a slow client cannot delay
-    // stop() until its request deadline.
     d.server->stop();
-    while (d.server->is_running()) {
-        d.server->shutdown_clients();
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-    if (d.thread.joinable())
-        d.thread.join();
+    detail::FdBudget::instance().reserve(-d.reserved_fds);
+    d.reserved_fds = 0;
     d.server.reset();
     d.running = false;
 }

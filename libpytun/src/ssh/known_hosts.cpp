@@ -16,6 +16,7 @@
 #include <pytun/error.h>
 
 #include "util/base64.h"
+#include "util/text.h"
 
 namespace pytun::detail {
 namespace {
@@ -160,7 +161,7 @@ void KnownHosts::parse(std::istream &in, const std::string &path, const std::str
             } else if (fields[0] == "@cert-authority") {
                 log.warn("{}:{}: @cert-authority lines are not supported by libssh2 and are ignored", path, number);
             } else {
-                log.warn("{}:{}: unknown marker {} ignored", path, number, fields[0]);
+                log.warn("{}:{}: unknown marker {} ignored", path, number, printable(fields[0], 40));
             }
             continue;
         }

@@ -6,6 +6,7 @@
 
 #include <pytun/error.h>
 
+#include "forward/admission.h"
 #include "forward/local_forwarder.h"
 #include "forward/reverse_forwarder.h"
 #include "ssh/connection.h"
@@ -122,6 +123,8 @@ void TunnelRun::start()
     SessionPool::Limits limits;
     limits.max_sessions = std::max(1u, options_.max_sessions);
     pool_ = std::make_shared<SessionPool>(io_, connection, log_, limits, status_);
+    admission_ = std::make_unique<Admission>(options_.max_connections,
+                                             [status = status_] { return status->total().connections_active; });
     setup_timer_.expires_after(options_.connect_timeout);
     setup_timer_.async_wait([this, self](const asio::error_code &ec) {
         if (!ec && !up_)
@@ -173,7 +176,7 @@ void TunnelRun::start_forward(std::size_t index)
     handlers.failed = [this, self, index](std::error_code ec, const std::string &why) {
         on_forward_failed(index, ec, why);
     };
-    forward->start(*connection_, *pool_, std::move(handlers));
+    forward->start(ForwardContext{*connection_, *pool_, *admission_}, std::move(handlers));
 }
 
 void TunnelRun::on_forward_ready(std::size_t index, std::uint16_t bound_port)

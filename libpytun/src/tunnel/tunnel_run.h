@@ -27,6 +27,7 @@
 
 namespace pytun::detail {
 
+class Admission;
 class Forward;
 class RunStatus;
 class SessionPool;
@@ -81,6 +82,7 @@ private:
     Handlers handlers_;
     std::shared_ptr<SshConnection> connection_;
     std::shared_ptr<SessionPool> pool_;
+    std::unique_ptr<Admission> admission_;
     std::vector<std::shared_ptr<Forward>> forwards_;  ///< by spec index; null while failed
     std::vector<ForwardState> states_;
     std::vector<std::unique_ptr<asio::steady_timer>> retry_timers_;
