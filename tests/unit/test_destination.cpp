@@ -361,3 +361,23 @@ TEST_CASE("resolving a name rule: one address rule per address, sshuttle's mask 
     CHECK(error == "'*.example': only a host name rule can be resolved to addresses");
     CHECK_FALSE(pytun::detail::resolve_name_rule(parse_ok("10.0.0.0/8"), v4, error));
 }
+
+TEST_CASE("rule files: several rules a line, comments, every bad rule with its line")
+{
+    DestinationSet set;
+    std::vector<std::string> errors;
+    CHECK(
+        set.add_lines("# LAN\n10.0.0.0/8:389  [fd00::/64]:443\r\n\n\t*.corp.example # intranet\n", "lan.txt", errors));
+    CHECK(errors.empty());
+    REQUIRE(set.rules().size() == 3);
+    CHECK(set.rules()[2].to_string() == "*.corp.example");
+    CHECK(set.matches("fd00::1", 443));
+
+    CHECK_FALSE(set.add_lines("10.0.0.0/33\n\nsmtp.example:25 10.0.0.0/8:0\n10/8", "/etc/x", errors));
+    CHECK(errors == std::vector<std::string>{"/etc/x:1: '10.0.0.0/33': mask must be 0-32",
+                                             "/etc/x:3: '10.0.0.0/8:0': port '0' must be 1-65535",
+                                             "/etc/x:4: '10/8': '10' is not a valid IPv4 address (write all four "
+                                             "parts, e.g. 10.0.0.0/8)"});
+    CHECK(set.rules().size() == 4); // the good rule among them is added
+    CHECK(set.add_lines("", "empty", errors));
+}

@@ -381,6 +381,32 @@ bool DestinationSet::add(std::string_view text, std::string &error)
     return true;
 }
 
+bool DestinationSet::add_lines(std::string_view text, std::string_view source, std::vector<std::string> &errors)
+{
+    const std::size_t errors_before = errors.size();
+    int number = 0;
+    while (!text.empty()) {
+        const auto newline = text.find('\n');
+        std::string_view line = text.substr(0, newline);
+        text = newline == std::string_view::npos ? std::string_view{} : text.substr(newline + 1);
+        ++number;
+        line = line.substr(0, line.find('#'));
+        constexpr std::string_view k_blanks = " \t\r\f\v";
+        while (true) {
+            const auto start = line.find_first_not_of(k_blanks);
+            if (start == std::string_view::npos)
+                break;
+            line.remove_prefix(start);
+            const auto word = line.substr(0, line.find_first_of(k_blanks));
+            line.remove_prefix(word.size());
+            std::string error;
+            if (!add(word, error))
+                errors.push_back(std::string(source) + ":" + std::to_string(number) + ": " + error);
+        }
+    }
+    return errors.size() == errors_before;
+}
+
 bool DestinationSet::matches(const IpAddress &address, std::uint16_t port) const
 {
     return std::any_of(rules_.begin(), rules_.end(),

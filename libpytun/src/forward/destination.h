@@ -94,6 +94,12 @@ public:
     /// Parses and adds one rule; false (and `error`) if it does not parse.
     bool add(std::string_view text, std::string &error);
     void add(DestinationRule rule) { rules_.push_back(std::move(rule)); }
+    /// Adds the rules of a file's `text`, read as sshuttle reads -s / -X
+    /// files: rules separated by white space or new lines, blank lines, '#'
+    /// to the end of a line a comment. Each bad rule adds
+    /// "SOURCE:LINE: message" to `errors` (the good ones are added); false
+    /// when there was any.
+    bool add_lines(std::string_view text, std::string_view source, std::vector<std::string> &errors);
     const std::vector<DestinationRule> &rules() const { return rules_; }
     bool empty() const { return rules_.empty(); }
 
