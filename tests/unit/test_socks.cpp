@@ -395,6 +395,21 @@ TEST_CASE("bounded buffering: a field without its NUL fails at the bound, not la
     CHECK(flood.send == k_selected_none + socks5_reply_bytes(0x01));
 }
 
+TEST_CASE("the largest legitimate SOCKS5 exchange (1032 bytes) completes")
+{
+    std::string greeting = b({5, 255});
+    for (int method = 1; method <= 255; ++method)
+        greeting += static_cast<char>(method); // 0x02 last but one
+    const SocksCredentials longest{std::string(255, 'u'), std::string(255, 'p')};
+    const std::string auth = b({1}) + with_length(longest.user) + with_length(longest.password);
+    const std::string request = b({5, 1, 0, 3}) + with_length(std::string(255, 'h')) + b({0, 80});
+    REQUIRE(greeting.size() + auth.size() + request.size() == 1032);
+    const auto run = serve(greeting + auth + request, longest);
+    CHECK(run.outcome.kind == Kind::complete);
+    CHECK(run.outcome.sent == b({5, 2, 1, 0}));
+    CHECK(run.request.user == longest.user);
+}
+
 TEST_CASE("replies, byte for byte, in the request's own version")
 {
     SocksServerHandshake v5;

@@ -8,8 +8,9 @@
 // Use: feed whatever bytes arrived (any split, one byte at a time included)
 // and act on the step returned. Whatever its kind, a step's `send` bytes go
 // to the peer first. Buffering is bounded by the protocol's own message sizes:
-// between feeds at most one incomplete message is held (520 bytes at most; a
-// SOCKS4 user id or host name must end within 255 bytes).
+// the largest legitimate SOCKS5 exchange is 1032 bytes, between feeds at most
+// one incomplete message is held (520 bytes at most), and a SOCKS4 user id or
+// host name must end within 255 bytes.
 // tests/fuzz/fuzz_socks.cpp fuzzes both sides.
 #pragma once
 
