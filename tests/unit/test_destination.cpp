@@ -273,6 +273,12 @@ TEST_CASE("matching: prefixes, port ranges, /0 and families")
     CHECK_FALSE(v6.matches(ip("fd00:0:0:1::2"), 22));
     CHECK_FALSE(v6.matches(ip("fd00:0:0:1::1"), 23));
 
+    // An IPv4 address filled in by a caller with junk after its four bytes.
+    auto filled = ip("10.0.0.1");
+    filled.bytes[4] = 0xff;
+    filled.bytes[15] = 0x01;
+    CHECK(rule.matches(filled, 8000));
+
     const auto host = parse_ok("192.168.1.7");
     CHECK(host.matches(ip("192.168.1.7"), 1));
     CHECK_FALSE(host.matches(ip("192.168.1.6"), 1));

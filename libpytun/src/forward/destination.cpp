@@ -83,11 +83,13 @@ void clear_host_bits(IpAddress &address, int prefix)
     }
 }
 
+// Compares only the address's own bytes: an IPv4 address a caller filled in
+// may carry anything after its first four.
 bool in_prefix(const IpAddress &network, int prefix, const IpAddress &address)
 {
     IpAddress masked = address;
     clear_host_bits(masked, prefix);
-    return masked == network;
+    return std::equal(masked.bytes.begin(), masked.bytes.begin() + masked.size(), network.bytes.begin());
 }
 
 // Host names: letters, digits, '-' and '_' (sshuttle accepts \w), labels of

@@ -29,7 +29,7 @@ enum class IpFamily : std::uint8_t { v4, v6 };
 /// An IPv4 or IPv6 address as bytes in network order.
 struct IpAddress {
     IpFamily family = IpFamily::v4;
-    std::array<std::uint8_t, 16> bytes{}; ///< IPv4 uses the first 4
+    std::array<std::uint8_t, 16> bytes{}; ///< IPv4: the first 4 (parse() zeroes the rest; matching ignores it)
 
     /// Dotted IPv4 ("10.0.0.1") or IPv6 text ("fd00::1", no brackets, no zone).
     /// An IPv4-mapped IPv6 address (::ffff:10.0.0.1) is returned as the IPv4
