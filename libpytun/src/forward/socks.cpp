@@ -286,19 +286,16 @@ std::optional<std::size_t> SocksServerHandshake::parse_request5(std::string_view
     std::size_t size = 0;
     switch (atyp) {
     case k_atyp_ipv4:
-        size = 4 + 4 + 2;
+    case k_atyp_ipv6: {
+        const bool v4 = atyp == k_atyp_ipv4;
+        const std::size_t address_size = v4 ? 4 : 16;
+        size = 4 + address_size + 2;
         if (in.size() < size)
             return std::nullopt;
-        request_.address_type = SocksRequest::AddressType::ipv4;
-        request_.host = address_text(in.substr(4, 4), IpFamily::v4);
+        request_.address_type = v4 ? SocksRequest::AddressType::ipv4 : SocksRequest::AddressType::ipv6;
+        request_.host = address_text(in.substr(4, address_size), v4 ? IpFamily::v4 : IpFamily::v6);
         break;
-    case k_atyp_ipv6:
-        size = 4 + 16 + 2;
-        if (in.size() < size)
-            return std::nullopt;
-        request_.address_type = SocksRequest::AddressType::ipv6;
-        request_.host = address_text(in.substr(4, 16), IpFamily::v6);
-        break;
+    }
     case k_atyp_domain: {
         if (in.size() < 5)
             return std::nullopt;
