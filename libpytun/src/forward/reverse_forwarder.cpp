@@ -6,6 +6,7 @@
 
 #include "forward/admission.h"
 #include "forward/relay.h"
+#include "forward/socks_forwarder.h"
 #include "ssh/connection.h"
 #include "ssh/session.h"
 
@@ -32,6 +33,17 @@ void ReverseForwarder::start(ForwardContext context, Handlers handlers)
     connection_ = &connection;
     admission_ = &context.admission;
     handlers_ = std::move(handlers);
+    if (spec_.target_host.empty()) {
+        auto allow = std::make_shared<DestinationSet>();
+        std::string error;
+        if (spec_.allow.empty() || !parse_allowlist(spec_.allow, *allow, error)) {
+            handlers_.failed(Errc::invalid_options,
+                             "reverse SOCKS forward: allow: " +
+                                 (error.empty() ? std::string("an allowlist is required") : error));
+            return;
+        }
+        allow_ = std::move(allow);
+    }
     auto self = shared_from_this();
     SshSession &session = connection.session();
     LIBSSH2_SESSION *ssh = session.raw();
@@ -64,8 +76,12 @@ void ReverseForwarder::on_listening(int rc, int bound_port)
         return;
     }
     const auto port = static_cast<std::uint16_t>(bound_port > 0 ? bound_port : spec_.listen_port);
-    log_->info("tunnel up: bastion {} port {} -> {}:{}", connection_->where(), port, spec_.target_host,
-               spec_.target_port);
+    if (allow_)
+        log_->info("tunnel up: bastion {} port {} -> SOCKS, to what the allowlist lets through",
+                   connection_->where(), port);
+    else
+        log_->info("tunnel up: bastion {} port {} -> {}:{}", connection_->where(), port, spec_.target_host,
+                   spec_.target_port);
     connection_->session().add_listener(
         listener_, [this, self = shared_from_this()](LIBSSH2_CHANNEL *channel) { on_channel(channel); });
     if (handlers_.ready)
@@ -78,7 +94,11 @@ void ReverseForwarder::on_channel(LIBSSH2_CHANNEL *channel)
     auto relay = std::make_shared<Relay>(session.io(), log_, counters_);
     relay->attach(channel);
     session.adopt(relay);
-    if (admission_->admit(*relay))
+    if (!admission_->admit(*relay))
+        return;
+    if (allow_)
+        negotiate_reverse_socks(*relay, allow_, spec_.connect_timeout, log_);
+    else
         relay->connect(spec_.target_host, spec_.target_port, spec_.connect_timeout);
 }
 

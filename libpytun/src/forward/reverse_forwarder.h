@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // ReverseForwarder (ssh -R): the bastion listens on a port and opens a
 // forwarded-tcpip channel for every connection that arrives there; each is
-// relayed to target_host:target_port, dialled from here.
+// relayed to target_host:target_port, dialled from here, or, for reverse
+// SOCKS (no target), to where the client asks in a SOCKS handshake over the
+// channel, if the allowlist lets it.
 #pragma once
 
 #include "internal.h"
@@ -10,10 +12,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <libssh2.h>
 #include <spdlog/logger.h>
 
+#include "forward/destination.h"
 #include "forward/forward.h"
 #include "forward/traffic.h"
 
@@ -22,8 +26,9 @@ namespace pytun::detail {
 struct ReverseForwarderSpec {
     std::string bind_address;  ///< on the bastion; empty: its default
     std::uint16_t listen_port = 0; ///< on the bastion; 0: the bastion chooses
-    std::string target_host;
+    std::string target_host;   ///< empty: reverse SOCKS, each client names its target
     std::uint16_t target_port = 0;
+    std::vector<std::string> allow; ///< reverse SOCKS: where clients may go
     std::chrono::milliseconds connect_timeout{2000}; ///< per forwarded connection
 };
 
@@ -47,6 +52,7 @@ private:
     Admission *admission_ = nullptr;
     Handlers handlers_;
     LIBSSH2_LISTENER *listener_ = nullptr;
+    std::shared_ptr<const DestinationSet> allow_; ///< reverse SOCKS
 };
 
 } // namespace pytun::detail

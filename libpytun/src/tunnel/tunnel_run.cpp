@@ -9,6 +9,7 @@
 #include "forward/admission.h"
 #include "forward/local_forwarder.h"
 #include "forward/reverse_forwarder.h"
+#include "forward/socks_forwarder.h"
 #include "ssh/connection.h"
 #include "ssh/session.h"
 #include "tunnel/run_status.h"
@@ -160,14 +161,22 @@ void TunnelRun::start_forward(std::size_t index)
         {
             return std::make_shared<LocalForwarder>(run.io_, f, run.log_, run.status_->counters(index));
         }
-        std::shared_ptr<Forward> operator()(const DynamicForward &) const { return nullptr; }
-        std::shared_ptr<Forward> operator()(const RemoteDynamicForward &) const { return nullptr; }
+        std::shared_ptr<Forward> operator()(const DynamicForward &f) const
+        {
+            return std::make_shared<SocksForwarder>(run.io_, f, run.options_.open_timeout, run.log_,
+                                                    run.status_->counters(index));
+        }
+        std::shared_ptr<Forward> operator()(const RemoteDynamicForward &f) const
+        {
+            ReverseForwarderSpec spec;
+            spec.bind_address = f.bind_address;
+            spec.listen_port = f.listen_port;
+            spec.allow = f.allow;
+            spec.connect_timeout = run.options_.local_connect_timeout;
+            return std::make_shared<ReverseForwarder>(spec, run.log_, run.status_->counters(index));
+        }
     };
     auto forward = std::visit(Make{*this, index}, specs_[index]);
-    if (!forward) {
-        on_forward_failed(index, Errc::invalid_options, describe(specs_[index]) + ": not supported");
-        return;
-    }
     states_[index] = ForwardState::starting;
     forwards_[index] = forward;
     auto self = shared_from_this();
