@@ -5,8 +5,10 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include <pytun/config.h>
+#include <pytun/logging.h>
 
 namespace pytun::cli {
 
@@ -17,11 +19,25 @@ inline constexpr int k_exit_not_configured = 2;
 inline constexpr int k_exit_connections_failed = 3;
 inline constexpr int k_exit_tunnels_failed = 4;
 
-/// Load the configuration; print every diagnostic to stderr (warnings too).
-/// Empty when there was an error.
-std::optional<Config> load_or_report(const std::string &path);
+/// --log-level and --log-format: they override the configuration's levels
+/// (also after a reload) and choose the line format of every log.
+struct LogFlags {
+    std::optional<LogLevel> level;
+    LogFormat format = LogFormat::text;
+};
 
-int run_connector(const std::string &config_path);
+/// "debug", "WARNING", "warn", ... (any case); empty when it is not a level.
+std::optional<LogLevel> parse_log_level(std::string name);
+
+/// Console-only logging for the modes that write no log files.
+LoggingOptions console_logging(const LogFlags &flags);
+
+/// Load the configuration; print every diagnostic to stderr (warnings too).
+/// Empty when there was an error. With `warnings`, the warnings of a valid
+/// configuration are handed back instead of printed (run mode logs them).
+std::optional<Config> load_or_report(const std::string &path, std::vector<Diagnostic> *warnings = nullptr);
+
+int run_connector(const std::string &config_path, const LogFlags &log_flags);
 int check_config(const std::string &config_path);
 int test_smtp(const Config &config, std::ostream &out);
 int test_http(const Config &config, std::ostream &out);
