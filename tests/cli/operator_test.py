@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # What an operator and a packager meet: the installed files (unit, sysusers.d,
 # tmpfiles.d, man page, completion, examples) for both prefixes, --help, JSON
-# log lines and logs in the journal.
+# log lines, logs in the journal, and /metrics.
 #   operator_test.py BINARY CASE   (meson registers one test per case)
 import json
 import os
@@ -346,10 +346,127 @@ def case_journal(binary):
               "means silence (%r)" % text[:200])
 
 
+# --------------------------------------------------------------------------
+UNIT_WORDS = ("seconds", "bytes")
+NOT_BASE_UNITS = ("ms", "milliseconds", "microseconds", "us", "kb", "kib", "mb", "mib", "minutes", "hours", "percent")
+
+
+def metric_name_problems(text):
+    """Prometheus naming (prometheus.io/docs/practices/naming): what promtool does not catch too."""
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    helps = set(re.findall(r"^# HELP (\S+) ", text, re.M))
+    problems = []
+    for name, kind in types.items():
+        words = name.split("_")
+        if name not in helps:
+            problems.append("%s: no HELP" % name)
+        if not re.match(r"^(pytun|process)_[a-z0-9_]+$", name):
+            problems.append("%s: not pytun_ or process_ snake_case" % name)
+        if kind == "counter" and words[-1] != "total":
+            problems.append("%s: a counter must end in _total" % name)
+        if kind != "counter" and "total" in words:
+            problems.append("%s: only counters say total" % name)
+        if "total" in words[:-1]:
+            problems.append("%s: _total must come last" % name)
+        base = words[:-1] if words[-1] == "total" else words
+        units = [w for w in base if w in UNIT_WORDS]
+        if units and base[-1] not in UNIT_WORDS:
+            problems.append("%s: the unit (%s) must come last, before any _total" % (name, units[0]))
+        if any(w in NOT_BASE_UNITS for w in words):
+            problems.append("%s: use base units (seconds, bytes)" % name)
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            family = re.sub(r"_(bucket|sum|count)$", "", line.split("{")[0].split(" ")[0])
+            if family not in types and line.split("{")[0].split(" ")[0] not in types:
+                problems.append("sample without TYPE: %s" % line)
+    return problems
+
+
+def promtool():
+    found = shutil.which("promtool")
+    local = os.path.join(BUILD, "test-tools", "promtool")
+    return found or (local if os.access(local, os.X_OK) else None)
+
+
+def get(port, path):
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
+        return r.read().decode()
+
+
+def sample(text, series):
+    m = re.search(r"^%s (\S+)$" % re.escape(series), text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def case_metrics(binary):
+    with Env(binary) as env:
+        t0 = time.time()
+        env.sshd()
+        echo = env.echo()
+        env.connector_ini(log_level="INFO")
+        port = sshd_fixture.free_port()
+        env.tunnel_ini("a", "A", port, echo.port)
+        env.tunnel_ini("b", "B", sshd_fixture.free_port(), sshd_fixture.free_port())   # no service: degraded
+        proc = env.start(["--config_ini", "connector.ini"])
+        check(wait_until(lambda: echo_roundtrip(port), 30), "tunnel A serves")
+        connections = 20
+        check(all(echo_roundtrip(port) for _ in range(connections)), "%d connections through A" % connections)
+        api = {}
+        check(wait_until(lambda: api.update(json.loads(get(env.inspection_port, "/api/v1/tunnels"))) or
+                         {t["name"]: t["state"] for t in api["tunnels"]} == {"A": "up", "B": "degraded"}, 30),
+              "A up, B degraded")
+        text = get(env.inspection_port, "/metrics")
+
+        tool_path = promtool()
+        if tool_path:
+            r = subprocess.run([tool_path, "check", "metrics"], input=text, capture_output=True, text=True)
+            check(r.returncode == 0 and not (r.stdout + r.stderr).strip(),
+                  "promtool check metrics: clean%s" % (": " + r.stdout + r.stderr if r.returncode else ""))
+        else:
+            print("note: promtool not found (scripts/setup unpacks it from Debian's prometheus package); "
+                  "names checked by this test only")
+        problems = metric_name_problems(text)
+        check(not problems, "metric names follow Prometheus naming: %s" % (problems or "ok"))
+        for old in ("pytun_tunnel_bytes_in_total", "pytun_tunnel_bytes_out_total"):
+            check(old not in text, "the old name %s is gone (docs/migration.md)" % old)
+
+        a = 'tunnel="A"'
+        count = sample(text, "pytun_tunnel_connection_setup_seconds_count{%s}" % a)
+        check(count is not None and count >= connections + 1,
+              "the set-up histogram counted every connection (%s >= %d)" % (count, connections + 1))
+        buckets = [float(v) for v in re.findall(
+            r'^pytun_tunnel_connection_setup_seconds_bucket\{tunnel="A",le="[^"]+"\} (\S+)$', text, re.M)]
+        check(len(buckets) == 14 and buckets == sorted(buckets) and buckets[-1] == count,
+              "buckets are cumulative and +Inf equals _count: %s" % buckets)
+        total = sample(text, "pytun_tunnel_connection_setup_seconds_sum{%s}" % a)
+        check(0 < total < count * 2, "_sum is the set-up time in seconds: %.6f s for %d" % (total, count))
+        check(sample(text, "pytun_tunnel_received_bytes_total{%s}" % a) >= connections * len(b"hello pytun\n"),
+              "pytun_tunnel_received_bytes_total counts what came from the bastion")
+
+        now = time.time()
+        check(sample(text, "process_cpu_seconds_total") > 0, "process_cpu_seconds_total")
+        check(sample(text, "process_resident_memory_bytes") > (1 << 20), "process_resident_memory_bytes > 1 MiB")
+        fds = len(os.listdir("/proc/%d/fd" % proc.pid))
+        check(abs(sample(text, "process_open_fds") - fds) <= 4,
+              "process_open_fds %s, /proc says %d" % (sample(text, "process_open_fds"), fds))
+        check(sample(text, "process_max_fds") >= 1024, "process_max_fds")
+        start = sample(text, "process_start_time_seconds")
+        check(t0 - 2 <= start <= now, "process_start_time_seconds is when pytun started (%.1f s ago)" % (now - start))
+
+        by_name = {t["name"]: t for t in json.loads(get(env.inspection_port, "/api/v1/tunnels"))["tunnels"]}
+        check("probe_rtt_ms" not in by_name["A"] and "probe_rtt_seconds" in by_name["A"],
+              "JSON API: probe_rtt_seconds, as in /metrics")
+        check(by_name["A"]["connection_setup_seconds"]["count"] >= connections + 1, "JSON API: set-up count")
+        err = by_name["B"]["last_error"]
+        check(err and t0 - 2 <= err["time"] <= time.time(), "JSON API: last_error.time says when (%s)" % err)
+        check(stop_pytun(proc) == 0, "SIGTERM: exit 0")
+
+
 if __name__ == "__main__":
     sys.exit(main({
         "install": case_install,
         "help": case_help,
         "log-json": case_log_json,
         "journal": case_journal,
+        "metrics": case_metrics,
     }))

@@ -3,6 +3,7 @@
 // every connection that arrives there is relayed to remote_host:remote_port.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -41,6 +42,18 @@ enum class TunnelState {
     failed,      ///< ended by an error; last_error() says which
 };
 
+/// How long forwarded connections took to set up: from the channel's arrival
+/// from the bastion to the local connect being done (connects that failed
+/// are counted in connections_failed instead), in fixed buckets.
+struct SetupTimeHistogram {
+    /// Upper bounds of the buckets in seconds; one more bucket holds the rest.
+    static constexpr std::array<double, 13> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                   0.1,    0.25,  0.5,    1,     2.5,  5};
+    std::array<std::uint64_t, bounds.size() + 1> counts{}; ///< per bucket (not cumulative)
+    std::uint64_t count = 0;
+    double sum_seconds = 0;
+};
+
 /// Counters since start(); read without waiting on the network.
 struct TunnelStats {
     std::uint64_t connections_active = 0;
@@ -48,6 +61,7 @@ struct TunnelStats {
     std::uint64_t connections_failed = 0;   ///< the local service refused or timed out
     std::uint64_t bytes_to_service = 0;     ///< relayed from the bastion to remote_host
     std::uint64_t bytes_from_service = 0;   ///< relayed from remote_host to the bastion
+    SetupTimeHistogram connection_setup;
 };
 
 /// Runs one reverse tunnel on a thread of its own. The object owns the SSH

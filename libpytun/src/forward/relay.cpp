@@ -71,6 +71,7 @@ void Relay::on_connected(const asio::error_code &ec)
         return;
     }
     connected_ = true;
+    counters_.connection_setup.observe(std::chrono::steady_clock::now() - arrived_);
     asio::error_code ignored;
     socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     socket_.non_blocking(true, ignored);

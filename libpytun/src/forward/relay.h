@@ -20,6 +20,7 @@
 #include <libssh2.h>
 
 #include "forward/ring_buffer.h"
+#include "util/histogram.h"
 
 namespace pytun::detail {
 
@@ -32,6 +33,7 @@ struct RelayCounters {
     std::atomic<std::uint64_t> failed{0};
     std::atomic<std::uint64_t> bytes_to_service{0};
     std::atomic<std::uint64_t> bytes_from_service{0};
+    AtomicSetupTimeHistogram connection_setup;   ///< channel arrival -> local connect done
 };
 
 class Relay : public std::enable_shared_from_this<Relay> {
@@ -91,6 +93,7 @@ private:
     asio::ip::tcp::resolver resolver_;
     asio::steady_timer timer_;
     std::string target_;
+    std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
 
     RingBuffer upload_;    ///< local -> channel
     RingBuffer download_;  ///< channel -> local

@@ -60,6 +60,7 @@ std::vector<TunnelStatus> StatusBoard::snapshot() const
             t.connections_failed = c->failed.load(std::memory_order_relaxed);
             t.bytes_to_service = c->bytes_to_service.load(std::memory_order_relaxed);
             t.bytes_from_service = c->bytes_from_service.load(std::memory_order_relaxed);
+            t.connection_setup = c->connection_setup.read();
         }
     }
     return out;
@@ -219,6 +220,7 @@ void Supervisor::set_state(ManagedState state, std::error_code ec, const std::st
         if (ec) {
             s.last_error = ec;
             s.last_error_message = message;
+            s.last_error_time = now;
         }
     });
     if (from == state)

@@ -186,6 +186,7 @@ TunnelStats Tunnel::stats() const
     s.connections_failed = c.failed.load(std::memory_order_relaxed);
     s.bytes_to_service = c.bytes_to_service.load(std::memory_order_relaxed);
     s.bytes_from_service = c.bytes_from_service.load(std::memory_order_relaxed);
+    s.connection_setup = c.connection_setup.read();
     return s;
 }
 
