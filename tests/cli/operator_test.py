@@ -444,7 +444,12 @@ def case_metrics(binary):
               "pytun_tunnel_received_bytes_total counts what came from the bastion")
 
         now = time.time()
-        check(sample(text, "process_cpu_seconds_total") > 0, "process_cpu_seconds_total")
+        with open("/proc/%d/stat" % proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime, now
+        check(0 <= sample(text, "process_cpu_seconds_total") <= cpu,
+              "process_cpu_seconds_total %s, /proc says %.2f s a moment later"
+              % (sample(text, "process_cpu_seconds_total"), cpu))
         check(sample(text, "process_resident_memory_bytes") > (1 << 20), "process_resident_memory_bytes > 1 MiB")
         fds = len(os.listdir("/proc/%d/fd" % proc.pid))
         check(abs(sample(text, "process_open_fds") - fds) <= 4,

@@ -401,7 +401,8 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
                 cumulative += h.counts[i];
                 const std::string le = i < SetupTimeHistogram::bounds.size()
                                            ? number(SetupTimeHistogram::bounds[i]) : std::string("+Inf");
-                f.sample_of("pytun_tunnel_connection_setup_seconds_bucket", tunnel + "," + label("le", le), number(cumulative));
+                f.sample_of("pytun_tunnel_connection_setup_seconds_bucket", tunnel + "," + label("le", le),
+                            number(cumulative));
             }
             f.sample_of("pytun_tunnel_connection_setup_seconds_sum", tunnel, number(h.sum_seconds));
             f.sample_of("pytun_tunnel_connection_setup_seconds_count", tunnel, number(cumulative));
