@@ -331,19 +331,23 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
     std::string out;
     out.reserve(1024 + snap.tunnels.size() * 4096);
     if (process.ok) {
-        // Named and typed as every Prometheus client library exports them.
-        Family(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.")
-            .sample("", number(process.cpu_seconds));
-        Family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
-            .sample("", number(process.resident_bytes));
-        Family(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.")
-            .sample("", number(process.virtual_bytes));
-        Family(out, "process_open_fds", "gauge", "Number of open file descriptors.")
-            .sample("", number(process.open_fds));
-        Family(out, "process_max_fds", "gauge", "Maximum number of open file descriptors.")
-            .sample("", number(process.max_fds));
-        Family(out, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.")
-            .sample("", number(process.start_time_seconds));
+        // Named, typed and described as every Prometheus client library exports them.
+        const struct {
+            const char *name, *type, *help;
+            std::string value;
+        } standard[] = {
+            {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+             number(process.cpu_seconds)},
+            {"process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             number(process.resident_bytes)},
+            {"process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", number(process.virtual_bytes)},
+            {"process_open_fds", "gauge", "Number of open file descriptors.", number(process.open_fds)},
+            {"process_max_fds", "gauge", "Maximum number of open file descriptors.", number(process.max_fds)},
+            {"process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+             number(process.start_time_seconds)},
+        };
+        for (const auto &m : standard)
+            Family(out, m.name, m.type, m.help).sample("", m.value);
     }
     {
         Family f(out, "pytun_info", "gauge", "Version and manager id of this connector.");
