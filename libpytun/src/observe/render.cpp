@@ -3,6 +3,7 @@
 #include "observe/render.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -397,16 +398,21 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
     {
         Family f(out, "pytun_tunnel_connection_setup_seconds", "histogram",
                  "Time from a forwarded connection's arrival to its local connect being done (current session).");
+        // The bucket labels are the same for every tunnel: format them once.
+        static const auto le = [] {
+            std::array<std::string, SetupTimeHistogram::bounds.size() + 1> labels;
+            for (std::size_t i = 0; i < labels.size(); ++i)
+                labels[i] = "," + label("le", i < SetupTimeHistogram::bounds.size()
+                                                  ? number(SetupTimeHistogram::bounds[i]) : std::string("+Inf"));
+            return labels;
+        }();
         for (const auto &t : snap.tunnels) {
             const SetupTimeHistogram &h = t.traffic.connection_setup;
             const std::string tunnel = label("tunnel", t.name);
             std::uint64_t cumulative = 0;
-            for (std::size_t i = 0; i <= SetupTimeHistogram::bounds.size(); ++i) {
+            for (std::size_t i = 0; i < le.size(); ++i) {
                 cumulative += h.counts[i];
-                const std::string le = i < SetupTimeHistogram::bounds.size()
-                                           ? number(SetupTimeHistogram::bounds[i]) : std::string("+Inf");
-                f.sample_of("pytun_tunnel_connection_setup_seconds_bucket", tunnel + "," + label("le", le),
-                            number(cumulative));
+                f.sample_of("pytun_tunnel_connection_setup_seconds_bucket", tunnel + le[i], number(cumulative));
             }
             f.sample_of("pytun_tunnel_connection_setup_seconds_sum", tunnel, number(h.sum_seconds));
             f.sample_of("pytun_tunnel_connection_setup_seconds_count", tunnel, number(cumulative));
