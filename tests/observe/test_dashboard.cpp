@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// The /ui dashboard in headless Chromium: rows render with the right state
-// (after the page's own poll of /api/v1/tunnels), and a screenshot is kept
-// as a test artifact.
+// The /ui dashboard in headless Chromium with 200 tunnels: rows render with
+// the right state (after the page's own poll of /api/v1/tunnels), sorted and
+// filtered as the URL's fragment says, errors with their age (old ones not
+// red); a screenshot is kept as a test artifact.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
@@ -10,8 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <thread>
 
@@ -108,17 +111,51 @@ std::uint16_t dead_port()
     return ntohs(addr.sin_port);
 }
 
+// The rows of a dumped DOM, in order: (tunnel, state, the row's HTML).
+struct Row {
+    std::string name, state, html;
+};
+
+std::vector<Row> rows_of(const std::string &dom)
+{
+    static const std::regex row("<tr data-tunnel=\"([^\"]+)\" data-state=\"([a-z_]+)\">");
+    std::vector<Row> out;
+    for (auto it = std::sregex_iterator(dom.begin(), dom.end(), row); it != std::sregex_iterator(); ++it) {
+        const auto end = dom.find("</tr>", static_cast<std::size_t>(it->position()));
+        out.push_back({(*it)[1].str(), (*it)[2].str(), dom.substr(static_cast<std::size_t>(it->position()),
+                                                                 end - static_cast<std::size_t>(it->position()))});
+    }
+    return out;
+}
+
+std::string lower(std::string s)
+{
+    for (auto &c : s)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+}
+
+int severity(const std::string &state)
+{
+    static const std::map<std::string, int> rank = {
+        {"backing_off", 0}, {"degraded", 1}, {"connecting", 2}, {"stopped", 3}, {"up", 4}};
+    return rank.at(state);
+}
+
 } // namespace
 
-TEST_CASE("the dashboard renders a row per tunnel with its state, in headless Chromium")
+TEST_CASE("the dashboard sorts and filters 200 tunnels and says when each error happened, in headless Chromium")
 {
     const std::string chromium = chromium_path();
     REQUIRE(!chromium.empty());
     t::SshServer sshd;
     t::EchoService echo;
+    t::EchoService comes_back;   // down at first: its tunnel is degraded, then up with an old error
+    comes_back.stop();
     pytun::ManagerOptions mo;
     mo.grace_period = 500ms;
-    mo.backoff_initial = 10000ms; // keep the unreachable one backing off while we look
+    mo.backoff_initial = 60000ms; // keep the unreachable ones backing off while we look
+    mo.backoff_max = 60000ms;
     pytun::TunnelManager manager(mo);
     auto tunnel = [&](const std::string &name, std::uint16_t service, std::uint16_t bastion) {
         pytun::TunnelOptions o = t::tunnel_options(sshd, service);
@@ -129,27 +166,42 @@ TEST_CASE("the dashboard renders a row per tunnel with its state, in headless Ch
         o.config_path = "/etc/pytun/configs/" + name + ".ini";
         return o;
     };
-    REQUIRE(manager.apply({tunnel("ldap", echo.port(), sshd.port()), tunnel("intranet-web", dead_port(), sshd.port()),
-                           tunnel("erp", echo.port(), dead_port())})
-                .error == std::error_code{});
-    auto state_of = [&](const std::string &name) {
+    const std::uint16_t no_bastion = dead_port();
+    std::vector<pytun::TunnelOptions> set = {tunnel("ldap", echo.port(), sshd.port()),
+                                             tunnel("intranet-web", dead_port(), sshd.port()),
+                                             tunnel("recovered", comes_back.port(), sshd.port()),
+                                             tunnel("erp", echo.port(), no_bastion)};
+    for (int i = 0; set.size() < 200; ++i) {
+        char name[16];
+        std::snprintf(name, sizeof name, "site-%03d", i);
+        set.push_back(tunnel(name, echo.port(), no_bastion));
+        set.back().listen_port = static_cast<std::uint16_t>(20000 + i);
+    }
+    REQUIRE(manager.apply(set).error == std::error_code{});
+    auto status_of = [&](const std::string &name) {
         for (auto &s : manager.status())
             if (s.name == name)
-                return s.state;
-        return pytun::ManagedState::stopped;
+                return s;
+        return pytun::TunnelStatus{};
     };
+    // Deadlines are generous: 200 tunnels start at once, which takes a while
+    // under the sanitizers on a loaded machine.
+    REQUIRE(t::wait_until([&] { return status_of("recovered").state == pytun::ManagedState::degraded; }, 120s));
+    comes_back.start();
     REQUIRE(t::wait_until(
         [&] {
-            return state_of("ldap") == pytun::ManagedState::up &&
-                   state_of("intranet-web") == pytun::ManagedState::degraded &&
-                   state_of("erp") == pytun::ManagedState::backing_off;
+            std::size_t backing_off = 0;
+            for (auto &s : manager.status())
+                backing_off += s.state == pytun::ManagedState::backing_off;
+            return status_of("ldap").state == pytun::ManagedState::up &&
+                   status_of("recovered").state == pytun::ManagedState::up &&
+                   status_of("intranet-web").state == pytun::ManagedState::degraded && backing_off == 197;
         },
-        30s));
+        120s));
+    CHECK(!status_of("recovered").last_error_message.empty()); // the error it had is kept
 
     // Some traffic, so that the counters are not all zero.
-    for (auto &s : manager.status())
-        if (s.name == "ldap")
-            CHECK(t::run_echo_load(s.listen_port, 3, 300 * 1024, 30s).ok == 3);
+    CHECK(t::run_echo_load(status_of("ldap").listen_port, 3, 300 * 1024, 30s).ok == 3);
 
     pytun::StatusServerOptions o;
     o.port = 0;
@@ -163,47 +215,92 @@ TEST_CASE("the dashboard renders a row per tunnel with its state, in headless Ch
     char tmpl[] = "/tmp/pytun-chromium-XXXXXX";
     REQUIRE(::mkdtemp(tmpl) != nullptr);
     const fs::path work = tmpl;
+    int dumps = 0;
+    // The DOM after the page's scripts ran (and polled /api/v1/tunnels).
+    auto dom_of = [&](const std::string &fragment) {
+        const std::string tag = "dom-" + std::to_string(++dumps);
+        auto args = chromium_args(chromium, work / ("profile-" + tag));
+        args.push_back("--dump-dom");
+        args.push_back(url + fragment);
+        CHECK(run_chromium(args, work / tag, 90s) == 0);
+        std::ifstream in(work / tag);
+        return std::string{std::istreambuf_iterator<char>(in), {}};
+    };
 
-    // The DOM after the page's scripts ran.
-    auto args = chromium_args(chromium, work / "profile-dom");
-    args.push_back("--dump-dom");
-    args.push_back(url);
-    const fs::path dom_file = work / "dom.html";
-    CHECK(run_chromium(args, dom_file, 90s) == 0);
-    std::ifstream in(dom_file);
-    const std::string dom{std::istreambuf_iterator<char>(in), {}};
-    CHECK(dom.find("branch-office-7") != std::string::npos);
-    for (const auto &[name, state] : {std::pair<std::string, std::string>{"ldap", "up"},
-                                      {"intranet-web", "degraded"},
-                                      {"erp", "backing_off"}}) {
-        CAPTURE(name);
-        std::regex row("<tr data-tunnel=\"" + name + "\" data-state=\"([a-z_]+)\">");
-        std::smatch m;
-        REQUIRE(std::regex_search(dom, m, row));
-        CHECK(m[1].str() == state);
+    {
+        INFO("default view: every tunnel, problems first, then by name; errors say when, old ones are not red");
+        const std::string dom = dom_of("");
+        CHECK(dom.find("branch-office-7") != std::string::npos);
+        std::smatch updates;
+        REQUIRE(std::regex_search(dom, updates, std::regex("data-updates=\"([0-9]+)\"")));
+        CHECK(std::stoi(updates[1].str()) >= 1); // the page's own poll succeeded
+        CHECK(dom.find("showing 200 of 200 tunnels") != std::string::npos);
+        const auto rows = rows_of(dom);
+        REQUIRE(rows.size() == 200);
+        for (std::size_t i = 1; i < rows.size(); ++i) {
+            CAPTURE(rows[i].name);
+            const int a = severity(rows[i - 1].state), b = severity(rows[i].state);
+            CHECK((a < b || (a == b && lower(rows[i - 1].name) < lower(rows[i].name))));
+        }
+        CHECK(rows.front().name == "erp");
+        std::map<std::string, Row> by_name;
+        for (const auto &r : rows)
+            by_name[r.name] = r;
+        CHECK(by_name["ldap"].state == "up");
+        CHECK(by_name["intranet-web"].state == "degraded");
+        CHECK(by_name["erp"].state == "backing_off");
+        CHECK(by_name["recovered"].state == "up");
+        // A failing tunnel's error is current (red) and says when it happened;
+        // the recovered tunnel's error is history; a healthy one has none.
+        CHECK(by_name["erp"].html.find("class=\"error current\" data-time=\"") != std::string::npos);
+        CHECK(by_name["intranet-web"].html.find("class=\"error current\"") != std::string::npos);
+        CHECK(by_name["recovered"].html.find("class=\"error old\" data-time=\"") != std::string::npos);
+        CHECK(by_name["recovered"].html.find("ago, before it came back") != std::string::npos);
+        CHECK(by_name["ldap"].html.find("<td class=\"error\"></td>") != std::string::npos);
+        CHECK(std::regex_search(by_name["erp"].html, std::regex("class=\"sub when\"[^>]*>[0-9]+[smh][^<]* ago<")));
     }
-    // Exactly three rows, and the page's own poll succeeded at least once.
-    const std::regex any_row("<tr data-tunnel=");
-    CHECK(std::distance(std::sregex_iterator(dom.begin(), dom.end(), any_row), std::sregex_iterator()) == 3);
-    std::smatch updates;
-    REQUIRE(std::regex_search(dom, updates, std::regex("data-updates=\"([0-9]+)\"")));
-    CHECK(std::stoi(updates[1].str()) >= 1);
-    // The unreachable bastion's error is shown in words.
-    CHECK(dom.find("class=\"error\">") != std::string::npos);
+    {
+        INFO("sorted by name, descending (a bookmarkable #sort=-name)");
+        const auto rows = rows_of(dom_of("#sort=-name"));
+        REQUIRE(rows.size() == 200);
+        for (std::size_t i = 1; i < rows.size(); ++i)
+            CHECK(lower(rows[i - 1].name) > lower(rows[i].name));
+        CHECK(rows.front().name == "site-195");
+        CHECK(rows.back().name == "erp");
+    }
+    {
+        INFO("filtered by text and by state");
+        const std::string dom = dom_of("#q=SITE-01");
+        const auto rows = rows_of(dom);
+        REQUIRE(rows.size() == 10);
+        for (const auto &r : rows)
+            CHECK(r.name.rfind("site-01", 0) == 0);
+        CHECK(dom.find("showing 10 of 200 tunnels") != std::string::npos);
 
-    // The picture, kept next to the test binary.
-    const fs::path shot = artifacts / "dashboard.png";
-    fs::remove(shot);
-    auto shot_args = chromium_args(chromium, work / "profile-shot");
-    shot_args.push_back("--screenshot=" + shot.string());
-    shot_args.push_back(url);
-    CHECK(run_chromium(shot_args, work / "shot.log", 90s) == 0);
-    std::ifstream png(shot, std::ios::binary);
-    std::string head(8, '\0');
-    png.read(head.data(), 8);
-    CHECK(head == std::string("\x89PNG\r\n\x1a\n", 8));
-    CHECK(fs::file_size(shot) > 10000);
-    MESSAGE("screenshot: ", shot.string());
+        const auto up = rows_of(dom_of("#state=up&sort=name"));
+        REQUIRE(up.size() == 2);
+        CHECK(up[0].name == "ldap");
+        CHECK(up[1].name == "recovered");
+
+        // The error text is searched too: every bastion-refused tunnel, nothing else.
+        const auto refused = rows_of(dom_of("#q=" + std::to_string(no_bastion)));
+        CHECK(refused.size() == 197);
+    }
+    {
+        INFO("the picture, kept next to the test binary");
+        const fs::path shot = artifacts / "dashboard.png";
+        fs::remove(shot);
+        auto shot_args = chromium_args(chromium, work / "profile-shot");
+        shot_args.push_back("--screenshot=" + shot.string());
+        shot_args.push_back(url + "#sort=name");
+        CHECK(run_chromium(shot_args, work / "shot.log", 90s) == 0);
+        std::ifstream png(shot, std::ios::binary);
+        std::string head(8, '\0');
+        png.read(head.data(), 8);
+        CHECK(head == std::string("\x89PNG\r\n\x1a\n", 8));
+        CHECK(fs::file_size(shot) > 10000);
+        MESSAGE("screenshot: ", shot.string());
+    }
 
     std::error_code ec;
     fs::remove_all(work, ec);

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MIT
 // Unit tests of the inspection API's parts: secret redaction, private-key
-// detection, request-head checks, Prometheus text and JSON shapes.
+// detection, request-head checks, Prometheus text and JSON shapes, the
+// set-up time histogram and the process metrics.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+
+#include <chrono>
 
 #include <nlohmann/json.hpp>
 
@@ -13,6 +16,7 @@
 #include "observe/http_guard.h"
 #include "observe/redact.h"
 #include "observe/render.h"
+#include "util/histogram.h"
 
 using namespace pytun::detail;
 namespace h = pytun::test::http;
@@ -167,6 +171,13 @@ Snapshot sample_snapshot()
     a.service_reachable = true;
     a.probe_rtt = std::chrono::microseconds(1500);
     a.traffic.bytes_to_service = 1234;
+    a.traffic.bytes_from_service = 99;
+    // Three connections set up: 0.3 ms, 2 ms and 7 s (beyond the last bound).
+    a.traffic.connection_setup.counts[0] = 1;
+    a.traffic.connection_setup.counts[2] = 1;
+    a.traffic.connection_setup.counts.back() = 1;
+    a.traffic.connection_setup.count = 3;
+    a.traffic.connection_setup.sum_seconds = 7.0023;
     s.tunnels.push_back(a);
     pytun::TunnelStatus b;
     b.name = "web";
@@ -175,6 +186,7 @@ Snapshot sample_snapshot()
     b.state = pytun::ManagedState::backing_off;
     b.last_error = pytun::make_error_code(pytun::Errc::bastion_unreachable);
     b.last_error_message = "connection refused";
+    b.last_error_time = s.now - std::chrono::seconds(5);
     b.next_attempt = s.now + std::chrono::seconds(4);
     s.tunnels.push_back(b);
     s.alerts.push_back({"email", 2, 1, 0, 3, 0, 0});
@@ -188,19 +200,95 @@ RenderContext sample_context()
 
 } // namespace
 
+ProcessMetrics sample_process()
+{
+    ProcessMetrics p;
+    p.ok = true;
+    p.cpu_seconds = 1.25;
+    p.resident_bytes = 9 << 20;
+    p.virtual_bytes = 300 << 20;
+    p.open_fds = 17;
+    p.max_fds = 1024;
+    p.start_time_seconds = 1795352469.5;
+    return p;
+}
+
 TEST_CASE("metrics: strict line format, escaping, values")
 {
-    const std::string text = render_metrics(sample_context(), sample_snapshot());
+    const std::string text = render_metrics(sample_context(), sample_snapshot(), sample_process());
     CHECK(h::bad_metrics_line(text) == "");
     CHECK(h::metric(text, "pytun_tunnel_up{tunnel=\"web\"}") == 0);
     CHECK(h::metric(text, "pytun_tunnel_up{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 1);
     CHECK(h::metric(text, "pytun_tunnel_state{tunnel=\"web\",state=\"backing_off\"}") == 1);
     CHECK(h::metric(text, "pytun_tunnel_restarts_total{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 2);
     CHECK(h::metric(text, "pytun_tunnel_probe_rtt_seconds{tunnel=\"ldap \\\"main\\\"\\\\\"}") == doctest::Approx(0.0015));
-    CHECK(h::metric(text, "pytun_tunnel_bytes_in_total{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 1234);
+    CHECK(h::metric(text, "pytun_tunnel_received_bytes_total{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 1234);
+    CHECK(h::metric(text, "pytun_tunnel_sent_bytes_total{tunnel=\"ldap \\\"main\\\"\\\\\"}") == 99);
     CHECK(h::metric(text, "pytun_alerts_dropped_total{channel=\"email\"}") == 3);
     // No probe yet: no sample rather than a made-up value.
     CHECK(text.find("pytun_tunnel_probe_rtt_seconds{tunnel=\"web\"}") == std::string::npos);
+    // The old names are gone (docs/migration.md lists old -> new).
+    CHECK(text.find("pytun_tunnel_bytes_in_total") == std::string::npos);
+    CHECK(text.find("pytun_tunnel_bytes_out_total") == std::string::npos);
+}
+
+TEST_CASE("metrics: the connection set-up histogram is cumulative and ends in +Inf, _count and _sum")
+{
+    const std::string text = render_metrics(sample_context(), sample_snapshot(), sample_process());
+    const std::string ldap = "tunnel=\"ldap \\\"main\\\"\\\\\"";
+    auto bucket = [&](const std::string &le) {
+        return h::metric(text, "pytun_tunnel_connection_setup_seconds_bucket{" + ldap + ",le=\"" + le + "\"}");
+    };
+    CHECK(text.find("# TYPE pytun_tunnel_connection_setup_seconds histogram\n") != std::string::npos);
+    CHECK(bucket("0.0005") == 1);
+    CHECK(bucket("0.001") == 1);
+    CHECK(bucket("0.0025") == 2);
+    CHECK(bucket("5") == 2);
+    CHECK(bucket("+Inf") == 3);
+    CHECK(h::metric(text, "pytun_tunnel_connection_setup_seconds_count{" + ldap + "}") == 3);
+    CHECK(h::metric(text, "pytun_tunnel_connection_setup_seconds_sum{" + ldap + "}") == doctest::Approx(7.0023));
+    // A tunnel without connections has all-zero buckets, not missing ones.
+    CHECK(h::metric(text, "pytun_tunnel_connection_setup_seconds_bucket{tunnel=\"web\",le=\"+Inf\"}") == 0);
+    CHECK(h::metric(text, "pytun_tunnel_connection_setup_seconds_count{tunnel=\"web\"}") == 0);
+}
+
+TEST_CASE("metrics: the standard process_* metrics, only when /proc could be read")
+{
+    const std::string text = render_metrics(sample_context(), sample_snapshot(), sample_process());
+    CHECK(h::metric(text, "process_cpu_seconds_total") == doctest::Approx(1.25));
+    CHECK(h::metric(text, "process_resident_memory_bytes") == 9 << 20);
+    CHECK(h::metric(text, "process_open_fds") == 17);
+    CHECK(h::metric(text, "process_max_fds") == 1024);
+    CHECK(h::metric(text, "process_start_time_seconds") == doctest::Approx(1795352469.5));
+    CHECK(text.find("# TYPE process_cpu_seconds_total counter\n") != std::string::npos);
+    const std::string without = render_metrics(sample_context(), sample_snapshot(), ProcessMetrics{});
+    CHECK(without.find("process_") == std::string::npos);
+
+    // This process, read for real: plausible values.
+    const ProcessMetrics self = read_process_metrics();
+    REQUIRE(self.ok);
+    CHECK(self.resident_bytes > (1u << 20));
+    CHECK(self.open_fds >= 3);
+    CHECK(self.max_fds >= self.open_fds);
+    const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    CHECK(self.start_time_seconds <= now + 1);
+    CHECK(self.start_time_seconds > now - 3600);
+    CHECK(self.cpu_seconds >= 0);
+}
+
+TEST_CASE("the set-up time histogram counts each observation in its bucket, lock-free")
+{
+    pytun::detail::AtomicSetupTimeHistogram h;
+    h.observe(std::chrono::microseconds(300));   // <= 0.0005
+    h.observe(std::chrono::microseconds(500));   // == 0.0005: "le" is inclusive
+    h.observe(std::chrono::milliseconds(30));    // <= 0.05
+    h.observe(std::chrono::seconds(60));         // the rest
+    const pytun::SetupTimeHistogram r = h.read();
+    CHECK(r.counts[0] == 2);
+    CHECK(r.counts[6] == 1);
+    CHECK(r.counts.back() == 1);
+    CHECK(r.count == 4);
+    CHECK(r.sum_seconds == doctest::Approx(60.0308));
 }
 
 TEST_CASE("status JSON keeps the original's shape; status_data falls back to the name")
@@ -230,6 +318,22 @@ TEST_CASE("status JSON keeps the original's shape; status_data falls back to the
     snap.tunnels[1].name = "tunnel_manager_id";
     auto k = nlohmann::json::parse(render_status(sample_context(), snap));
     CHECK(k["tunnel_manager_id"] == "manager-1");
+}
+
+TEST_CASE("the JSON API uses the metrics' units: seconds, bytes; errors say when")
+{
+    const Snapshot snap = sample_snapshot();
+    auto j = nlohmann::json::parse(render_tunnels(sample_context(), snap));
+    const auto &ldap = j["tunnels"][0];
+    const auto &web = j["tunnels"][1];
+    CHECK(ldap["probe_rtt_seconds"].get<double>() == doctest::Approx(0.0015));
+    CHECK_FALSE(ldap.contains("probe_rtt_ms"));
+    CHECK(ldap["connection_setup_seconds"]["count"] == 3);
+    CHECK(ldap["connection_setup_seconds"]["sum"].get<double>() == doctest::Approx(7.0023));
+    CHECK(ldap["bytes"]["to_service"] == 1234);
+    CHECK(web["probe_rtt_seconds"].is_null());
+    CHECK(web["last_error"]["time"].get<double>() == doctest::Approx(unix_seconds(snap.now) - 5).epsilon(1e-12));
+    CHECK(web["last_error"]["message"] == "connection refused");
 }
 
 TEST_CASE("dashboard: the inlined snapshot cannot close the script element")

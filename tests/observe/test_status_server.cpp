@@ -468,8 +468,8 @@ TEST_CASE("/metrics: strict format, and the values move when traffic flows")
     CHECK(h::metric(before->body, "pytun_tunnel_service_up{tunnel=\"beta\"}") == 0);
     CHECK(h::metric(before->body, "pytun_tunnel_starts_total{tunnel=\"alpha\"}") >= 1);
     CHECK(h::metric(before->body, "pytun_tunnel_state_change_timestamp_seconds{tunnel=\"alpha\"}") > 1.6e9);
-    const double in0 = h::metric(before->body, "pytun_tunnel_bytes_in_total{tunnel=\"alpha\"}");
-    const double out0 = h::metric(before->body, "pytun_tunnel_bytes_out_total{tunnel=\"alpha\"}");
+    const double in0 = h::metric(before->body, "pytun_tunnel_received_bytes_total{tunnel=\"alpha\"}");
+    const double out0 = h::metric(before->body, "pytun_tunnel_sent_bytes_total{tunnel=\"alpha\"}");
     const double conns0 = h::metric(before->body, "pytun_tunnel_connections_total{tunnel=\"alpha\"}");
     REQUIRE(in0 >= 0);
 
@@ -484,13 +484,13 @@ TEST_CASE("/metrics: strict format, and the values move when traffic flows")
         [&] {
             auto r = c.Get("/metrics");
             after = r ? r->body : "";
-            return h::metric(after, "pytun_tunnel_bytes_in_total{tunnel=\"alpha\"}") >= in0 + 4 * 256 * 1024 &&
-                   h::metric(after, "pytun_tunnel_bytes_out_total{tunnel=\"alpha\"}") >= out0 + 4 * 256 * 1024;
+            return h::metric(after, "pytun_tunnel_received_bytes_total{tunnel=\"alpha\"}") >= in0 + 4 * 256 * 1024 &&
+                   h::metric(after, "pytun_tunnel_sent_bytes_total{tunnel=\"alpha\"}") >= out0 + 4 * 256 * 1024;
         },
         10s));
     CHECK(h::bad_metrics_line(after) == "");
     CHECK(h::metric(after, "pytun_tunnel_connections_total{tunnel=\"alpha\"}") >= conns0 + 4);
-    CHECK(h::metric(after, "pytun_tunnel_bytes_in_total{tunnel=\"beta\"}") == 0);
+    CHECK(h::metric(after, "pytun_tunnel_received_bytes_total{tunnel=\"beta\"}") == 0);
     REQUIRE(t::wait_until(
         [&] {
             auto r = c.Get("/metrics");

@@ -31,11 +31,14 @@ std::vector<TunnelOptions> tunnel_options(const Config &config)
     return out;
 }
 
-std::vector<LogFileTarget> log_targets(const Config &config)
+std::vector<LogFileTarget> log_targets(const Config &config, const LogFlags &flags)
 {
     std::vector<LogFileTarget> out;
-    for (const auto &t : config.tunnels)
+    for (const auto &t : config.tunnels) {
         out.push_back(log_target(t));
+        if (flags.level)
+            out.back().level = *flags.level;
+    }
     return out;
 }
 
@@ -61,14 +64,25 @@ std::string tunnels_up(const TunnelManager &manager)
     return s;
 }
 
+// The "event" of a state change in JSON log lines (docs/cli.md).
+const char *state_event(ManagedState s)
+{
+    switch (s) {
+    case ManagedState::connecting: return "tunnel_connecting";
+    case ManagedState::up: return "tunnel_up";
+    case ManagedState::degraded: return "tunnel_degraded";
+    case ManagedState::backing_off: return "tunnel_backing_off";
+    case ManagedState::stopped: return "tunnel_stopped";
+    }
+    return "tunnel_state";
+}
+
 // Manager events become log lines in the tunnel's file (alerts: forward_alerts).
 void log_event(Logging &logging, const TunnelEvent &e)
 {
-    std::string line = std::string("state: ") + to_string(e.from) + " -> " + to_string(e.to);
-    if (!e.message.empty())
-        line += ": " + e.message;
+    const std::string line = std::string("state: ") + to_string(e.from) + " -> " + to_string(e.to);
     const bool bad = e.to == ManagedState::backing_off || e.to == ManagedState::degraded;
-    logging.log(e.name, bad ? LogLevel::warning : LogLevel::info, line);
+    logging.log(e.name, bad ? LogLevel::warning : LogLevel::info, line, {state_event(e.to), e.message});
 }
 
 /// Whether a reload changed a [pytun] key that only a restart applies: all of
@@ -101,7 +115,7 @@ public:
                     std::to_string(s.reserved) + " reserved for its control plane, " + std::to_string(s.forwarded) +
                     " forwarded connections): connections are being refused; raise LimitNOFILE, or lower "
                     "max_connections of the tunnel that is flooded";
-                logging.log(LogLevel::error, text);
+                logging.log({}, LogLevel::error, text, {"descriptor_shortage", {}});
                 AlertEvent a;
                 a.kind = AlertEvent::Kind::degraded;
                 a.error = text;
@@ -109,7 +123,7 @@ public:
             }
         } else if (alerted_ && now - last_ > std::chrono::minutes(5)) {
             alerted_ = false;
-            logging.log(LogLevel::info, "no shortage of file descriptors for 5 minutes");
+            logging.log({}, LogLevel::info, "no shortage of file descriptors for 5 minutes", {"descriptor_shortage_over", {}});
             AlertEvent a;
             a.kind = AlertEvent::Kind::recovered;
             alerter.notify(a);
@@ -124,43 +138,54 @@ private:
 
 } // namespace
 
-int run_connector(const std::string &config_path)
+int run_connector(const std::string &config_path, const LogFlags &log_flags)
 {
-    auto loaded = load_or_report(config_path);
+    // Errors stop pytun before there is a log: they go to stderr. Warnings
+    // are log lines, so they reach the files, the console or the journal.
+    std::vector<Diagnostic> warnings;
+    auto loaded = load_or_report(config_path, &warnings);
     if (!loaded)
         return k_exit_failed;
     Config config = std::move(*loaded);
     const ConnectorConfig &c = config.connector;
 
-    Logging logging(logging_options(c));
+    LoggingOptions log_options = logging_options(c);
+    log_options.level = log_flags.level.value_or(log_options.level);
+    log_options.format = log_flags.format;
+    Logging logging(log_options);
     std::string message;
     if (logging.start(message)) {
         std::cerr << "pytun: " << message << "\n";
         return k_exit_failed;
     }
-    if (logging.set_targets(log_targets(config), message))
-        logging.log(LogLevel::error, message);
-    logging.log(LogLevel::info, "pytun " + version() + " (libssh2 " + libssh2_version() + ", " +
-                                    openssl_version() + ") starting: " + config.main_file + ", " +
-                                    std::to_string(config.tunnels.size()) + " tunnel(s), tunnel_manager_id " +
-                                    c.tunnel_manager_id);
+    if (logging.set_targets(log_targets(config, log_flags), message))
+        logging.log({}, LogLevel::error, "cannot open a tunnel's log file", {"log_file_failed", message});
+    logging.log({}, LogLevel::info,
+                "pytun " + version() + " (libssh2 " + libssh2_version() + ", " + openssl_version() +
+                    ") starting: " + config.main_file + ", " + std::to_string(config.tunnels.size()) +
+                    " tunnel(s), tunnel_manager_id " + c.tunnel_manager_id +
+                    (logging.to_journal() ? "; logging to the journal" : ""),
+                {"starting", {}});
+    for (const auto &w : warnings)
+        logging.log({}, LogLevel::warning, w.to_string(), {"config_warning", {}});
     // Every connection is a descriptor and pytun uses no select(): take
     // all the kernel allows (systemd gives services a soft limit of 1024).
     const DescriptorLimit fds = raise_descriptor_limit(message);
-    logging.log(LogLevel::info, message);
+    logging.log({}, LogLevel::info, message, {"descriptor_limit", {}});
     if (std::string warning = descriptor_limit_warning(fds.soft, config.tunnels.size()); !warning.empty())
-        logging.log(LogLevel::warning, warning);
+        logging.log({}, LogLevel::warning, warning, {"descriptor_limit", {}});
 
     Alerter alerter(c);
     if (std::error_code ec = alerter.start()) {
-        logging.log(LogLevel::critical, "the alerter cannot start: " + ec.message());
+        logging.log({}, LogLevel::critical, "the alerter cannot start", {"alerter_failed", ec.message()});
         return k_exit_failed;
     }
 
     DeviceAuthorization device = check_device_authorization(c);
     if (!device.authorized) {
-        logging.log(LogLevel::critical,
-                    "Connector down! The device where it is installed is not allowed to run it. " + device.message);
+        logging.log({}, LogLevel::critical,
+                    "Connector down! The device where it is installed is not allowed to run it. " + device.message,
+                    {"device_unauthorized", {}});
         AlertEvent a;
         a.kind = AlertEvent::Kind::unauthorized;
         a.error = device.message;
@@ -169,7 +194,7 @@ int run_connector(const std::string &config_path)
         std::cerr << "pytun: this device is not authorized to run the connector: " << device.message << "\n";
         return k_exit_failed;
     }
-    logging.log(LogLevel::info, device.message);
+    logging.log({}, LogLevel::info, device.message, {"device_check", {}});
 
     ManagerOptions mo;
     mo.grace_period = c.grace_period_ms;
@@ -188,23 +213,24 @@ int run_connector(const std::string &config_path)
     so.log_dir = c.log_path;
     StatusServer server(so, manager, &alerter);
     if (std::error_code ec = server.start(message)) {
-        logging.log(LogLevel::critical, "status API: " + message);
+        logging.log({}, LogLevel::critical, "status API", {"status_api_failed", message});
         std::cerr << "pytun: " << message << "\n";
         alerter.stop();
         return k_exit_failed;
     }
-    logging.log(LogLevel::info, "status API on http://" + so.bind_address + ":" + std::to_string(server.port()) +
-                                    "/status");
+    logging.log({}, LogLevel::info,
+                "status API on http://" + so.bind_address + ":" + std::to_string(server.port()) + "/status",
+                {"status_api", {}});
 
     ApplyResult applied = manager.apply(tunnel_options(config));
     if (applied.error) {
-        logging.log(LogLevel::critical, "cannot start the tunnels: " + applied.message);
+        logging.log({}, LogLevel::critical, "cannot start the tunnels", {"start_failed", applied.message});
         std::cerr << "pytun: cannot start the tunnels: " << applied.message << "\n";
         manager.stop();
         alerter.stop();
         return k_exit_failed;
     }
-    logging.log(LogLevel::info, "started: " + join(applied.started));
+    logging.log({}, LogLevel::info, "started: " + join(applied.started), {"started", {}});
 
     ServiceNotifier notifier;
     notifier.ready(tunnels_up(manager));
@@ -225,29 +251,34 @@ int run_connector(const std::string &config_path)
             stop_signal = sig;
         } else if (sig == SIGHUP) {
             notifier.reloading();
-            logging.log(LogLevel::info, "SIGHUP: reloading " + config.main_file);
+            logging.log({}, LogLevel::info, "SIGHUP: reloading " + config.main_file, {"reload", {}});
             LoadResult next = load_config(config.main_file);
             for (const auto &d : next.diagnostics)
-                logging.log(d.severity == Diagnostic::Severity::error ? LogLevel::error : LogLevel::warning,
-                            "reload: " + d.to_string());
+                logging.log({}, d.severity == Diagnostic::Severity::error ? LogLevel::error : LogLevel::warning,
+                            "reload: " + d.to_string(), {"reload_diagnostic", {}});
             if (!next.ok()) {
-                logging.log(LogLevel::error, "reload rejected: the new configuration has errors (listed above); "
-                                             "the running tunnels continue unchanged");
+                logging.log({}, LogLevel::error,
+                            "reload rejected: the new configuration has errors (listed above); "
+                            "the running tunnels continue unchanged",
+                            {"reload_rejected", {}});
             } else {
                 if (connector_changed(c, next.config->connector))
-                    logging.log(LogLevel::warning, "reload: changes to the [pytun] section (alerts, status API, "
-                                                   "log_path, signature) take effect after a restart");
-                if (logging.set_targets(log_targets(*next.config), message))
-                    logging.log(LogLevel::error, message);
+                    logging.log({}, LogLevel::warning,
+                                "reload: changes to the [pytun] section (alerts, status API, log_path, signature) "
+                                "take effect after a restart",
+                                {"reload_needs_restart", {}});
+                if (logging.set_targets(log_targets(*next.config, log_flags), message))
+                    logging.log({}, LogLevel::error, "cannot open a tunnel's log file", {"log_file_failed", message});
                 ApplyResult r = manager.apply(tunnel_options(*next.config));
                 if (r.error) {
-                    logging.log(LogLevel::error, "reload rejected: " + r.message);
-                    logging.set_targets(log_targets(config), message);
+                    logging.log({}, LogLevel::error, "reload rejected", {"reload_rejected", r.message});
+                    logging.set_targets(log_targets(config, log_flags), message);
                 } else {
                     config.tunnels = std::move(next.config->tunnels);
-                    logging.log(LogLevel::info, "reload: started " + join(r.started) + "; restarted " +
-                                                    join(r.restarted) + "; stopped " + join(r.stopped) +
-                                                    "; kept " + join(r.kept));
+                    logging.log({}, LogLevel::info,
+                                "reload: started " + join(r.started) + "; restarted " + join(r.restarted) +
+                                    "; stopped " + join(r.stopped) + "; kept " + join(r.kept),
+                                {"reloaded", {}});
                 }
             }
             notifier.ready(tunnels_up(manager));
@@ -260,21 +291,22 @@ int run_connector(const std::string &config_path)
         std::string now = tunnels_up(manager);
         if (now != last_status) {
             notifier.status(now);
-            logging.log(LogLevel::debug, now);
+            logging.log({}, LogLevel::debug, now, {"status", {}});
             last_status = std::move(now);
         }
     }
 
     notifier.stopping();
-    logging.log(LogLevel::info, std::string(stop_signal == SIGINT ? "SIGINT" : "SIGTERM") +
-                                    ": stopping (open connections get " +
-                                    std::to_string(c.grace_period_ms.count()) + " ms)");
+    logging.log({}, LogLevel::info,
+                std::string(stop_signal == SIGINT ? "SIGINT" : "SIGTERM") + ": stopping (open connections get " +
+                    std::to_string(c.grace_period_ms.count()) + " ms)",
+                {"stopping", {}});
     server.stop();
     manager.stop();
     events.reset();
     alerts.reset();
     alerter.stop();
-    logging.log(LogLevel::info, "stopped");
+    logging.log({}, LogLevel::info, "stopped", {"stopped", {}});
     logging.flush();
     return k_exit_ok;
 }

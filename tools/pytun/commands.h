@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <pytun/config.h>
+#include <pytun/logging.h>
 
 namespace pytun::cli {
 
@@ -19,9 +20,23 @@ inline constexpr int k_exit_usage = 2;      ///< bad command line (as argparse, 
 inline constexpr int k_exit_connections_failed = 3;
 inline constexpr int k_exit_tunnels_failed = 4;
 
+/// --log-level and --log-format: they override the configuration's levels
+/// (also after a reload) and choose the line format of every log.
+struct LogFlags {
+    std::optional<LogLevel> level;
+    LogFormat format = LogFormat::text;
+};
+
+/// "debug", "WARNING", "warn", ... (any case); empty when it is not a level.
+std::optional<LogLevel> parse_log_level(std::string name);
+
+/// Console-only logging for the modes that write no log files.
+LoggingOptions console_logging(const LogFlags &flags);
+
 /// Load the configuration; print every diagnostic to stderr (warnings too).
-/// Empty when there was an error.
-std::optional<Config> load_or_report(const std::string &path);
+/// Empty when there was an error. With `warnings`, the warnings of a valid
+/// configuration are handed back instead of printed (run mode logs them).
+std::optional<Config> load_or_report(const std::string &path, std::vector<Diagnostic> *warnings = nullptr);
 
 /// `pytun forward` (docs/cli.md): its command line.
 struct ForwardArgs {
@@ -38,7 +53,7 @@ struct ForwardArgs {
     bool verbose = false;
 };
 
-int run_connector(const std::string &config_path);
+int run_connector(const std::string &config_path, const LogFlags &log_flags);
 int run_forward(const ForwardArgs &args);
 int check_config(const std::string &config_path);
 int test_smtp(const Config &config, std::ostream &out);

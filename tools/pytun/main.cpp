@@ -8,6 +8,35 @@
 
 #include <CLI/CLI.hpp>
 
+namespace {
+
+// An example for each mode, after the flags in --help (and in pytun(1)).
+std::string help_examples()
+{
+    return "\nExamples:\n"
+           "  run the connector (what the systemd unit does; SIGHUP reloads, SIGTERM stops):\n"
+           "    pytun --config_ini /etc/pytun/connector.ini\n"
+           "  run it in the foreground with JSON log lines and debug detail:\n"
+           "    pytun --config_ini /etc/pytun/connector.ini --log-format json --log-level debug\n"
+           "  check every file before starting or reloading (exit 0 valid, 1 problems):\n"
+           "    pytun --config_ini /etc/pytun/connector.ini --check\n"
+           "  send a test e-mail and a test webhook:\n"
+           "    pytun --config_ini /etc/pytun/connector.ini --test_smtp --test_http\n"
+           "  reach every local service (exit 3 if one does not answer):\n"
+           "    pytun --config_ini /etc/pytun/connector.ini --test_connections\n"
+           "  log in to every bastion and request each forward (exit 4 if one fails):\n"
+           "    pytun --config_ini /etc/pytun/connector.ini --test_tunnels\n"
+           "  everything above as one readable report:\n"
+           "    pytun --config_ini /etc/pytun/connector.ini --test_all\n"
+           "  make a key that may only listen on one tunnel's port:\n"
+           "    pytun --make-key /etc/pytun/tunnels/ldap.ini\n"
+           "  the versions of pytun, libssh2 and OpenSSL:\n"
+           "    pytun --version\n"
+           "\nMore: man pytun; " PYTUN_DOCDIR "/docs\n";
+}
+
+} // namespace
+
 int main(int argc, char **argv)
 {
     using namespace pytun::cli;
@@ -25,7 +54,7 @@ int main(int argc, char **argv)
                  "Without a test flag it runs the connector until SIGTERM/SIGINT; SIGHUP reloads.",
                  "pytun"};
     std::string config_ini = "connector.ini";
-    std::string make_key_file;
+    std::string make_key_file, log_level, log_format = "text";
     bool check = false, smtp = false, http = false, connections = false, tunnels = false, all = false,
          show_version = false;
     app.add_option("--config_ini", config_ini, "main configuration file")->capture_default_str();
@@ -40,7 +69,18 @@ int main(int argc, char **argv)
     app.add_option("--make-key", make_key_file,
                    "create an ed25519 key next to this tunnel file and print its authorized_keys line")
         ->type_name("TUNNEL.ini");
+    app.add_option("--log-level", log_level,
+                   "level of every log, overriding log_level of [pytun] and of each tunnel file")
+        ->type_name("LEVEL")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warning", "warn", "error", "critical"}, CLI::ignore_case));
+    app.add_option("--log-format", log_format,
+                   "text (the original's lines) or json (one object per line: time, level, pid, logger, "
+                   "tunnel, event, message, error) for the files, the console and the journal")
+        ->type_name("FORMAT")
+        ->check(CLI::IsMember({"text", "json"}, CLI::ignore_case))
+        ->capture_default_str();
     app.add_flag("-v,--version", show_version, "print the versions of pytun, libssh2 and OpenSSL");
+    app.footer(help_examples());
 
     ForwardArgs fwd;
     CLI::App *forward = app.add_subcommand(
@@ -90,6 +130,10 @@ int main(int argc, char **argv)
         app.exit(e);
         return 2;
     }
+    LogFlags log_flags;
+    if (!log_level.empty())
+        log_flags.level = parse_log_level(log_level);
+    log_flags.format = CLI::detail::to_lower(log_format) == "json" ? pytun::LogFormat::json : pytun::LogFormat::text;
 
     if (*forward)
         return run_forward(fwd);
@@ -100,7 +144,12 @@ int main(int argc, char **argv)
     if (check)
         return check_config(config_ini);
     if (!(smtp || http || connections || tunnels || all))
-        return run_connector(config_ini);
+        return run_connector(config_ini, log_flags);
+
+    // The test modes log to the console only (what libpytun says while they run).
+    pytun::Logging logging(console_logging(log_flags));
+    std::string message;
+    logging.start(message);
 
     auto config = load_or_report(config_ini);
     if (!config)

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Logging: the connector's log files (main_connector.log plus one file per
-// tunnel), rotated daily at midnight UTC, with optional console output; it
-// takes over libpytun's log lines and routes each tunnel's to its file.
+// tunnel), rotated daily at midnight UTC, with optional console output and
+// the journal under systemd; it takes over libpytun's log lines and routes
+// each tunnel's to its file.
 #pragma once
 
 #include <cstddef>
@@ -26,8 +27,18 @@ struct LogFileTarget {
     bool to_console = false;            ///< also write to stderr
 };
 
+/// The form of every line: `text` is the original connector's
+/// ("YYYY-MM-DD HH:MM:SS.mmm UTC [pid] [logger] [level] message"), `json` one
+/// object per line with time, level, pid, logger, tunnel, event, message and
+/// error (null when not applicable).
+enum class LogFormat { text, json };
+
 struct LoggingOptions {
     enum class Color { automatic, always, never };
+    enum class Journal {
+        automatic, ///< when $JOURNAL_STREAM names stderr (run by systemd): every line goes there too
+        never,
+    };
     std::string directory;              ///< log_path; created when missing; empty: no files
     std::string main_file_base = "main_connector";
     std::string main_logger = "pytun";  ///< name of the connector's own lines
@@ -38,6 +49,19 @@ struct LoggingOptions {
     /// Past this many bytes in one day a file takes no more lines until
     /// midnight UTC (it says so once, and how many were dropped); 0: no limit.
     std::uint64_t max_bytes_per_day = 100ull << 20;
+    LogFormat format = LogFormat::text; ///< of the files, the console and the journal
+    /// Under systemd stderr is the journal, and a service's lines belong there
+    /// whatever log_to_console says: every logger's lines at `level` and above,
+    /// with their level as the priority, without the time and pid the journal
+    /// records itself.
+    Journal journal = Journal::automatic;
+};
+
+/// Structured fields of one line. In JSON they are the "event" and "error"
+/// keys; the text format appends ": error" to the message.
+struct LogFields {
+    std::string_view event;             ///< a short name for what happened, e.g. "tunnel_up"
+    std::string_view error;             ///< why, when something failed
 };
 
 /// The options of the `[pytun]` section / a tunnel section.
@@ -46,7 +70,7 @@ PYTUN_EXPORT LogFileTarget log_target(const TunnelConfig &tunnel);
 
 /// Owns the log files and console output. start() installs it as libpytun's
 /// log handler (set_log_handler); destruction restores the default. Lines are
-/// "YYYY-MM-DD HH:MM:SS.mmm UTC [pid] [logger] [level] message". Thread-safe.
+/// in LoggingOptions::format. Thread-safe.
 class PYTUN_EXPORT Logging {
 public:
     explicit Logging(LoggingOptions options);
@@ -64,6 +88,11 @@ public:
     /// A line of the connector itself (main logger), or of a named logger.
     void log(LogLevel level, std::string_view message);
     void log(std::string_view logger, LogLevel level, std::string_view message);
+    /// The same with structured fields (`logger` empty: the main logger).
+    void log(std::string_view logger, LogLevel level, std::string_view message, const LogFields &fields);
+
+    /// Whether lines go to the journal (see LoggingOptions::journal); valid after start().
+    bool to_journal() const;
 
     void flush();
 

@@ -44,6 +44,7 @@ struct TunnelStatus {
     std::chrono::system_clock::time_point state_since;
     std::error_code last_error;          ///< of the last failed attempt or lost session
     std::string last_error_message;
+    std::chrono::system_clock::time_point last_error_time; ///< when last_error happened (epoch: never)
     bool port_held = false;              ///< the bastion still holds the port (e.g. for a previous session)
     std::chrono::system_clock::time_point next_attempt; ///< when backing_off
 

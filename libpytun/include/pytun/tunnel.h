@@ -6,6 +6,7 @@
 // forwards over the same connection.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -132,6 +133,18 @@ enum class TunnelState {
     failed,      ///< ended by an error; last_error() says which
 };
 
+/// How long forwarded connections took to set up: from the channel's arrival
+/// from the bastion to the local connect being done (connects that failed
+/// are counted in connections_failed instead), in fixed buckets.
+struct SetupTimeHistogram {
+    /// Upper bounds of the buckets in seconds; one more bucket holds the rest.
+    static constexpr std::array<double, 13> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                   0.1,    0.25,  0.5,    1,     2.5,  5};
+    std::array<std::uint64_t, bounds.size() + 1> counts{}; ///< per bucket (not cumulative)
+    std::uint64_t count = 0;
+    double sum_seconds = 0;
+};
+
 /// Counters since start(); read without waiting on the network. "Service"
 /// is the end pytun connects to or accepts from on this side: the target of
 /// a reverse forward, the clients of a local or SOCKS forward.
@@ -142,6 +155,7 @@ struct TunnelStats {
     std::uint64_t connections_refused = 0;  ///< turned away: max_connections, or descriptors kept for others
     std::uint64_t bytes_to_service = 0;     ///< relayed from the bastion to this side
     std::uint64_t bytes_from_service = 0;   ///< relayed from this side to the bastion
+    SetupTimeHistogram connection_setup;    ///< until both ends are connected
 };
 
 /// One forward of a running tunnel.

@@ -176,6 +176,7 @@ void Relay::begin_relaying()
     socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     socket_.non_blocking(true, ignored);
     opened_ = phase() == Phase::open;
+    record_setup();
     write_local(); // what the channel delivered meanwhile
     read_local();
 }
@@ -184,7 +185,17 @@ void Relay::on_opened()
 {
     open_timer_.cancel();
     opened_ = true;
+    record_setup();
     write_local(); // the "opened" reply, if any
+}
+
+// Set up once both ends are: the local socket connected and the channel open.
+void Relay::record_setup()
+{
+    if (setup_recorded_ || !connected_ || !opened_)
+        return;
+    setup_recorded_ = true;
+    counters_->connection_setup.observe(std::chrono::steady_clock::now() - arrived_);
 }
 
 void Relay::read_local()

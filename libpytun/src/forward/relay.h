@@ -80,6 +80,7 @@ private:
     void send_to_channel(std::string_view bytes);
     void refuse_channel();
     void begin_relaying();
+    void record_setup();
     void read_local();
     void write_local();
     void arm_read();
@@ -103,6 +104,10 @@ private:
     asio::steady_timer open_timer_;
     FdLease lease_;
     bool counted_active_ = true;
+    /// When the connection arrived (a channel from the bastion, or a local
+    /// client): its set-up time runs until both ends are connected.
+    std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
+    bool setup_recorded_ = false;
     bool connected_ = false;
     bool opened_ = false;  ///< the channel has been open (what we write goes through)
     bool reading_ = false; ///< async_wait(read) outstanding

@@ -10,6 +10,8 @@
 
 #include <pytun/tunnel.h>
 
+#include "util/histogram.h"
+
 namespace pytun::detail {
 
 struct TrafficCounters {
@@ -19,6 +21,7 @@ struct TrafficCounters {
     std::atomic<std::uint64_t> refused{0}; ///< turned away: connection cap or descriptor reserve
     std::atomic<std::uint64_t> bytes_to_service{0};
     std::atomic<std::uint64_t> bytes_from_service{0};
+    AtomicSetupTimeHistogram connection_setup; ///< arrival -> both ends connected
 
     TunnelStats snapshot() const
     {
@@ -29,6 +32,7 @@ struct TrafficCounters {
         s.connections_refused = refused.load(std::memory_order_relaxed);
         s.bytes_to_service = bytes_to_service.load(std::memory_order_relaxed);
         s.bytes_from_service = bytes_from_service.load(std::memory_order_relaxed);
+        s.connection_setup = connection_setup.read();
         return s;
     }
 };

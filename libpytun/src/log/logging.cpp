@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Connector logging: daily-rotated files per logger, console output, and the
-// routing of libpytun's lines to them.
+// Connector logging: daily-rotated files per logger, console output, the
+// journal, and the routing of libpytun's lines to them.
 #include <pytun/logging.h>
 
 #include <unistd.h>
@@ -17,9 +17,11 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/ansicolor_sink.h>
 #include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
 
 #include "log.h"
 #include "log/daily_file_sink.h"
+#include "log/formats.h"
 
 namespace pytun {
 namespace {
@@ -30,6 +32,7 @@ namespace fs = std::filesystem;
 
 constexpr const char *k_file_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%l] %v";
 constexpr const char *k_console_pattern = "%Y-%m-%d %H:%M:%S.%e UTC [%P] [%n] [%^%l%$] %v";
+constexpr const char *k_journal_pattern = "[%n] %v"; // the journal records time, pid and priority
 
 } // namespace
 
@@ -55,7 +58,8 @@ LogFileTarget log_target(const TunnelConfig &tunnel)
 
 struct Logging::Impl {
     LoggingOptions options;
-    std::shared_ptr<spdlog::sinks::sink> console;
+    std::shared_ptr<spdlog::sinks::sink> console;   // stderr: a terminal, a file, or the journal
+    bool journal = false;                           // stderr is the journal: every logger writes there
     std::shared_ptr<spdlog::sinks::sink> main_file;
     std::shared_ptr<spdlog::logger> main;
 
@@ -74,8 +78,7 @@ struct Logging::Impl {
         const std::string path = (fs::path(options.directory) / (base + ".log")).string();
         try {
             auto sink = std::make_shared<detail::DailyUtcFileSink>(path, options.max_files, options.max_bytes_per_day);
-            sink->set_formatter(
-                std::make_unique<spdlog::pattern_formatter>(k_file_pattern, spdlog::pattern_time_type::utc));
+            sink->set_formatter(formatter(k_file_pattern));
             files.emplace(base, sink);
             return sink;
         } catch (const std::exception &e) {
@@ -84,13 +87,20 @@ struct Logging::Impl {
         }
     }
 
+    std::unique_ptr<spdlog::formatter> formatter(const char *text_pattern) const
+    {
+        if (options.format == LogFormat::json)
+            return detail::make_json_formatter();
+        return std::make_unique<spdlog::pattern_formatter>(text_pattern, spdlog::pattern_time_type::utc);
+    }
+
     std::shared_ptr<spdlog::logger> make(const std::string &name, std::shared_ptr<spdlog::sinks::sink> file,
                                          bool to_console, LogLevel level)
     {
         std::vector<spdlog::sink_ptr> sinks;
         if (file)
             sinks.push_back(std::move(file));
-        if (to_console)
+        if (to_console || journal)
             sinks.push_back(console);
         auto logger = std::make_shared<spdlog::logger>(name, sinks.begin(), sinks.end());
         logger->set_level(to_spdlog(level));
@@ -98,12 +108,15 @@ struct Logging::Impl {
         return logger;
     }
 
-    std::shared_ptr<spdlog::logger> find(std::string_view logger)
+    /// `tunnel`: set when the logger is a tunnel's (it has a target of its own).
+    std::shared_ptr<spdlog::logger> find(std::string_view logger, bool &tunnel)
     {
         {
             std::shared_lock lock(mutex);
-            if (auto it = targets.find(logger); it != targets.end())
+            if (auto it = targets.find(logger); it != targets.end()) {
+                tunnel = true;
                 return it->second;
+            }
             if (logger == options.main_logger)
                 return main;
             if (auto it = others.find(logger); it != others.end())
@@ -114,6 +127,22 @@ struct Logging::Impl {
         if (!slot)
             slot = make(std::string(logger), main_file, options.to_console, options.level);
         return slot;
+    }
+
+    // Every line, libpytun's and the connector's, goes through here.
+    void write(std::string_view logger, LogLevel level, std::string_view message, const LogFields &fields)
+    {
+        bool tunnel = false;
+        auto target = logger.empty() ? main : find(logger, tunnel);
+        if (options.format == LogFormat::text) {
+            if (fields.error.empty())
+                target->log(to_spdlog(level), "{}", message);
+            else
+                target->log(to_spdlog(level), "{}: {}", message, fields.error);
+            return;
+        }
+        detail::ScopedLogFields scope(fields, tunnel);
+        target->log(to_spdlog(level), "{}", message);
     }
 
     // libpytun filters before the handler: let through what any logger wants.
@@ -142,13 +171,23 @@ Logging::~Logging()
 std::error_code Logging::start(std::string &message)
 {
     Impl &d = *impl_;
-    auto console = std::make_shared<spdlog::sinks::ansicolor_stderr_sink_mt>(
-        d.options.color == LoggingOptions::Color::always  ? spdlog::color_mode::always
-        : d.options.color == LoggingOptions::Color::never ? spdlog::color_mode::never
-                                                          : spdlog::color_mode::automatic);
-    console->set_formatter(
-        std::make_unique<spdlog::pattern_formatter>(k_console_pattern, spdlog::pattern_time_type::utc));
-    d.console = console;
+    d.journal = d.options.journal == LoggingOptions::Journal::automatic && detail::stderr_is_journal();
+    if (d.journal) {
+        auto journal = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+        journal->set_formatter(detail::make_journal_formatter(d.formatter(k_journal_pattern)));
+        // The service's level, not each tunnel file's (DEBUG by default, as in
+        // the original): per-connection lines would hit journald's rate limit
+        // and make it drop the warnings that matter.
+        journal->set_level(to_spdlog(d.options.level));
+        d.console = journal;
+    } else {
+        auto console = std::make_shared<spdlog::sinks::ansicolor_stderr_sink_mt>(
+            d.options.color == LoggingOptions::Color::always  ? spdlog::color_mode::always
+            : d.options.color == LoggingOptions::Color::never ? spdlog::color_mode::never
+                                                              : spdlog::color_mode::automatic);
+        console->set_formatter(d.formatter(k_console_pattern));
+        d.console = console;
+    }
     if (!d.options.directory.empty()) {
         std::error_code ec;
         fs::create_directories(d.options.directory, ec);
@@ -163,7 +202,7 @@ std::error_code Logging::start(std::string &message)
     d.main = d.make(d.options.main_logger, d.main_file, d.options.to_console || d.options.directory.empty(),
                     d.options.level);
     set_log_handler([&d](LogLevel level, std::string_view logger, std::string_view text) {
-        d.find(logger)->log(to_spdlog(level), "{}", text);
+        d.write(logger, level, text, {});
     });
     d.installed = true;
     d.update_library_level();
@@ -192,14 +231,23 @@ std::error_code Logging::set_targets(const std::vector<LogFileTarget> &targets, 
 
 void Logging::log(LogLevel level, std::string_view message)
 {
-    if (impl_->main)
-        impl_->main->log(to_spdlog(level), "{}", message);
+    log({}, level, message, {});
 }
 
 void Logging::log(std::string_view logger, LogLevel level, std::string_view message)
 {
+    log(logger, level, message, {});
+}
+
+void Logging::log(std::string_view logger, LogLevel level, std::string_view message, const LogFields &fields)
+{
     if (impl_->main)
-        impl_->find(logger)->log(to_spdlog(level), "{}", message);
+        impl_->write(logger, level, message, fields);
+}
+
+bool Logging::to_journal() const
+{
+    return impl_->journal;
 }
 
 void Logging::flush()

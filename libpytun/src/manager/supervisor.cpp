@@ -217,6 +217,7 @@ void Supervisor::set_state(ManagedState state, std::error_code ec, const std::st
         if (ec) {
             s.last_error = ec;
             s.last_error_message = message;
+            s.last_error_time = now;
         }
     });
     if (from == state)

@@ -11,9 +11,11 @@ namespace {
 
 // The first rows come inlined (so the page shows data at once, also if a
 // poll fails); the script then polls /api/v1/tunnels every two seconds and
-// derives throughput from the byte counters of two polls. Every value from
-// the server is put in with textContent, never as HTML: tunnel names and
-// error messages come from files and peers.
+// derives throughput from the byte counters of two polls. Sorting and
+// filtering live in the URL's fragment (#sort=-uptime&q=ldap&state=up), so a
+// view can be bookmarked and survives a reload. Every value from the server
+// is put in with textContent, never as HTML: tunnel names and error messages
+// come from files and peers.
 constexpr std::string_view k_head = R"HTML(<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -29,12 +31,21 @@ constexpr std::string_view k_head = R"HTML(<!DOCTYPE html>
   header h1 { margin:0; font-size:20px; }
   header .meta { color:var(--muted); }
   #summary { display:flex; gap:12px; padding:16px 24px 0; flex-wrap:wrap; }
-  .pill { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:8px 14px; }
+  .pill { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:8px 14px; font:inherit; color:inherit; cursor:pointer; }
   .pill b { font-size:18px; margin-right:6px; }
-  main { padding:16px 24px; }
+  .pill.selected { border-color:var(--fg); box-shadow: inset 0 0 0 1px var(--fg); }
+  .pill[data-state="backing_off"] b { color:var(--backing_off); }
+  .pill[data-state="degraded"] b { color:var(--degraded); }
+  #tools { display:flex; gap:16px; align-items:center; padding:12px 24px 0; }
+  #filter { width:320px; padding:7px 10px; border:1px solid var(--line); border-radius:6px; font:inherit; }
+  #shown { color:var(--muted); }
+  main { padding:12px 24px 16px; }
   table { width:100%; border-collapse:collapse; background:var(--card); border:1px solid var(--line); border-radius:8px; overflow:hidden; }
   th, td { text-align:left; padding:9px 12px; border-bottom:1px solid var(--line); vertical-align:top; }
-  th { font-weight:600; color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; background:#fafbfc; }
+  th { font-weight:600; color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; background:#fafbfc; white-space:nowrap; }
+  th[data-sort] { cursor:pointer; user-select:none; }
+  th[aria-sort="ascending"]::after { content:" ▲"; }
+  th[aria-sort="descending"]::after { content:" ▼"; }
   tr:last-child td { border-bottom:none; }
   td.num { font-variant-numeric: tabular-nums; white-space:nowrap; }
   .state { display:inline-flex; align-items:center; gap:6px; font-weight:600; white-space:nowrap; }
@@ -49,7 +60,9 @@ constexpr std::string_view k_head = R"HTML(<!DOCTYPE html>
   tr[data-state="backing_off"] td:first-child { box-shadow: inset 4px 0 var(--backing_off); }
   tr[data-state="stopped"] td:first-child { box-shadow: inset 4px 0 var(--stopped); }
   .sub { color:var(--muted); font-size:12px; }
-  .error { color:#9b2c2c; max-width:420px; word-break:break-word; }
+  .error { max-width:420px; word-break:break-word; }
+  .error.current { color:#9b2c2c; }
+  .error.old { color:var(--muted); }
   #status { color:var(--muted); padding:0 24px 16px; }
   #status.stale { color:#c53030; font-weight:600; }
 </style>
@@ -57,9 +70,10 @@ constexpr std::string_view k_head = R"HTML(<!DOCTYPE html>
 <body data-updates="0">
 <header><h1>pytun</h1><span class="meta" id="manager"></span><span class="meta" id="version"></span></header>
 <section id="summary"></section>
+<div id="tools"><input id="filter" type="search" placeholder="filter: name, host, port, error" aria-label="filter tunnels"><span id="shown"></span></div>
 <main>
 <table id="tunnels">
-<thead><tr><th>Tunnel</th><th>State</th><th>Uptime</th><th>Connections</th><th>Throughput</th><th>Traffic</th><th>Service</th><th>Last error</th></tr></thead>
+<thead><tr><th data-sort="name">Tunnel</th><th data-sort="state">State</th><th data-sort="uptime">Uptime</th><th data-sort="connections">Connections</th><th data-sort="throughput">Throughput</th><th data-sort="traffic">Traffic</th><th data-sort="service">Service</th><th data-sort="error">Last error</th></tr></thead>
 <tbody></tbody>
 </table>
 </main>
@@ -71,9 +85,14 @@ constexpr std::string_view k_tail = R"HTML(</script>
 "use strict";
 (function () {
   const STATE_TEXT = { up: "up", degraded: "degraded", connecting: "connecting", backing_off: "backing off", stopped: "stopped" };
+  // Problems first: the default order, and the order of the state column.
+  const SEVERITY = { backing_off: 0, degraded: 1, connecting: 2, stopped: 3, up: 4 };
   const tbody = document.querySelector("#tunnels tbody");
   const statusLine = document.getElementById("status");
+  const filterBox = document.getElementById("filter");
   let previous = null;  // the last reply, for throughput
+  let latest = null;    // the reply shown
+  let view = { sort: "state", descending: false, q: "", state: "" };
 
   function text(tag, value, cls) {
     const el = document.createElement(tag);
@@ -83,7 +102,7 @@ constexpr std::string_view k_tail = R"HTML(</script>
   }
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return "–";
-    seconds = Math.floor(seconds);
+    seconds = Math.max(0, Math.floor(seconds));
     const d = Math.floor(seconds / 86400), h = Math.floor(seconds % 86400 / 3600),
           m = Math.floor(seconds % 3600 / 60), s = seconds % 60;
     if (d) return d + "d " + h + "h";
@@ -97,11 +116,142 @@ constexpr std::string_view k_tail = R"HTML(</script>
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
     return (i ? n.toFixed(1) : n) + " " + units[i];
   }
-  function rate(now, before, seconds) {
-    if (!before || seconds <= 0) return "–";
-    const inRate = Math.max(0, now.bytes.to_service - before.bytes.to_service) / seconds;
-    const outRate = Math.max(0, now.bytes.from_service - before.bytes.from_service) / seconds;
-    return "↓ " + bytes(inRate) + "/s  ↑ " + bytes(outRate) + "/s";
+  function rates(now, before, seconds) {
+    if (!before || seconds <= 0) return null;
+    return { down: Math.max(0, now.bytes.to_service - before.bytes.to_service) / seconds,
+             up: Math.max(0, now.bytes.from_service - before.bytes.from_service) / seconds };
+  }
+  function clock(unixSeconds) {
+    const d = new Date(unixSeconds * 1000);
+    return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  }
+  // An error is current while it explains the state (backing off, degraded,
+  // retrying); once the tunnel is up again it is history, shown but not red.
+  function errorIsCurrent(t) {
+    return t.last_error !== null && (t.state === "backing_off" || t.state === "degraded" || t.state === "connecting");
+  }
+
+  // --- the view: #sort=KEY or -KEY, q=TEXT, state=STATE ---------------------
+  function readHash() {
+    const p = new URLSearchParams(location.hash.slice(1));
+    const sort = p.get("sort") || "state";
+    view = { sort: sort.replace(/^-/, ""), descending: sort.startsWith("-"), q: p.get("q") || "", state: p.get("state") || "" };
+    if (filterBox.value !== view.q) filterBox.value = view.q;
+  }
+  function writeHash() {
+    const p = new URLSearchParams();
+    if (view.sort !== "state" || view.descending) p.set("sort", (view.descending ? "-" : "") + view.sort);
+    if (view.q) p.set("q", view.q);
+    if (view.state) p.set("state", view.state);
+    const hash = p.toString();
+    history.replaceState(null, "", hash ? "#" + hash : location.pathname + location.search);
+    show();
+  }
+
+  const SORT_KEYS = {
+    name: (t) => t.name.toLowerCase(),
+    state: (t) => SEVERITY[t.state] === undefined ? 9 : SEVERITY[t.state],
+    uptime: (t) => t.uptime_seconds === null ? -1 : t.uptime_seconds,
+    connections: (t) => t.connections.active * 1e12 + t.connections.total,
+    throughput: (t) => t.rate ? t.rate.down + t.rate.up : -1,
+    traffic: (t) => t.bytes.to_service + t.bytes.from_service,
+    service: (t) => !t.service.checked ? 1 : t.service.reachable ? 2 : 0,
+    error: (t) => t.last_error && t.last_error.time !== null ? t.last_error.time : 0,
+  };
+  function compare(a, b) {
+    const key = SORT_KEYS[view.sort] || SORT_KEYS.state;
+    const x = key(a), y = key(b);
+    let c = x < y ? -1 : x > y ? 1 : 0;
+    if (view.descending) c = -c;
+    return c || a.name.localeCompare(b.name);
+  }
+  function matches(t) {
+    if (view.state && t.state !== view.state) return false;
+    if (!view.q) return true;
+    const hay = [t.name, t.server_host + ":" + t.listen_port, t.remote_host + ":" + t.remote_port,
+                 t.last_error ? t.last_error.message : ""].join("\n").toLowerCase();
+    return hay.includes(view.q.toLowerCase());
+  }
+
+  function row(t, now) {
+    const tr = document.createElement("tr");
+    tr.dataset.tunnel = t.name;
+    tr.dataset.state = t.state;
+    const name = document.createElement("td");
+    name.appendChild(text("div", t.name));
+    const bastion = t.server_host + ":" + (t.listen_port ? t.listen_port : "…");
+    name.appendChild(text("div", bastion + " → " + t.remote_host + ":" + t.remote_port, "sub"));
+    tr.appendChild(name);
+    const state = document.createElement("td");
+    const badge = document.createElement("span");
+    badge.className = "state";
+    badge.appendChild(text("span", "", "dot"));
+    badge.appendChild(text("span", STATE_TEXT[t.state] || t.state, "state-text"));
+    state.appendChild(badge);
+    if (t.state === "backing_off" && t.backoff_seconds !== null)
+      state.appendChild(text("div", "retry in " + duration(t.backoff_seconds), "sub"));
+    tr.appendChild(state);
+    tr.appendChild(text("td", duration(t.uptime_seconds), "num uptime"));
+    const conns = document.createElement("td");
+    conns.className = "num connections";
+    conns.appendChild(text("div", t.connections.active + " open"));
+    conns.appendChild(text("div", t.connections.total + " total, " + t.connections.failed + " failed", "sub"));
+    tr.appendChild(conns);
+    tr.appendChild(text("td", t.rate ? "↓ " + bytes(t.rate.down) + "/s  ↑ " + bytes(t.rate.up) + "/s" : "–",
+                        "num throughput"));
+    const traffic = document.createElement("td");
+    traffic.className = "num";
+    traffic.appendChild(text("div", "in " + bytes(t.bytes.to_service)));
+    traffic.appendChild(text("div", "out " + bytes(t.bytes.from_service), "sub"));
+    tr.appendChild(traffic);
+    let service = "not checked";
+    if (t.service.checked) service = t.service.reachable ? "reachable" : "unreachable";
+    const svc = text("td", service, "service");
+    if (t.probe_rtt_seconds !== null) svc.appendChild(text("div", "probe " + (t.probe_rtt_seconds * 1000).toFixed(1) + " ms", "sub"));
+    tr.appendChild(svc);
+    const error = document.createElement("td");
+    if (t.last_error) {
+      error.className = "error " + (errorIsCurrent(t) ? "current" : "old");
+      error.appendChild(text("div", t.last_error.message));
+      if (t.last_error.time !== null) {
+        const when = text("div", duration(now - t.last_error.time) + " ago" + (errorIsCurrent(t) ? "" : ", before it came back"),
+                          "sub when");
+        when.title = clock(t.last_error.time);
+        error.dataset.time = String(t.last_error.time);
+        error.appendChild(when);
+      }
+    } else {
+      error.className = "error";
+    }
+    tr.appendChild(error);
+    return tr;
+  }
+
+  function show() {
+    if (!latest) return;
+    const data = latest;
+    const counts = { up: 0, degraded: 0, connecting: 0, backing_off: 0, stopped: 0 };
+    for (const t of data.tunnels) counts[t.state] = (counts[t.state] || 0) + 1;
+    const shown = data.tunnels.filter(matches).sort(compare);
+    const rows = document.createDocumentFragment();
+    for (const t of shown) rows.appendChild(row(t, data.generated_at));
+    tbody.replaceChildren(rows);
+    document.getElementById("shown").textContent = "showing " + shown.length + " of " + data.tunnels.length + " tunnels";
+    for (const th of document.querySelectorAll("th[data-sort]")) {
+      if (th.dataset.sort === view.sort) th.setAttribute("aria-sort", view.descending ? "descending" : "ascending");
+      else th.removeAttribute("aria-sort");
+    }
+    const pills = document.createDocumentFragment();
+    for (const key of Object.keys(counts)) {
+      const pill = document.createElement("button");
+      pill.className = "pill" + (view.state === key ? " selected" : "");
+      pill.dataset.state = key;
+      pill.title = view.state === key ? "show every state" : "show only " + STATE_TEXT[key];
+      pill.appendChild(text("b", String(counts[key])));
+      pill.appendChild(text("span", STATE_TEXT[key]));
+      pills.appendChild(pill);
+    }
+    document.getElementById("summary").replaceChildren(pills);
   }
 
   function render(data) {
@@ -113,61 +263,28 @@ constexpr std::string_view k_tail = R"HTML(</script>
       for (const t of previous.tunnels) before[t.name] = t;
       elapsed = data.generated_at - previous.generated_at;
     }
-    const counts = { up: 0, degraded: 0, connecting: 0, backing_off: 0, stopped: 0 };
-    const rows = document.createDocumentFragment();
-    for (const t of data.tunnels) {
-      counts[t.state] = (counts[t.state] || 0) + 1;
-      const tr = document.createElement("tr");
-      tr.dataset.tunnel = t.name;
-      tr.dataset.state = t.state;
-      const name = document.createElement("td");
-      name.appendChild(text("div", t.name));
-      const bastion = t.server_host + ":" + (t.listen_port ? t.listen_port : "…");
-      name.appendChild(text("div", bastion + " → " + t.remote_host + ":" + t.remote_port, "sub"));
-      tr.appendChild(name);
-      const state = document.createElement("td");
-      const badge = document.createElement("span");
-      badge.className = "state";
-      badge.appendChild(text("span", "", "dot"));
-      badge.appendChild(text("span", STATE_TEXT[t.state] || t.state, "state-text"));
-      state.appendChild(badge);
-      if (t.state === "backing_off" && t.backoff_seconds !== null)
-        state.appendChild(text("div", "retry in " + duration(t.backoff_seconds), "sub"));
-      tr.appendChild(state);
-      tr.appendChild(text("td", duration(t.uptime_seconds), "num uptime"));
-      const conns = document.createElement("td");
-      conns.className = "num connections";
-      conns.appendChild(text("div", t.connections.active + " open"));
-      conns.appendChild(text("div", t.connections.total + " total, " + t.connections.failed + " failed", "sub"));
-      tr.appendChild(conns);
-      tr.appendChild(text("td", rate(t, before[t.name], elapsed), "num throughput"));
-      const traffic = document.createElement("td");
-      traffic.className = "num";
-      traffic.appendChild(text("div", "in " + bytes(t.bytes.to_service)));
-      traffic.appendChild(text("div", "out " + bytes(t.bytes.from_service), "sub"));
-      tr.appendChild(traffic);
-      let service = "not checked";
-      if (t.service.checked) service = t.service.reachable ? "reachable" : "unreachable";
-      const svc = text("td", service, "service");
-      if (t.probe_rtt_ms !== null) svc.appendChild(text("div", "probe " + t.probe_rtt_ms.toFixed(1) + " ms", "sub"));
-      tr.appendChild(svc);
-      tr.appendChild(text("td", t.last_error ? t.last_error.message : "", "error"));
-      rows.appendChild(tr);
-    }
-    tbody.replaceChildren(rows);
-    const summary = document.getElementById("summary");
-    const pills = document.createDocumentFragment();
-    for (const key of Object.keys(counts)) {
-      const pill = document.createElement("div");
-      pill.className = "pill";
-      pill.dataset.state = key;
-      pill.appendChild(text("b", String(counts[key])));
-      pill.appendChild(text("span", STATE_TEXT[key]));
-      pills.appendChild(pill);
-    }
-    summary.replaceChildren(pills);
+    for (const t of data.tunnels) t.rate = rates(t, before[t.name], elapsed);
     previous = data;
+    latest = data;
+    show();
   }
+
+  document.querySelector("#tunnels thead").addEventListener("click", (e) => {
+    const th = e.target.closest("th[data-sort]");
+    if (!th) return;
+    // The same column again reverses the order.
+    view.descending = view.sort === th.dataset.sort ? !view.descending : false;
+    view.sort = th.dataset.sort;
+    writeHash();
+  });
+  document.getElementById("summary").addEventListener("click", (e) => {
+    const pill = e.target.closest(".pill");
+    if (!pill) return;
+    view.state = view.state === pill.dataset.state ? "" : pill.dataset.state;
+    writeHash();
+  });
+  filterBox.addEventListener("input", () => { view.q = filterBox.value.trim(); writeHash(); });
+  window.addEventListener("hashchange", () => { readHash(); show(); });
 
   async function poll() {
     try {
@@ -184,6 +301,7 @@ constexpr std::string_view k_tail = R"HTML(</script>
     setTimeout(poll, 2000);
   }
 
+  readHash();
   render(JSON.parse(document.getElementById("initial").textContent));
   statusLine.textContent = "snapshot of page load";
   poll();

@@ -3,10 +3,12 @@
 #include "observe/render.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -79,9 +81,13 @@ ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_
     if (t.last_error) {
         j["last_error"] = {{"code", t.last_error.value()},
                            {"category", t.last_error.category().name()},
-                           {"message", t.last_error_message.empty() ? t.last_error.message() : t.last_error_message}};
+                           {"message", t.last_error_message.empty() ? t.last_error.message() : t.last_error_message},
+                           {"time", time_or_null(t.last_error_time)}};
     } else if (!t.last_error_message.empty()) {
-        j["last_error"] = {{"code", 0}, {"category", "pytun"}, {"message", t.last_error_message}};
+        j["last_error"] = {{"code", 0},
+                           {"category", "pytun"},
+                           {"message", t.last_error_message},
+                           {"time", time_or_null(t.last_error_time)}};
     } else {
         j["last_error"] = nullptr;
     }
@@ -95,13 +101,16 @@ ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_
     j["service"] = {{"checked", t.service_checked},
                     {"reachable", t.service_checked ? ordered_json(t.service_reachable) : ordered_json(nullptr)},
                     {"error", t.service_error}};
-    j["probe_rtt_ms"] = t.probe_rtt.count() >= 0 ? ordered_json(static_cast<double>(t.probe_rtt.count()) / 1000.0)
-                                                  : ordered_json(nullptr);
+    // Seconds, as in /metrics (pytun_tunnel_probe_rtt_seconds).
+    j["probe_rtt_seconds"] = t.probe_rtt.count() >= 0 ? ordered_json(static_cast<double>(t.probe_rtt.count()) / 1e6)
+                                                       : ordered_json(nullptr);
     j["connections"] = {{"active", t.traffic.connections_active},
                         {"total", t.traffic.connections_total},
                         {"failed", t.traffic.connections_failed},
                         {"refused", t.traffic.connections_refused}};
     j["bytes"] = {{"to_service", t.traffic.bytes_to_service}, {"from_service", t.traffic.bytes_from_service}};
+    j["connection_setup_seconds"] = {{"count", t.traffic.connection_setup.count},
+                                     {"sum", t.traffic.connection_setup.sum_seconds}};
     return j;
 }
 
@@ -142,9 +151,11 @@ public:
         out_ += type;
         out_ += '\n';
     }
-    void sample(const std::string &labels, const std::string &value)
+    void sample(const std::string &labels, const std::string &value) { sample_of(name_, labels, value); }
+    /// A sample with a suffixed name (a histogram's _bucket, _sum, _count).
+    void sample_of(std::string_view name, const std::string &labels, const std::string &value)
     {
-        out_ += name_;
+        out_ += name;
         if (!labels.empty()) {
             out_ += '{';
             out_ += labels;
@@ -317,10 +328,29 @@ std::string render_readyz(const RenderContext &ctx, const Snapshot &snap, bool &
     return dump(j);
 }
 
-std::string render_metrics(const RenderContext &ctx, const Snapshot &snap)
+std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const ProcessMetrics &process)
 {
     std::string out;
-    out.reserve(512 + snap.tunnels.size() * 2048);
+    out.reserve(1024 + snap.tunnels.size() * 4096);
+    if (process.ok) {
+        // Named, typed and described as every Prometheus client library exports them.
+        const struct {
+            const char *name, *type, *help;
+            std::string value;
+        } standard[] = {
+            {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+             number(process.cpu_seconds)},
+            {"process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             number(process.resident_bytes)},
+            {"process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", number(process.virtual_bytes)},
+            {"process_open_fds", "gauge", "Number of open file descriptors.", number(process.open_fds)},
+            {"process_max_fds", "gauge", "Maximum number of open file descriptors.", number(process.max_fds)},
+            {"process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+             number(process.start_time_seconds)},
+        };
+        for (const auto &m : standard)
+            Family(out, m.name, m.type, m.help).sample("", m.value);
+    }
     {
         Family f(out, "pytun_info", "gauge", "Version and manager id of this connector.");
         f.sample(label("version", ctx.version) + "," + label("tunnel_manager_id", ctx.tunnel_manager_id), "1");
@@ -374,12 +404,35 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap)
                "Forwarded connections turned away: max_connections, or descriptors kept for the other tunnels "
                "(current session).",
                [](const TunnelStatus &t) { return number(t.traffic.connections_refused); });
-    per_tunnel("pytun_tunnel_bytes_in_total", "counter",
-               "Bytes relayed from the bastion to the local service (current session).",
+    per_tunnel("pytun_tunnel_received_bytes_total", "counter",
+               "Bytes received from the bastion and relayed to the local service (current session).",
                [](const TunnelStatus &t) { return number(t.traffic.bytes_to_service); });
-    per_tunnel("pytun_tunnel_bytes_out_total", "counter",
-               "Bytes relayed from the local service to the bastion (current session).",
+    per_tunnel("pytun_tunnel_sent_bytes_total", "counter",
+               "Bytes from the local service sent to the bastion (current session).",
                [](const TunnelStatus &t) { return number(t.traffic.bytes_from_service); });
+    {
+        Family f(out, "pytun_tunnel_connection_setup_seconds", "histogram",
+                 "Time from a forwarded connection's arrival to its local connect being done (current session).");
+        // The bucket labels are the same for every tunnel: format them once.
+        static const auto le = [] {
+            std::array<std::string, SetupTimeHistogram::bounds.size() + 1> labels;
+            for (std::size_t i = 0; i < labels.size(); ++i)
+                labels[i] = "," + label("le", i < SetupTimeHistogram::bounds.size()
+                                                  ? number(SetupTimeHistogram::bounds[i]) : std::string("+Inf"));
+            return labels;
+        }();
+        for (const auto &t : snap.tunnels) {
+            const SetupTimeHistogram &h = t.traffic.connection_setup;
+            const std::string tunnel = label("tunnel", t.name);
+            std::uint64_t cumulative = 0;
+            for (std::size_t i = 0; i < le.size(); ++i) {
+                cumulative += h.counts[i];
+                f.sample_of("pytun_tunnel_connection_setup_seconds_bucket", tunnel + le[i], number(cumulative));
+            }
+            f.sample_of("pytun_tunnel_connection_setup_seconds_sum", tunnel, number(h.sum_seconds));
+            f.sample_of("pytun_tunnel_connection_setup_seconds_count", tunnel, number(cumulative));
+        }
+    }
     per_tunnel("pytun_tunnel_probe_rtt_seconds", "gauge", "Round trip of the last end-to-end SSH health probe.",
                [](const TunnelStatus &t) {
                    return t.probe_rtt.count() >= 0 ? number(static_cast<double>(t.probe_rtt.count()) / 1e6) : "";

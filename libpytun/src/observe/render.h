@@ -14,6 +14,8 @@
 #include <pytun/manager.h>
 #include <pytun/resources.h>
 
+#include "observe/process_metrics.h"
+
 namespace pytun::detail {
 
 /// What every reply is made from: taken once per request.
@@ -46,8 +48,9 @@ std::string render_tunnels(const RenderContext &ctx, const Snapshot &snap);
 std::string render_healthz(const RenderContext &ctx, const Snapshot &snap);
 /// `GET /readyz`; `ready` is set to whether every tunnel is up.
 std::string render_readyz(const RenderContext &ctx, const Snapshot &snap, bool &ready);
-/// `GET /metrics`, Prometheus text exposition format 0.0.4.
-std::string render_metrics(const RenderContext &ctx, const Snapshot &snap);
+/// `GET /metrics`, Prometheus text exposition format 0.0.4; `process` gives
+/// the standard process_* metrics (left out when not `ok`).
+std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const ProcessMetrics &process);
 /// `GET /ui`: one self-contained page with the snapshot inlined.
 std::string render_dashboard(const RenderContext &ctx, const Snapshot &snap);
 

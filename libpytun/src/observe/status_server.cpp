@@ -226,7 +226,8 @@ struct StatusServer::Impl {
                     [this] { return detail::make_log_archive(options.log_dir, options.max_archive_bytes); });
         });
         s.Get("/metrics", [this](const httplib::Request &, httplib::Response &res) {
-            res.set_content(detail::render_metrics(ctx, snapshot()), "text/plain; version=0.0.4; charset=utf-8");
+            res.set_content(detail::render_metrics(ctx, snapshot(), detail::read_process_metrics()),
+                            "text/plain; version=0.0.4; charset=utf-8");
         });
         s.Get("/healthz", [this](const httplib::Request &, httplib::Response &res) {
             json(res, 200, detail::render_healthz(ctx, snapshot()));

@@ -52,6 +52,10 @@ TunnelStats RunStatus::total() const
         sum.connections_refused += s.connections_refused;
         sum.bytes_to_service += s.bytes_to_service;
         sum.bytes_from_service += s.bytes_from_service;
+        for (std::size_t i = 0; i < sum.connection_setup.counts.size(); ++i)
+            sum.connection_setup.counts[i] += s.connection_setup.counts[i];
+        sum.connection_setup.count += s.connection_setup.count;
+        sum.connection_setup.sum_seconds += s.connection_setup.sum_seconds;
     }
     return sum;
 }
