@@ -73,17 +73,24 @@ void Relay::feed_negotiation()
         begin_close("client left during the handshake");
 }
 
-void Relay::send_to_channel(std::string_view bytes)
+std::size_t Relay::queue_upload(std::string_view bytes)
 {
-    while (!bytes.empty()) { // a reply of a few bytes: the buffer is empty this early
+    std::size_t queued = 0;
+    while (queued < bytes.size()) {
         std::span<char> space = upload_space();
         if (space.empty())
             break;
-        const std::size_t n = std::min(space.size(), bytes.size());
-        std::memcpy(space.data(), bytes.data(), n);
+        const std::size_t n = std::min(space.size(), bytes.size() - queued);
+        std::memcpy(space.data(), bytes.data() + queued, n);
         uploaded(n);
-        bytes.remove_prefix(n);
+        queued += n;
     }
+    return queued;
+}
+
+void Relay::send_to_channel(std::string_view bytes)
+{
+    queue_upload(bytes); // a reply of a few bytes: the buffer is empty this early
     wake();
 }
 
@@ -98,16 +105,9 @@ void Relay::refuse_channel()
 void Relay::start(asio::ip::tcp::socket socket, std::string_view early_data)
 {
     socket_ = std::move(socket);
-    while (!early_data.empty()) { // at most a few hundred bytes: fits the empty buffer
-        std::span<char> space = upload_space();
-        if (space.empty())
-            break;
-        const std::size_t n = std::min(space.size(), early_data.size());
-        std::memcpy(space.data(), early_data.data(), n);
-        uploaded(n);
-        counters_->bytes_from_service.fetch_add(n, std::memory_order_relaxed);
-        early_data.remove_prefix(n);
-    }
+    // At most a few hundred bytes (what a SOCKS client sent after its
+    // request): they fit the empty buffer.
+    counters_->bytes_from_service.fetch_add(queue_upload(early_data), std::memory_order_relaxed);
     if (open_timeout_.count() > 0 && phase() == Phase::opening) {
         open_timer_.expires_after(open_timeout_);
         open_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {

@@ -77,6 +77,8 @@ private:
               std::function<bool(const asio::ip::address &)> allowed);
     void on_connected(const ConnectOutcome &outcome);
     void feed_negotiation();
+    /// Copies `bytes` into the upload buffer as far as it has room; how many.
+    std::size_t queue_upload(std::string_view bytes);
     void send_to_channel(std::string_view bytes);
     void refuse_channel();
     void begin_relaying();
