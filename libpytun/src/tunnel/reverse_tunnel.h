@@ -24,6 +24,7 @@
 namespace pytun::detail {
 
 class SshSession;
+class UserAuth;
 
 class ReverseTunnel : public std::enable_shared_from_this<ReverseTunnel> {
 public:
@@ -65,6 +66,7 @@ private:
     std::shared_ptr<RelayCounters> counters_;
     Handlers handlers_;
     std::shared_ptr<SshSession> session_;
+    std::unique_ptr<UserAuth> auth_;
     asio::steady_timer setup_timer_;
     asio::steady_timer stop_timer_;
     asio::steady_timer health_timer_;
