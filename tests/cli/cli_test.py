@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from clitest import (Env, Failure, LOG_LINE, Skip, check, echo_roundtrip, kill_pid, main, port_accepts,
@@ -20,6 +21,17 @@ from clitest import (Env, Failure, LOG_LINE, Skip, check, echo_roundtrip, kill_p
 def get_json(port, path):
     with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
         return json.load(r)
+
+
+def get_status_json(port, path):
+    """(HTTP status, JSON body), also for error statuses such as /readyz's 503."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+    except OSError:
+        return None, None
 
 
 def stop_pytun(env, proc, timeout=15):
@@ -182,6 +194,55 @@ def case_check(binary):
         check(all(":" in ln for ln in err.splitlines() if ln), "every line is file:line: key: message")
         check(not os.path.exists(env.path("logs")), "--check created no log directory")
         held.close()
+
+
+# --------------------------------------------------------------------------
+def case_reload_degraded(binary):
+    """A tunnel restarted by SIGHUP keeps watching its local service, in both orders."""
+    with Env(binary) as env:
+        env.sshd()
+        hook_port, hook_out = env.webhook()
+        env.connector_ini(http_port=hook_port, extra="http_rate_limit = 0\n")
+        for order in ("down, then reload", "reload, then down"):
+            echo = env.echo()
+            port = sshd_fixture.free_port()
+            env.tunnel_ini("svc", "Svc", port, echo.port, keep_alive=1)
+            posts_before = len(read_json_files(hook_out, "post-"))
+            proc = env.start(["--config_ini", "connector.ini"])
+            check(wait_until(lambda: echo_roundtrip(port)
+                             and get_status_json(env.inspection_port, "/readyz")[0] == 200, 30),
+                  order + ": serving, ready")
+
+            def degraded():
+                code, body = get_status_json(env.inspection_port, "/readyz")
+                return code == 503 and [t["state"] for t in body["not_up"]] == ["degraded"]
+
+            def reload():
+                env.tunnel_ini("svc", "Svc", port, echo.port, keep_alive=2)  # a change: the tunnel restarts
+                mark = env.log("main_connector").count("restarted Svc")
+                kill_pid(proc.pid, signal.SIGHUP)
+                check(wait_until(lambda: env.log("main_connector").count("restarted Svc") > mark, 15),
+                      order + ": SIGHUP restarted the tunnel")
+
+            if order == "down, then reload":
+                echo.close()
+                check(wait_until(degraded, 5), order + ": degraded before the reload")
+                reload()
+            else:
+                reload()
+                check(wait_until(lambda: echo_roundtrip(port), 15), order + ": serving after the reload")
+                echo.close()
+            # Within the check interval (2 s now) and from then on: degraded, /readyz 503.
+            check(wait_until(degraded, 3), order + ": degraded, /readyz 503")
+            time.sleep(3)  # more probes of the dead service: it stays that way
+            check(degraded(), order + ": still degraded after more checks")
+            check(wait_until(lambda: len(read_json_files(hook_out, "post-")) > posts_before, 5),
+                  order + ": an alert arrives")
+            posts = [json.loads(p["body"]) for p in read_json_files(hook_out, "post-")[posts_before:]]
+            events = [p["event"] for p in posts]
+            check(events == ["degraded"], order + ": exactly one alert, 'degraded' (got %s)" % events)
+            rc, _ = stop_pytun(env, proc)
+            check(rc == 0, order + ": exit 0")
 
 
 # --------------------------------------------------------------------------
@@ -483,6 +544,7 @@ if __name__ == "__main__":
         "original-install": case_original_install,
         "exit-codes": case_exit_codes,
         "check": case_check,
+        "reload-degraded": case_reload_degraded,
         "sigterm": case_sigterm,
         "reload": case_reload,
         "device": case_device,
