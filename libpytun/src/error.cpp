@@ -49,8 +49,8 @@ public:
             return "the bastion does not accept this key for this user: add the public key to the user's "
                    "authorized_keys on the bastion";
         case Errc::remote_port_refused:
-            return "the bastion refused to listen on the port: it is in use (maybe by a previous session the "
-                   "bastion has not dropped yet) or not permitted (AllowTcpForwarding, PermitListen)";
+            return "the bastion refused to listen on the port: this key or user may not listen there "
+                   "(permitlisten, PermitListen, AllowTcpForwarding), or another session holds the port";
         case Errc::transport_lost:
             return "the SSH connection to the bastion was lost";
         case Errc::stopped:

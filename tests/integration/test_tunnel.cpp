@@ -263,7 +263,7 @@ TEST_CASE("errors name the problem and what to do")
         auto o = base;
         o.listen_port = port;
         CHECK(start_expecting_failure(o, message) == Errc::remote_port_refused);
-        CHECK(message.find("in use") != std::string::npos);
+        CHECK(message.find("another session holds the port") != std::string::npos);
         t::end_process(holder);
     }
     SUBCASE("bastion refuses the TCP connection")
