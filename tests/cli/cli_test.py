@@ -5,6 +5,7 @@
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,13 @@ def get_status_json(port, path):
         return e.code, json.load(e)
     except OSError:
         return None, None
+
+
+def keygen(path, *args, passphrase=""):
+    """ssh-keygen as a user runs it."""
+    subprocess.run(["ssh-keygen", "-q", "-N", passphrase] + list(args) + ["-f", path], check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    return path
 
 
 def stop_pytun(env, proc, timeout=15):
@@ -194,6 +202,113 @@ def case_check(binary):
         check(all(":" in ln for ln in err.splitlines() if ln), "every line is file:line: key: message")
         check(not os.path.exists(env.path("logs")), "--check created no log directory")
         held.close()
+
+
+# --------------------------------------------------------------------------
+def case_migrated(binary):
+    """A connector set up exactly as the original README says: an RSA 4096 key
+    from ssh-keygen, paths with ~, inline comments; a default OpenSSH bastion."""
+    with Env(binary) as env:
+        info = env.sshd()
+        echo = env.echo()
+        home = env.path("home")
+        os.makedirs(os.path.join(home, ".ssh"), mode=0o700)
+        key = keygen(os.path.join(home, ".ssh", "id_rsa"), "-t", "rsa", "-b", "4096")
+        with open(info["authorized_keys"], "a") as f:
+            f.write(open(key + ".pub").read())
+        shutil.copyfile(info["known_hosts_bracketed"], os.path.join(home, ".ssh", "known_hosts"))
+        env.connector_ini()
+        port = sshd_fixture.free_port()
+        env.write("tunnels/ldap.ini",
+                  "[connector]\n"
+                  "connector_name = LDAP # shown in alerts\n"
+                  "server_host = 127.0.0.1\n"
+                  "server_port=%d\n"
+                  "port=%d # Port to listen on SSH server\n"
+                  "remote_host = 127.0.0.1\n"
+                  "remote_port=%d # the LDAP server\n"
+                  "username = %s\n"
+                  "keyfile = ~/.ssh/id_rsa\n"
+                  "server_key = ~/.ssh/known_hosts\n"
+                  "keep_alive_time = 5\n" % (info["port"], port, echo.port, info["user"]))
+        environ = dict(os.environ, HOME=home)  # the user pytun runs as
+        r = env.run(["--config_ini", "connector.ini", "--check"], env=environ)
+        print(r.stdout + r.stderr)
+        check(r.returncode == 0 and "1 tunnel" in r.stdout, "--check: valid (RSA key, ~ paths, inline comments)")
+        proc = env.start(["--config_ini", "connector.ini"], env=environ)
+        check(wait_until(lambda: echo_roundtrip(port), 30), "the tunnel serves through the default OpenSSH bastion")
+        check("authenticated with the RSA key as rsa-sha2-512" in env.log("ldap"),
+              "the RSA key signed with SHA-512 (tunnel log)")
+        rc, _ = stop_pytun(env, proc)
+        check(rc == 0, "exit 0")
+
+
+# --------------------------------------------------------------------------
+def case_check_files(binary):
+    """--check catches what only the running connector would meet."""
+    with Env(binary) as env:
+        info = env.sshd()
+        echo = env.echo()
+        hook_port, _ = env.webhook()
+        env.connector_ini(http_port=hook_port)
+        env.tunnel_ini("good", "Good", sshd_fixture.free_port(), echo.port)
+        r = env.run(["--config_ini", "connector.ini", "--check"])
+        check(r.returncode == 0, "a good configuration is valid: %s" % r.stderr)
+
+        # Alerts configured, libcurl missing: a libcurl.so.4 that is no library.
+        env.write("nolib/libcurl.so.4", "")
+        r = env.run(["--config_ini", "connector.ini", "--check"],
+                    env=dict(os.environ, LD_LIBRARY_PATH=env.path("nolib")))
+        print(r.stderr)
+        check(r.returncode == 1 and "connector.ini:10: http_url: webhook alerts need libcurl" in r.stderr,
+              "libcurl missing: an error at http_url")
+        env.connector_ini(inspection_port=env.inspection_port)  # no alerts from here on
+
+        # Files that are not what the keys need, one tunnel each (keyfile: line 9, server_key: line 10).
+        keygen(env.path("encrypted"), "-t", "ed25519", passphrase="a passphrase")
+        env.tunnel_ini("enc", "Enc", sshd_fixture.free_port(), echo.port, key=env.path("encrypted"))
+        env.tunnel_ini("pub", "Pub", sshd_fixture.free_port(), echo.port, key=info["key_ed25519"] + ".pub")
+        for name, known_hosts in (("hostpub", info["host_key_ed25519"] + ".pub"),
+                                  ("conf", info["sshd_config"])):
+            path = env.tunnel_ini(name, name, sshd_fixture.free_port(), echo.port)
+            shutil.copyfile(known_hosts, env.path("tunnels", name + ".kh"))
+            env.write(path, open(path).read().replace("server_key = known_hosts", "server_key = %s.kh" % name))
+        r = env.run(["--config_ini", "connector.ini", "--check"])
+        err = r.stderr
+        print(err)
+        check(r.returncode == 1, "--check: 1")
+        enc = [ln for ln in err.splitlines() if "enc.ini:9: keyfile:" in ln]
+        check(enc and "encrypted with a passphrase" in enc[0] and "ssh-keygen -p -N ''" in enc[0],
+              "encrypted key: an error with the fix (an unencrypted copy)")
+        check("key_passphrase" not in err and "give the passphrase" not in err,
+              "no passphrase setting is suggested (there is none)")
+        check("pub.ini:9: keyfile:" in err and "holds a public key" in err, "a .pub file as keyfile")
+        check("hostpub.ini:10: server_key:" in err and "bare public key" in err, "a .pub file as server_key")
+        check("conf.ini:10: server_key:" in err and "no known_hosts lines" in err,
+              "a server_key that is not a known_hosts file")
+        for name in ("enc", "pub", "hostpub", "conf"):
+            os.unlink(env.path("tunnels", name + ".ini"))
+
+        # An unwritable log_path, seen by the user the service runs as.
+        if os.geteuid() != 0 or shutil.which("setpriv") is None:
+            print("note: not root or no setpriv; the log_path case needs another user")
+            return
+        os.makedirs(env.path("rootlogs"), mode=0o755)
+        text = open(env.path("connector.ini")).read().replace("log_path: logs", "log_path: rootlogs/pytun")
+        env.write("connector.ini", text, 0o600)
+        for root, dirs, files in os.walk(env.path("tunnels")):
+            for n in dirs + files:
+                os.chown(os.path.join(root, n), 65534, 65534)
+        for p in (env.path("tunnels"), env.path("connector.ini")):
+            os.chown(p, 65534, 65534)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                            env.binary, "--config_ini", "connector.ini", "--check"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=env.tmp)
+        print(r.stderr)
+        check(r.returncode == 1 and "connector.ini:5: log_path: " in r.stderr
+              and "cannot be created by user" in r.stderr and "uid 65534" in r.stderr
+              and "rootlogs is not writable" in r.stderr and "install -d -o " in r.stderr,
+              "log_path the service user cannot create: an error with the fix")
 
 
 # --------------------------------------------------------------------------
@@ -544,6 +659,8 @@ if __name__ == "__main__":
         "original-install": case_original_install,
         "exit-codes": case_exit_codes,
         "check": case_check,
+        "check-files": case_check_files,
+        "migrated": case_migrated,
         "reload-degraded": case_reload_degraded,
         "sigterm": case_sigterm,
         "reload": case_reload,

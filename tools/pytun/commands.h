@@ -19,7 +19,7 @@ inline constexpr int k_exit_tunnels_failed = 4;
 
 /// Load the configuration; print every diagnostic to stderr (warnings too).
 /// Empty when there was an error.
-std::optional<Config> load_or_report(const std::string &path);
+std::optional<Config> load_or_report(const std::string &path, const LoadOptions &options = {});
 
 int run_connector(const std::string &config_path);
 int check_config(const std::string &config_path);

@@ -6,9 +6,9 @@
 
 namespace pytun::cli {
 
-std::optional<Config> load_or_report(const std::string &path)
+std::optional<Config> load_or_report(const std::string &path, const LoadOptions &options)
 {
-    LoadResult result = load_config(path);
+    LoadResult result = load_config(path, options);
     for (const auto &d : result.diagnostics)
         std::cerr << d.to_string() << "\n";
     if (!result.ok()) {

@@ -9,13 +9,48 @@ namespace pytun::config {
 
 void Diagnostics::error(std::string file, int line, std::string key, std::string message)
 {
-    list_.push_back({Diagnostic::Severity::error, std::move(file), line, std::move(key), std::move(message)});
-    ++errors_;
+    add({Diagnostic::Severity::error, std::move(file), line, std::move(key), std::move(message)});
 }
 
 void Diagnostics::warning(std::string file, int line, std::string key, std::string message)
 {
-    list_.push_back({Diagnostic::Severity::warning, std::move(file), line, std::move(key), std::move(message)});
+    add({Diagnostic::Severity::warning, std::move(file), line, std::move(key), std::move(message)});
+}
+
+void Diagnostics::add(Diagnostic d)
+{
+    const bool is_error = d.severity == Diagnostic::Severity::error;
+    errors_ += is_error;
+    PerFile &f = per_file_[d.file];
+    if (++f.count > k_shown_per_file) {
+        f.hidden_errors += is_error;
+        return;
+    }
+    f.last_shown = list_.size();
+    list_.push_back(std::move(d));
+}
+
+std::vector<Diagnostic> Diagnostics::take()
+{
+    // Each file's summary goes right after its last shown diagnostic; from
+    // the back, so that the positions still to come stay valid.
+    std::vector<std::pair<std::size_t, Diagnostic>> summaries;
+    for (const auto &[file, f] : per_file_) {
+        if (f.count <= k_shown_per_file)
+            continue;
+        const std::size_t hidden = f.count - k_shown_per_file;
+        summaries.push_back(
+            {f.last_shown + 1,
+             {f.hidden_errors ? Diagnostic::Severity::error : Diagnostic::Severity::warning, file, 0, "",
+              std::to_string(hidden) + " more problem" + (hidden == 1 ? "" : "s") + " in this file not shown (" +
+                  std::to_string(f.hidden_errors) + " of them errors): is it the right file? Fix the " +
+                  std::to_string(k_shown_per_file) + " above and check again"}});
+    }
+    std::sort(summaries.begin(), summaries.end(), [](const auto &a, const auto &b) { return a.first > b.first; });
+    for (auto &[at, d] : summaries)
+        list_.insert(list_.begin() + static_cast<std::ptrdiff_t>(at), std::move(d));
+    per_file_.clear();
+    return std::move(list_);
 }
 
 std::string to_lower(std::string_view s)

@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,16 +38,28 @@ struct RawSection {
     std::vector<RawValue> entries;     ///< in file order
 };
 
-/// Collects every problem; loading never stops at the first one.
+/// Collects every problem; loading never stops at the first one. Past
+/// k_shown_per_file problems in one file (a binary file, or the wrong file
+/// given) the rest are only counted, and take() says how many there were.
 class Diagnostics {
 public:
+    static constexpr std::size_t k_shown_per_file = 20;
+
     void error(std::string file, int line, std::string key, std::string message);
     void warning(std::string file, int line, std::string key, std::string message);
     bool has_errors() const { return errors_ > 0; }
-    std::vector<Diagnostic> take() { return std::move(list_); }
+    std::vector<Diagnostic> take();
 
 private:
+    struct PerFile {
+        std::size_t count = 0;
+        std::size_t hidden_errors = 0;
+        std::size_t last_shown = 0; ///< index in list_ of the file's last shown diagnostic
+    };
+    void add(Diagnostic d);
+
     std::vector<Diagnostic> list_;
+    std::map<std::string, PerFile> per_file_;
     int errors_ = 0;
 };
 
