@@ -402,12 +402,13 @@ TEST_CASE("keyfile and server_key: what would fail at connect time is an error, 
     write_file(tmp.path / "kh", k_known_hosts_h);
     write_file(tmp.path / "other_kh", "[bastion.example.com]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture\n");
     write_file(tmp.path / "nothing", "# no entries\n\n");
+    write_file(tmp.path / "empty", "");
     // One tunnel per case, seven lines each from line 3: keyfile on 6, 13, 20, ..., server_key on 7, 14, ...
     std::string text = "[pytun]\ntunnel_manager_id = \"x\"\n";
     int port = 4000;
     for (auto [key, known_hosts] : std::vector<std::pair<std::string, std::string>>{
              {"key.pub", "kh"}, {"encrypted", "kh"}, {"junk", "kh"},
-             {"key", "key.pub"}, {"key", "key"}, {"key", "nothing"}, {"key", "other_kh"}}) {
+             {"key", "key.pub"}, {"key", "key"}, {"key", "nothing"}, {"key", "other_kh"}, {"empty", "empty"}}) {
         text += "[[tunnel]]\nserver_host = \"h\"\nport = " + std::to_string(port++) +
                 "\nkeyfile = \"" + key + "\"\nserver_key = \"" + known_hosts +
                 "\"\nremote_host = \"r\"\nusername = \"u\"\n";
@@ -433,6 +434,9 @@ TEST_CASE("keyfile and server_key: what would fail at connect time is an error, 
     CHECK(count(r, W, "<string>", 49, "server_key", "has no key for h, so the bastion's host key will be refused") ==
           1);
     CHECK(count(r, W, "<string>", 49, "server_key", "ssh-keyscan -p 22 h >> " + dir + "/other_kh") == 1);
+    // Empty files (procfs files look empty too, and are not read: they may block).
+    CHECK(count(r, E, "<string>", 55, "keyfile", dir + "/empty is empty") == 1);
+    CHECK(count(r, E, "<string>", 56, "server_key", dir + "/empty is empty") == 1);
     for (const Diagnostic &d : r.diagnostics) // a key's content never ends up in a message
         CHECK(d.message.find("b3BlbnNzaC1rZXktdjEAAAAA") == std::string::npos);
 }

@@ -9,7 +9,6 @@
 
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <vector>
 
 #include <spdlog/logger.h>
@@ -26,6 +25,9 @@ namespace {
 
 // The group docs/service.md makes for the service (files root:pytun 0640).
 constexpr const char *k_service_group = "pytun";
+
+// Larger than any private key (an RSA 16384 key in PEM is about 13 KiB).
+constexpr std::uintmax_t k_max_key_file = 1024 * 1024;
 
 std::string mode_text(mode_t mode)
 {
@@ -126,6 +128,16 @@ void check_private_mode(const fs::path &path, const std::string &file, int line,
 void check_key_content(const fs::path &path, const std::string &file, int line, const std::string &key,
                        Diagnostics &diag)
 {
+    // Read only what can be a key: procfs and sysfs files say 0 bytes and may
+    // block when read (/proc/kmsg), and a private key is a few KiB.
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (ec || size == 0 || size > k_max_key_file) {
+        diag.error(file, line, key,
+                   path.string() + (size == 0 ? " is empty" : " is too large for a private key") +
+                       ": set " + key + " to the private key file");
+        return;
+    }
     detail::KeyFileInfo info;
     std::string message;
     if (detail::inspect_key_file(path.string(), info, message)) {
@@ -151,9 +163,6 @@ void check_key_content(const fs::path &path, const std::string &file, int line, 
 void check_known_hosts_content(const fs::path &path, const std::string &host, std::uint16_t port,
                                const std::string &file, int line, const std::string &key, Diagnostics &diag)
 {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
     const std::string p = path.string();
     // Never advise overwriting what the file holds now (a key, a config).
     const std::string target =
@@ -161,14 +170,23 @@ void check_known_hosts_content(const fs::path &path, const std::string &host, st
     const std::string make = "make one with " + keyscan(host, port) + " > " + target +
                              ", compare the fingerprints with the bastion's (ssh-keygen -lf " + target +
                              ") and set " + key + " to it";
-    if (text.str().find("PRIVATE KEY-----") != std::string::npos) {
+    std::error_code ec;
+    if (fs::file_size(path, ec) == 0 || ec) { // also what procfs says, where reading may block
+        diag.error(file, line, key, p + " is empty: " + make);
+        return;
+    }
+    std::ifstream in(path, std::ios::binary);
+    std::string first;
+    std::getline(in, first);
+    if (first.find("PRIVATE KEY-----") != std::string::npos) {
         diag.error(file, line, key, p + " is a private key, not a known_hosts file: " + make);
         return;
     }
-    std::istringstream lines(text.str());
+    in.clear();
+    in.seekg(0);
     spdlog::logger quiet("known_hosts check"); // no sinks: the lines it skips are reported below
     detail::KnownHosts known;
-    known.parse(lines, p, host, port, quiet);
+    known.parse(in, p, host, port, quiet);
     const std::string name = port == 22 ? host : "[" + host + "]:" + std::to_string(port);
     if (known.valid_lines() == 0 && known.bare_key_lines() > 0) {
         diag.error(file, line, key,
