@@ -146,6 +146,7 @@ TEST_CASE("a server that hangs up after two refusals (MaxAuthTries 2): the recon
     const std::string key = make_rsa_key(server, "rsa4096");
 
     std::string message;
+    INFO(server.log());
     CHECK(start_with(server, key, message) == Errc::transport_lost);
     INFO(message);
     // sshd counts the refusal of rsa-sha2-512 and hangs up at rsa-sha2-256.

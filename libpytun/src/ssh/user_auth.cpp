@@ -3,11 +3,8 @@
 // signatures with SHA-2 and the fallback to ssh-rsa.
 #include "ssh/user_auth.h"
 
-#include <sys/socket.h>
-
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -157,8 +154,11 @@ int UserAuth::attempt_rsa()
         }
         if (!sign_error_.empty())
             return rc;
+        // libssh2 reports a connection that ended while it waited for the
+        // answer as PUBLICKEY_UNVERIFIED too: the session knows better.
         const bool refused =
-            (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) && !peer_gone();
+            (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) &&
+            !session_.peer_closed();
         if (!refused) {
             // MaxAuthTries, or a server that does not take a blob named
             // rsa-sha2-*: offer ssh-rsa first on the next connection.
@@ -210,13 +210,6 @@ int UserAuth::sign_callback(LIBSSH2_SESSION *, unsigned char **sig, std::size_t 
     *sig = copy;
     *sig_len = signature.size();
     return 0;
-}
-
-bool UserAuth::peer_gone() const
-{
-    char byte = 0;
-    const ssize_t n = ::recv(session_.socket_fd(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 std::string UserAuth::tried_list() const

@@ -42,7 +42,6 @@ private:
     static int sign_callback(LIBSSH2_SESSION *session, unsigned char **sig, std::size_t *sig_len,
                              const unsigned char *data, std::size_t data_len, void **abstract);
     int attempt_rsa();
-    bool peer_gone() const;
     std::string tried_list() const;
 
     SshSession &session_;
