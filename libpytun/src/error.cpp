@@ -37,19 +37,20 @@ public:
         case Errc::key_file_unreadable:
             return "the private key file (keyfile) is missing or unreadable";
         case Errc::key_encrypted:
-            return "the private key is encrypted: give its passphrase, or use an unencrypted key";
+            return "the private key is encrypted: use an unencrypted copy for the service";
         case Errc::key_unsupported:
-            return "the private key file's format is not supported: use an OpenSSH ed25519 or ecdsa key";
+            return "the private key file's format is not supported: use an OpenSSH ed25519, ecdsa or RSA key";
         case Errc::rsa_key_refused:
-            return "the bastion refused the RSA key: libssh2 1.10 signs RSA only with SHA-1 (ssh-rsa), which "
-                   "OpenSSH 8.8 and later refuse; create an ed25519 key (ssh-keygen -t ed25519) or allow "
-                   "ssh-rsa on the bastion (PubkeyAcceptedAlgorithms +ssh-rsa)";
+            return "the bastion refused the RSA key signed with SHA-1 (ssh-rsa), the only signature pytun could "
+                   "offer it (it is not OpenSSH 7.2 or later, or the key is encrypted in OpenSSH format); make an "
+                   "ed25519 key (pytun --make-key) or allow ssh-rsa on the bastion (PubkeyAcceptedAlgorithms "
+                   "+ssh-rsa)";
         case Errc::key_not_authorized:
             return "the bastion does not accept this key for this user: add the public key to the user's "
                    "authorized_keys on the bastion";
         case Errc::remote_port_refused:
-            return "the bastion refused to listen on the port: it is in use (maybe by a previous session the "
-                   "bastion has not dropped yet) or not permitted (AllowTcpForwarding, PermitListen)";
+            return "the bastion refused to listen on the port: this key or user may not listen there "
+                   "(permitlisten, PermitListen, AllowTcpForwarding), or another session holds the port";
         case Errc::transport_lost:
             return "the SSH connection to the bastion was lost";
         case Errc::stopped:

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include <pytun/alerter.h>
+#include <pytun/error.h>
 #include <pytun/log.h>
 #include <pytun/manager.h>
 #include <pytun/tunnel.h>
@@ -845,6 +846,82 @@ TEST_CASE("lifecycle end to end: a managed tunnel whose bastion dies and returns
     CHECK(h0.at("event") == "down");
     CHECK(h0.at("tunnel_name") == "ldap");
     CHECK(h0.at("error").get<std::string>().find("lost") != std::string::npos);
+    manager.stop();
+    alerter.stop();
+}
+
+TEST_CASE("a refused listen (permitlisten key): the likely cause first, backoff like any failure, one alert")
+{
+    t::SshServer server;
+    t::EchoService echo;
+    // A key made the way pytun --make-key makes them: it may listen on one
+    // port only; the tunnel asks for another one (sshd refuses before it
+    // binds anything, so neither port needs to be free).
+    const std::uint16_t asked = 10389, allowed = 10390;
+    server.authorize("restrict,port-forwarding,permitlisten=\"127.0.0.1:" + std::to_string(allowed) +
+                     "\",command=\"/bin/false\" " + read_file(server.key_unauthorized() + ".pub"));
+
+    auto http = http_receiver();
+    pytun::AlerterOptions o(http_config(http->port()));
+    o.webhook.rate_limit = 0s; // every alert the alerter lets through is seen
+    o.reminder_interval = 1h;
+    pytun::Alerter alerter(o);
+    REQUIRE(!alerter.start());
+
+    pytun::ManagerOptions mo;
+    mo.backoff_initial = 100ms;
+    mo.backoff_max = 1600ms;
+    mo.port_held_retry_max = 200ms; // what the old code retried at, forever
+    pytun::TunnelManager manager(mo);
+    auto alerts = pytun::forward_alerts(manager, alerter);
+    std::mutex mutex;
+    std::vector<std::chrono::milliseconds> delays; // from each failure to the next attempt
+    auto recorder = manager.subscribe([&](const pytun::TunnelEvent &e) {
+        if (e.to != pytun::ManagedState::backing_off)
+            return;
+        const auto next = manager.status().at(0).next_attempt;
+        std::lock_guard lock(mutex);
+        delays.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(next - e.when));
+    });
+    pytun::TunnelOptions tunnel = t::tunnel_options(server, echo.port());
+    tunnel.name = "ldap";
+    tunnel.key_file = server.key_unauthorized();
+    tunnel.listen_port = asked;
+    REQUIRE(!manager.apply({tunnel}).error);
+
+    auto failures = [&] {
+        std::lock_guard lock(mutex);
+        return delays.size();
+    };
+    REQUIRE(t::wait_until([&] { return failures() >= 6; }, 20s));
+    const auto status = manager.status().at(0);
+    INFO(status.last_error_message);
+    CHECK(status.last_error == pytun::make_error_code(pytun::Errc::remote_port_refused));
+    CHECK_FALSE(status.port_held); // a tunnel that never had the port: not "still held"
+    const std::string &why = status.last_error_message;
+    CHECK(why.find("still held") == std::string::npos);
+    CHECK(why.find("refused to listen on port " + std::to_string(asked)) != std::string::npos);
+    // The likely cause first, the other one after it.
+    CHECK(why.find("may not listen there (permitlisten") != std::string::npos);
+    CHECK(why.find("may not listen there") < why.find("another session holds the port"));
+
+    {
+        std::lock_guard lock(mutex);
+        for (std::size_t i = 0; i < delays.size(); ++i)
+            MESSAGE("retry " << i + 1 << " after " << delays[i].count() << " ms");
+        // Doubling from 100 ms (jittered down to half): by the fifth retry
+        // well past the 200 ms the old code kept retrying at.
+        CHECK(delays[4] >= 400ms);
+        CHECK(delays[5] >= 800ms);
+    }
+    // One alert for the whole outage, whatever the number of attempts.
+    REQUIRE(http->wait_records(1));
+    std::this_thread::sleep_for(1s); // nothing else may follow
+    REQUIRE(http->records().size() == 1);
+    const json body = json::parse(http->records()[0].at("body").get<std::string>());
+    CHECK(body.at("event") == "down");
+    CHECK(body.at("error").get<std::string>().find("may not listen there") != std::string::npos);
+    recorder.reset();
     manager.stop();
     alerter.stop();
 }

@@ -5,11 +5,13 @@
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from clitest import (Env, Failure, LOG_LINE, Skip, check, echo_roundtrip, kill_pid, main, port_accepts,
@@ -20,6 +22,24 @@ from clitest import (Env, Failure, LOG_LINE, Skip, check, echo_roundtrip, kill_p
 def get_json(port, path):
     with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
         return json.load(r)
+
+
+def get_status_json(port, path):
+    """(HTTP status, JSON body), also for error statuses such as /readyz's 503."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+    except OSError:
+        return None, None
+
+
+def keygen(path, *args, passphrase=""):
+    """ssh-keygen as a user runs it."""
+    subprocess.run(["ssh-keygen", "-q", "-N", passphrase] + list(args) + ["-f", path], check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    return path
 
 
 def stop_pytun(env, proc, timeout=15):
@@ -182,6 +202,162 @@ def case_check(binary):
         check(all(":" in ln for ln in err.splitlines() if ln), "every line is file:line: key: message")
         check(not os.path.exists(env.path("logs")), "--check created no log directory")
         held.close()
+
+
+# --------------------------------------------------------------------------
+def case_migrated(binary):
+    """A connector set up exactly as the original README says: an RSA 4096 key
+    from ssh-keygen, paths with ~, inline comments; a default OpenSSH bastion."""
+    with Env(binary) as env:
+        info = env.sshd()
+        echo = env.echo()
+        home = env.path("home")
+        os.makedirs(os.path.join(home, ".ssh"), mode=0o700)
+        key = keygen(os.path.join(home, ".ssh", "id_rsa"), "-t", "rsa", "-b", "4096")
+        with open(info["authorized_keys"], "a") as f:
+            f.write(open(key + ".pub").read())
+        shutil.copyfile(info["known_hosts_bracketed"], os.path.join(home, ".ssh", "known_hosts"))
+        env.connector_ini()
+        port = sshd_fixture.free_port()
+        env.write("tunnels/ldap.ini",
+                  "[connector]\n"
+                  "connector_name = LDAP # shown in alerts\n"
+                  "server_host = 127.0.0.1\n"
+                  "server_port=%d\n"
+                  "port=%d # Port to listen on SSH server\n"
+                  "remote_host = 127.0.0.1\n"
+                  "remote_port=%d # the LDAP server\n"
+                  "username = %s\n"
+                  "keyfile = ~/.ssh/id_rsa\n"
+                  "server_key = ~/.ssh/known_hosts\n"
+                  "keep_alive_time = 5\n" % (info["port"], port, echo.port, info["user"]))
+        environ = dict(os.environ, HOME=home)  # the user pytun runs as
+        r = env.run(["--config_ini", "connector.ini", "--check"], env=environ)
+        print(r.stdout + r.stderr)
+        check(r.returncode == 0 and "1 tunnel" in r.stdout, "--check: valid (RSA key, ~ paths, inline comments)")
+        proc = env.start(["--config_ini", "connector.ini"], env=environ)
+        check(wait_until(lambda: echo_roundtrip(port), 30), "the tunnel serves through the default OpenSSH bastion")
+        check("authenticated with the RSA key as rsa-sha2-512" in env.log("ldap"),
+              "the RSA key signed with SHA-512 (tunnel log)")
+        rc, _ = stop_pytun(env, proc)
+        check(rc == 0, "exit 0")
+
+
+# --------------------------------------------------------------------------
+def case_check_files(binary):
+    """--check catches what only the running connector would meet."""
+    with Env(binary) as env:
+        info = env.sshd()
+        echo = env.echo()
+        hook_port, _ = env.webhook()
+        env.connector_ini(http_port=hook_port)
+        env.tunnel_ini("good", "Good", sshd_fixture.free_port(), echo.port)
+        r = env.run(["--config_ini", "connector.ini", "--check"])
+        check(r.returncode == 0, "a good configuration is valid: %s" % r.stderr)
+
+        # Alerts configured, libcurl missing: a libcurl.so.4 that is no library.
+        env.write("nolib/libcurl.so.4", "")
+        r = env.run(["--config_ini", "connector.ini", "--check"],
+                    env=dict(os.environ, LD_LIBRARY_PATH=env.path("nolib")))
+        print(r.stderr)
+        check(r.returncode == 1 and "connector.ini:10: http_url: webhook alerts need libcurl" in r.stderr,
+              "libcurl missing: an error at http_url")
+        env.connector_ini(inspection_port=env.inspection_port)  # no alerts from here on
+
+        # Files that are not what the keys need, one tunnel each (keyfile: line 9, server_key: line 10).
+        keygen(env.path("encrypted"), "-t", "ed25519", passphrase="a passphrase")
+        env.tunnel_ini("enc", "Enc", sshd_fixture.free_port(), echo.port, key=env.path("encrypted"))
+        env.tunnel_ini("pub", "Pub", sshd_fixture.free_port(), echo.port, key=info["key_ed25519"] + ".pub")
+        for name, known_hosts in (("hostpub", info["host_key_ed25519"] + ".pub"),
+                                  ("conf", info["sshd_config"])):
+            path = env.tunnel_ini(name, name, sshd_fixture.free_port(), echo.port)
+            shutil.copyfile(known_hosts, env.path("tunnels", name + ".kh"))
+            env.write(path, open(path).read().replace("server_key = known_hosts", "server_key = %s.kh" % name))
+        r = env.run(["--config_ini", "connector.ini", "--check"])
+        err = r.stderr
+        print(err)
+        check(r.returncode == 1, "--check: 1")
+        enc = [ln for ln in err.splitlines() if "enc.ini:9: keyfile:" in ln]
+        check(enc and "encrypted with a passphrase" in enc[0] and "ssh-keygen -p -N ''" in enc[0],
+              "encrypted key: an error with the fix (an unencrypted copy)")
+        check("key_passphrase" not in err and "give the passphrase" not in err,
+              "no passphrase setting is suggested (there is none)")
+        check("pub.ini:9: keyfile:" in err and "holds a public key" in err, "a .pub file as keyfile")
+        check("hostpub.ini:10: server_key:" in err and "bare public key" in err, "a .pub file as server_key")
+        check("conf.ini:10: server_key:" in err and "no known_hosts lines" in err,
+              "a server_key that is not a known_hosts file")
+        for name in ("enc", "pub", "hostpub", "conf"):
+            os.unlink(env.path("tunnels", name + ".ini"))
+
+        # An unwritable log_path, seen by the user the service runs as.
+        if os.geteuid() != 0 or shutil.which("setpriv") is None:
+            print("note: not root or no setpriv; the log_path case needs another user")
+            return
+        os.makedirs(env.path("rootlogs"), mode=0o755)
+        text = open(env.path("connector.ini")).read().replace("log_path: logs", "log_path: rootlogs/pytun")
+        env.write("connector.ini", text, 0o600)
+        for root, dirs, files in os.walk(env.path("tunnels")):
+            for n in dirs + files:
+                os.chown(os.path.join(root, n), 65534, 65534)
+        for p in (env.path("tunnels"), env.path("connector.ini")):
+            os.chown(p, 65534, 65534)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                            env.binary, "--config_ini", "connector.ini", "--check"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=env.tmp)
+        print(r.stderr)
+        check(r.returncode == 1 and "connector.ini:5: log_path: " in r.stderr
+              and "cannot be created by user" in r.stderr and "uid 65534" in r.stderr
+              and "rootlogs is not writable" in r.stderr and "install -d -o " in r.stderr,
+              "log_path the service user cannot create: an error with the fix")
+
+
+# --------------------------------------------------------------------------
+def case_reload_degraded(binary):
+    """A tunnel restarted by SIGHUP keeps watching its local service, in both orders."""
+    with Env(binary) as env:
+        env.sshd()
+        hook_port, hook_out = env.webhook()
+        env.connector_ini(http_port=hook_port, extra="http_rate_limit = 0\n")
+        for order in ("down, then reload", "reload, then down"):
+            echo = env.echo()
+            port = sshd_fixture.free_port()
+            env.tunnel_ini("svc", "Svc", port, echo.port, keep_alive=1)
+            posts_before = len(read_json_files(hook_out, "post-"))
+            proc = env.start(["--config_ini", "connector.ini"])
+            check(wait_until(lambda: echo_roundtrip(port)
+                             and get_status_json(env.inspection_port, "/readyz")[0] == 200, 30),
+                  order + ": serving, ready")
+
+            def degraded():
+                code, body = get_status_json(env.inspection_port, "/readyz")
+                return code == 503 and [t["state"] for t in body["not_up"]] == ["degraded"]
+
+            def reload():
+                env.tunnel_ini("svc", "Svc", port, echo.port, keep_alive=2)  # a change: the tunnel restarts
+                mark = env.log("main_connector").count("restarted Svc")
+                kill_pid(proc.pid, signal.SIGHUP)
+                check(wait_until(lambda: env.log("main_connector").count("restarted Svc") > mark, 15),
+                      order + ": SIGHUP restarted the tunnel")
+
+            if order == "down, then reload":
+                echo.close()
+                check(wait_until(degraded, 5), order + ": degraded before the reload")
+                reload()
+            else:
+                reload()
+                check(wait_until(lambda: echo_roundtrip(port), 15), order + ": serving after the reload")
+                echo.close()
+            # Within the check interval (2 s now) and from then on: degraded, /readyz 503.
+            check(wait_until(degraded, 3), order + ": degraded, /readyz 503")
+            time.sleep(3)  # more probes of the dead service: it stays that way
+            check(degraded(), order + ": still degraded after more checks")
+            check(wait_until(lambda: len(read_json_files(hook_out, "post-")) > posts_before, 5),
+                  order + ": an alert arrives")
+            posts = [json.loads(p["body"]) for p in read_json_files(hook_out, "post-")[posts_before:]]
+            events = [p["event"] for p in posts]
+            check(events == ["degraded"], order + ": exactly one alert, 'degraded' (got %s)" % events)
+            rc, _ = stop_pytun(env, proc)
+            check(rc == 0, order + ": exit 0")
 
 
 # --------------------------------------------------------------------------
@@ -472,6 +648,9 @@ if __name__ == "__main__":
         "original-install": case_original_install,
         "exit-codes": case_exit_codes,
         "check": case_check,
+        "check-files": case_check_files,
+        "migrated": case_migrated,
+        "reload-degraded": case_reload_degraded,
         "sigterm": case_sigterm,
         "reload": case_reload,
         "device": case_device,

@@ -248,7 +248,7 @@ def case_check_input(binary):
             f.write("[tunnel]\n" + ("x" * 2000 + "\n") * 400)
         r = env.run(["--config_ini", "connector.ini", "--check"])
         check(r.returncode == 1 and len(r.stderr) < 16384,
-              "400 long bad lines: at most 50 problems per file, none quoted whole (%d bytes)" % len(r.stderr))
+              "400 long bad lines: at most 20 problems per file, none quoted whole (%d bytes)" % len(r.stderr))
 
 
 def raise_own_limit():

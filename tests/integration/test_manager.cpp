@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -725,13 +726,13 @@ TEST_CASE("sshd killed: all 20 leave up within 2 s; restarted: all serve within 
     }
 }
 
-TEST_CASE("stale port: held by another session -> port_held, retries with backoff, serves once freed")
+TEST_CASE("port taken by another session: a new tunnel says so (not \"still held\"), retries, serves once freed")
 {
     LogCapture log;
     t::SshServer server;
     t::EchoService echo;
     const std::uint16_t port = free_ports(1)[0];
-    // "The previous session": an OpenSSH client holding the bastion port.
+    // Another session: an OpenSSH client holding the bastion port.
     pid_t holder = server.hold_remote_port(port);
 
     pytun::TunnelManager manager(fast_manager_options());
@@ -739,7 +740,7 @@ TEST_CASE("stale port: held by another session -> port_held, retries with backof
 
     auto held = [&] {
         auto s = status_of(manager, "stale");
-        return s && s->state == ManagedState::backing_off && s->port_held &&
+        return s && s->state == ManagedState::backing_off &&
                s->last_error == pytun::make_error_code(Errc::remote_port_refused);
     };
     {
@@ -748,13 +749,17 @@ TEST_CASE("stale port: held by another session -> port_held, retries with backof
         REQUIRE(seen);
     }
     auto s = *status_of(manager, "stale");
-    MESSAGE("port held: " << s.last_error_message);
-    CHECK_FALSE(s.last_error_message.empty());
+    MESSAGE("port refused: " << s.last_error_message);
+    // This tunnel never had the port: not "still held by its previous
+    // session"; both possible causes, the permission first.
+    CHECK_FALSE(s.port_held);
+    CHECK(s.last_error_message.find("still held") == std::string::npos);
+    CHECK(s.last_error_message.find("another session holds the port") != std::string::npos);
     CHECK(s.next_attempt > std::chrono::system_clock::now() - 1s);
     // The log says so, naming the port.
     CHECK_FALSE(log.containing(std::to_string(port)).empty());
 
-    // Retries continue (the cap while held is 500 ms here).
+    // Retries continue (with the ordinary backoff, 200 ms doubling to 1 s here).
     const std::uint64_t attempts = s.started_times;
     {
         const bool retrying = t::wait_until([&] { return status_of(manager, "stale")->started_times >= attempts + 3; }, 5s);
@@ -773,6 +778,80 @@ TEST_CASE("stale port: held by another session -> port_held, retries with backof
     MESSAGE("port freed: serving after " << ms_since(freed_at) << " ms");
     auto after = *status_of(manager, "stale");
     CHECK_FALSE(after.port_held);
+}
+
+/// The sshd processes serving connections (children of the listener and theirs).
+std::vector<pid_t> session_processes(pid_t listener)
+{
+    std::vector<pid_t> out, todo = {listener};
+    while (!todo.empty()) {
+        const pid_t p = todo.back();
+        todo.pop_back();
+        for (const auto &task : fs::directory_iterator("/proc/" + std::to_string(p) + "/task")) {
+            std::ifstream children(task.path() / "children");
+            for (pid_t c; children >> c;) {
+                out.push_back(c);
+                todo.push_back(c);
+            }
+        }
+    }
+    return out;
+}
+
+TEST_CASE("port held after a lost session: port_held, three quick retries, then the ordinary backoff")
+{
+    t::SshServer server;
+    t::EchoService echo;
+    const std::uint16_t port = free_ports(1)[0];
+    pytun::ManagerOptions mo = fast_manager_options();
+    mo.backoff_initial = 6000ms; // room for another session to take the port after ours is lost
+    mo.backoff_max = 16000ms;
+    mo.port_held_retry_max = 300ms;
+    pytun::TunnelManager manager(mo);
+    std::mutex mutex;
+    std::vector<std::pair<std::error_code, std::chrono::milliseconds>> failures; // why, and the delay chosen
+    auto recorder = manager.subscribe([&](const pytun::TunnelEvent &e) {
+        if (e.to != ManagedState::backing_off)
+            return;
+        const auto next = status_of(manager, "held")->next_attempt;
+        std::lock_guard lock(mutex);
+        failures.emplace_back(e.error, std::chrono::duration_cast<std::chrono::milliseconds>(next - e.when));
+    });
+    REQUIRE_FALSE(manager.apply({options_for(server, "held", port, echo.port(), 30s)}).error);
+    REQUIRE(t::wait_until([&] { return is_state(manager, "held", ManagedState::up) && echo_once(port); }, 15s));
+
+    // The session is lost (its sshd processes die); before the tunnel
+    // reconnects, another session takes the port, as the bastion's stale
+    // copy of ours would.
+    for (pid_t p : session_processes(server.pid()))
+        ::kill(p, SIGKILL);
+    REQUIRE(t::wait_until([&] { return is_state(manager, "held", ManagedState::backing_off); }, 10s));
+    pid_t holder = server.hold_remote_port(port);
+    auto count = [&] {
+        std::lock_guard lock(mutex);
+        return failures.size();
+    };
+    REQUIRE(t::wait_until([&] { return count() >= 5; }, 30s));
+    const auto s = *status_of(manager, "held");
+    INFO(describe(manager.status()));
+    CHECK(s.port_held);
+    CHECK(s.last_error_message.find("port " + std::to_string(port) +
+                                    " is probably still held on the bastion by this tunnel's previous session") == 0);
+    {
+        std::lock_guard lock(mutex);
+        for (const auto &[ec, delay] : failures)
+            MESSAGE(ec.message() << ": next attempt in " << delay.count() << " ms");
+        REQUIRE(failures[0].first != pytun::make_error_code(Errc::remote_port_refused)); // the lost session
+        for (std::size_t i = 1; i <= 4; ++i)
+            CHECK(failures[i].first == pytun::make_error_code(Errc::remote_port_refused));
+        // Three quick retries at most port_held_retry_max apart, then the
+        // backoff that had been doubling meanwhile (16 s, jittered to half).
+        for (std::size_t i = 1; i <= 3; ++i)
+            CHECK(failures[i].second <= 300ms);
+        CHECK(failures[4].second >= 8000ms);
+    }
+    t::end_process(holder);
+    recorder.reset();
 }
 
 TEST_CASE("reload: A unchanged keeps its streaming connection byte-exact; B stops; C starts")

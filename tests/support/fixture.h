@@ -46,7 +46,7 @@ public:
     // User keys (private key paths; the .pub file sits next to each).
     std::string key_ed25519() const;     ///< authorized
     std::string key_ecdsa() const;       ///< authorized
-    std::string key_rsa() const;         ///< authorized, but libssh2 1.10 signs RSA with SHA-1 only
+    std::string key_rsa() const;         ///< 2048 bits, authorized (pytun signs it with rsa-sha2-512)
     std::string key_encrypted() const;   ///< ed25519, authorized, passphrase k_passphrase
     std::string key_unauthorized() const;///< ed25519, not in authorized_keys
     static constexpr const char *k_passphrase = "pytun-test-passphrase";

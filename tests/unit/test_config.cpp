@@ -7,12 +7,15 @@
 #include <pytun/alerter.h>
 #include <pytun/config.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "config/file_checks.h"
 #include "config/ini_parser.h"
 #include "config/schema.h"
 
@@ -84,6 +87,30 @@ int count(const LoadResult &r, Diagnostic::Severity sev, const std::string &file
     return n;
 }
 
+// A real (throwaway) unencrypted ed25519 key: keyfile must hold a key pytun can use.
+constexpr const char *k_key = "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+                              "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+                              "QyNTUxOQAAACBB1DGeCn4+F+5RIgwlxZ8IW8/aIIetYAvxgU+K8d81hgAAAJhA1i2HQNYt\n"
+                              "hwAAAAtzc2gtZWQyNTUxOQAAACBB1DGeCn4+F+5RIgwlxZ8IW8/aIIetYAvxgU+K8d81hg\n"
+                              "AAAEAL+3Ewud9gEU9kjt/EKG1Ymb/EmtIomkCvuUxgtb+LlEHUMZ4Kfj4X7lEiDCXFnwhb\n"
+                              "z9ogh61gC/GBT4rx3zWGAAAAEXB5dHVuLWNvbmZpZy10ZXN0AQIDBA==\n"
+                              "-----END OPENSSH PRIVATE KEY-----\n";
+
+// The same kind of key, encrypted with a passphrase, and a public key file.
+constexpr const char *k_encrypted_key = "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+                                        "b3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABDERAy+mP\n"
+                                        "QTFF+T5bCvxpFWAAAAEAAAAAEAAAAzAAAAC3NzaC1lZDI1NTE5AAAAIAACaZ459JpdeQCM\n"
+                                        "CebIre/u7zc+a2mUk9WmBiAPVLj0AAAAoIRq4rqMZBc0b4YoTIFUKnHeYz5JD8IZiPgGj/\n"
+                                        "IZirr9/CcjP1MIAIpD4EJRL7jgjia7f5fxpGa6X2LdgQJNRW93rSBFPwzi8UcgMRxodX+L\n"
+                                        "gyKNjX9ll8OpnHnRopGb0dS4WAkU5ipEzo+22s3SRgsJQO5M4mcaAWGrlI4E/WArjmNao3\n"
+                                        "v9afc99SgqrDFB705+xD/Qihb+BQGh+jLNhZk=\n"
+                                        "-----END OPENSSH PRIVATE KEY-----\n";
+constexpr const char *k_public_key =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAACaZ459JpdeQCMCebIre/u7zc+a2mUk9WmBiAPVLj0 pytun-config-test\n";
+
+// known_hosts for the host "h" on port 22.
+constexpr const char *k_known_hosts_h = "h ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureHostKeyNotReal0000000000000000000\n";
+
 constexpr auto E = Diagnostic::Severity::error;
 constexpr auto W = Diagnostic::Severity::warning;
 
@@ -93,8 +120,8 @@ TEST_CASE("original-style INI installation loads with every value as written")
 {
     TempDir tmp;
     install_fixture("original", tmp.path);
-    write_file(tmp.path / "configs/keys/id_ldap", "not a real key\n");
-    write_file(tmp.path / "keys/id_ssh", "not a real key\n");
+    write_file(tmp.path / "configs/keys/id_ldap", k_key);
+    write_file(tmp.path / "keys/id_ssh", k_key);
 
     LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
     INFO(dump(r));
@@ -175,8 +202,8 @@ TEST_CASE("TOML equivalent loads to the same values")
     install_fixture("original", tmp.path);
     fs::copy(fs::path(PYTUN_TEST_DATA) / "toml/connector.toml", tmp.path / "connector.toml");
     fs::permissions(tmp.path / "connector.toml", fs::perms::owner_read | fs::perms::owner_write);
-    write_file(tmp.path / "configs/keys/id_ldap", "not a real key\n");
-    write_file(tmp.path / "keys/id_ssh", "not a real key\n");
+    write_file(tmp.path / "configs/keys/id_ldap", k_key);
+    write_file(tmp.path / "keys/id_ssh", k_key);
 
     LoadResult ini = pytun::load_config((tmp.path / "connector.ini").string());
     LoadResult toml = pytun::load_config((tmp.path / "connector.toml").string());
@@ -237,7 +264,7 @@ TEST_CASE("legacy pytun.ini is used when connector.ini is absent")
 {
     TempDir tmp;
     install_fixture("legacy", tmp.path);
-    write_file(tmp.path / "configs/id_only", "not a real key\n");
+    write_file(tmp.path / "configs/id_only", k_key);
     LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
     INFO(dump(r));
     REQUIRE(r.ok());
@@ -262,7 +289,7 @@ TEST_CASE("broken files: every problem reported with file, line and key")
 {
     TempDir tmp;
     install_fixture("broken", tmp.path);
-    write_file(tmp.path / "configs/id_c", "not a real key\n", k_0644);
+    write_file(tmp.path / "configs/id_c", k_key, k_0644);
 
     LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
     INFO(dump(r));
@@ -311,7 +338,7 @@ TEST_CASE("broken files: every problem reported with file, line and key")
         {E, "/b-dup.ini", 9, "log_level", "not a log level"},
 
         {E, "/c-same-port.ini", 4, "port", "b-dup.ini:4"},
-        {W, "/c-same-port.ini", 7, "keyfile", "chmod 600"},
+        {W, "/c-same-port.ini", 7, "keyfile", "can be read by every user"},
         {E, "/c-same-port.ini", 9, "log_to_console", "not a boolean"},
 
         {W, "/d-nosection.ini", 1, "", "unknown section"},
@@ -335,8 +362,8 @@ TEST_CASE("broken files: every problem reported with file, line and key")
     }
     // Nothing else: the subdirectory-free dir and the exact list above.
     CHECK(r.diagnostics.size() == expected.size());
-    // The chmod advice names the file.
-    CHECK(count(r, W, "/c-same-port.ini", 7, "keyfile", "chmod 600 " + idc) == 1);
+    // The advice names the file and keeps the group (ours) that may read it.
+    CHECK(count(r, W, "/c-same-port.ini", 7, "keyfile", "run chmod 640 " + idc) == 1);
     CHECK(count(r, W, "/c-same-port.ini", 7, "keyfile", "0644") == 1);
 }
 
@@ -344,8 +371,8 @@ TEST_CASE("file permissions: private key and password file")
 {
     TempDir tmp;
     install_fixture("original", tmp.path);
-    write_file(tmp.path / "configs/keys/id_ldap", "k\n", k_0644);
-    write_file(tmp.path / "keys/id_ssh", "k\n");
+    write_file(tmp.path / "configs/keys/id_ldap", k_key, k_0644);
+    write_file(tmp.path / "keys/id_ssh", k_key);
     fs::permissions(tmp.path / "connector.ini", k_0644);
 
     LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
@@ -353,16 +380,176 @@ TEST_CASE("file permissions: private key and password file")
     REQUIRE(r.ok()); // warnings only
     const std::string main = (tmp.path / "connector.ini").string();
     // The first secret in the file is inspection_token on line 10.
-    CHECK(count(r, W, "/connector.ini", 10, "inspection_token", "chmod 600 " + main) == 1);
+    CHECK(count(r, W, "/connector.ini", 10, "inspection_token", "chmod 640 " + main) == 1);
     // id_ldap is used by two tunnels: one warning each.
-    CHECK(count(r, W, "/10-ldap.ini", 10, "keyfile", "chmod 600") == 1);
-    CHECK(count(r, W, "/30-defaults.ini", 5, "keyfile", "chmod 600") == 1);
+    CHECK(count(r, W, "/10-ldap.ini", 10, "keyfile", "chmod 640") == 1);
+    CHECK(count(r, W, "/30-defaults.ini", 5, "keyfile", "chmod 640") == 1);
     CHECK(r.diagnostics.size() == 3);
 
     fs::permissions(tmp.path / "connector.ini", fs::perms::owner_read | fs::perms::owner_write);
     fs::permissions(tmp.path / "configs/keys/id_ldap", fs::perms::owner_read | fs::perms::owner_write);
     r = pytun::load_config((tmp.path / "connector.ini").string());
     CHECK(r.diagnostics.empty());
+}
+
+TEST_CASE("keyfile and server_key: what would fail at connect time is an error, with the fix")
+{
+    TempDir tmp;
+    write_file(tmp.path / "key", k_key);
+    write_file(tmp.path / "key.pub", k_public_key);
+    write_file(tmp.path / "encrypted", k_encrypted_key);
+    write_file(tmp.path / "junk", "this is not a key\n");
+    write_file(tmp.path / "kh", k_known_hosts_h);
+    write_file(tmp.path / "other_kh", "[bastion.example.com]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture\n");
+    write_file(tmp.path / "nothing", "# no entries\n\n");
+    write_file(tmp.path / "empty", "");
+    // One tunnel per case, seven lines each from line 3: keyfile on 6, 13, 20, ..., server_key on 7, 14, ...
+    std::string text = "[pytun]\ntunnel_manager_id = \"x\"\n";
+    int port = 4000;
+    for (auto [key, known_hosts] : std::vector<std::pair<std::string, std::string>>{
+             {"key.pub", "kh"}, {"encrypted", "kh"}, {"junk", "kh"},
+             {"key", "key.pub"}, {"key", "key"}, {"key", "nothing"}, {"key", "other_kh"}, {"empty", "empty"}}) {
+        text += "[[tunnel]]\nserver_host = \"h\"\nport = " + std::to_string(port++) +
+                "\nkeyfile = \"" + key + "\"\nserver_key = \"" + known_hosts +
+                "\"\nremote_host = \"r\"\nusername = \"u\"\n";
+    }
+    LoadResult r = pytun::load_config_from_string(text, "toml", tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    const std::string dir = tmp.path.string();
+    CHECK(count(r, E, "<string>", 6, "keyfile", "holds a public key; keyfile must name the private key") == 1);
+    CHECK(count(r, E, "<string>", 13, "keyfile", "is encrypted with a passphrase") == 1);
+    for (const Diagnostic &d : r.diagnostics)
+        if (d.line == 13) {
+            // There is no passphrase setting: the fix is an unencrypted copy.
+            CHECK(d.message.find("ssh-keygen -p -N '' -f " + dir + "/encrypted.pytun") != std::string::npos);
+            CHECK(d.message.find("key_passphrase") == std::string::npos);
+            CHECK(d.message.find("give the passphrase") == std::string::npos);
+        }
+    CHECK(count(r, E, "<string>", 20, "keyfile", "is not a private key") == 1);
+    CHECK(count(r, E, "<string>", 28, "server_key", "bare public key (a .pub file)") == 1);
+    CHECK(count(r, E, "<string>", 28, "server_key", "write 'h ' before the key") == 1);
+    CHECK(count(r, E, "<string>", 35, "server_key", "is a private key, not a known_hosts file") == 1);
+    CHECK(count(r, E, "<string>", 42, "server_key", "has no known_hosts lines") == 1);
+    CHECK(count(r, W, "<string>", 49, "server_key", "has no key for h, so the bastion's host key will be refused") ==
+          1);
+    CHECK(count(r, W, "<string>", 49, "server_key", "ssh-keyscan -p 22 h >> " + dir + "/other_kh") == 1);
+    // Empty files (procfs files look empty too, and are not read: they may block).
+    CHECK(count(r, E, "<string>", 55, "keyfile", dir + "/empty is empty") == 1);
+    CHECK(count(r, E, "<string>", 56, "server_key", dir + "/empty is empty") == 1);
+    for (const Diagnostic &d : r.diagnostics) // a key's content never ends up in a message
+        CHECK(d.message.find("b3BlbnNzaC1rZXktdjEAAAAA") == std::string::npos);
+}
+
+TEST_CASE("file permissions: the service's group may read; others and other groups get advice that keeps it")
+{
+    TempDir tmp;
+    write_file(tmp.path / "configs/kh", k_known_hosts_h);
+    write_file(tmp.path / "configs/t.ini",
+               "[tunnel]\nserver_host = h\nremote_host = r\nusername = u\nkeyfile = key\nserver_key = kh\n");
+    const fs::path k = tmp.path / "configs/key";
+    write_file(k, k_key);
+    auto load = [&] { return pytun::load_config_from_string("[pytun]\ntunnel_manager_id = x\n", "ini", tmp.path.string()); };
+
+    // root:pytun 0640 as docs/service.md says, here with this process's group: fine.
+    fs::permissions(k, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+    LoadResult r = load();
+    INFO(dump(r));
+    CHECK(r.diagnostics.empty());
+
+    fs::permissions(k, fs::perms::group_write, fs::perm_options::add);
+    r = load();
+    CHECK(count(r, W, "/t.ini", 5, "keyfile", "can be changed by group") == 1);
+    CHECK(count(r, W, "/t.ini", 5, "keyfile", "(mode 0660): run chmod 640 " + k.string()) == 1);
+
+    fs::permissions(k, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+    r = load();
+    CHECK(count(r, W, "/t.ini", 5, "keyfile", "can be read by every user (mode 0644): run chmod 640") == 1);
+
+    // A group that is not the service's: only root can hand the file to one here.
+    if (::geteuid() == 0 && ::chown(k.c_str(), 0, 65534) == 0) {
+        fs::permissions(k, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+        r = load();
+        CHECK(count(r, W, "/t.ini", 5, "keyfile", "which is not the service's (mode 0640): run chgrp ") == 1);
+        CHECK(count(r, W, "/t.ini", 5, "keyfile", " && chmod 640 " + k.string()) == 1);
+    }
+}
+
+TEST_CASE("~ in paths is the home of the user pytun runs as, as in the original")
+{
+    TempDir tmp;
+    const fs::path home = tmp.path / "home";
+    write_file(home / ".ssh/id_rsa", k_key);
+    write_file(home / ".ssh/known_hosts", k_known_hosts_h);
+    fs::create_directories(tmp.path / "configs");
+    write_file(tmp.path / "configs/t.ini", "[tunnel]\nserver_host = h\nremote_host = r\nusername = u\n"
+                                           "keyfile = ~/.ssh/id_rsa\nserver_key = ~/.ssh/known_hosts\n");
+    const char *old_home = std::getenv("HOME");
+    const std::string saved = old_home ? old_home : "";
+    ::setenv("HOME", home.c_str(), 1);
+    LoadResult r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = x\nlog_path = ~/logs\n", "ini",
+                                                  tmp.path.string());
+    if (old_home)
+        ::setenv("HOME", saved.c_str(), 1);
+    else
+        ::unsetenv("HOME");
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(r.config->connector.log_path == (home / "logs").string());
+    CHECK(r.config->tunnels.at(0).keyfile == (home / ".ssh/id_rsa").string());
+    CHECK(r.config->tunnels.at(0).server_key == (home / ".ssh/known_hosts").string());
+
+    using pytun::config::expand_home;
+    CHECK(expand_home("~root/x") == "/root/x");
+    CHECK(expand_home("~no-such-user-xyz/x") == "~no-such-user-xyz/x"); // as shells and Python leave it
+    CHECK(expand_home("a/~/b") == "a/~/b");
+}
+
+TEST_CASE("a file full of garbage: 20 problems shown, then how many more there were")
+{
+    TempDir tmp;
+    std::string text = "[pytun]\ntunnel_manager_id = x\n";
+    for (int i = 0; i < 50; ++i)
+        text += "garbage line without an equals sign\n";
+    LoadResult r = pytun::load_config_from_string(text, "ini", tmp.path.string());
+    CHECK_FALSE(r.ok());
+    INFO(dump(r));
+    // 50 syntax errors and tunnel_dirs (./configs is missing): 51.
+    REQUIRE(r.diagnostics.size() == 21);
+    CHECK(r.diagnostics[19].line == 22);
+    CHECK(r.diagnostics[20].severity == E);
+    CHECK(r.diagnostics[20].message.find("31 more problems in this file not shown (31 of them errors)") !=
+          std::string::npos);
+}
+
+TEST_CASE("check_runtime (pytun --check): a log_path that cannot be made is an error")
+{
+    TempDir tmp;
+    write_file(tmp.path / "file", "x\n");
+    fs::create_directory(tmp.path / "configs");
+    for (const std::string &log_path : {std::string("file"), std::string("file/logs")}) {
+        CAPTURE(log_path);
+        const std::string text = "[pytun]\ntunnel_manager_id = x\nlog_path = " + log_path + "\n";
+        LoadResult plain = pytun::load_config_from_string(text, "ini", tmp.path.string());
+        CHECK(plain.ok()); // start-up leaves this to the logger
+        pytun::LoadOptions deep;
+        deep.check_runtime = true;
+        write_file(tmp.path / "connector.ini", text);
+        LoadResult r = pytun::load_config((tmp.path / "connector.ini").string(), deep);
+        INFO(dump(r));
+        CHECK_FALSE(r.ok());
+        CHECK(count(r, E, "/connector.ini", 3, "log_path", log_path == "file" ? "is not a directory" : "cannot be created") == 1);
+        CHECK(count(r, E, "/connector.ini", 3, "log_path", "install -d -o ") == 1);
+    }
+    if (::geteuid() != 0) { // root may write anywhere
+        fs::create_directory(tmp.path / "ro");
+        fs::permissions(tmp.path / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+        write_file(tmp.path / "connector.ini", "[pytun]\ntunnel_manager_id = x\nlog_path = ro\n");
+        pytun::LoadOptions deep;
+        deep.check_runtime = true;
+        LoadResult r = pytun::load_config((tmp.path / "connector.ini").string(), deep);
+        CHECK(count(r, E, "/connector.ini", 3, "log_path", "is not writable by user") == 1);
+    }
 }
 
 TEST_CASE("tunnel_dirs: absent is an error, empty is a warning")
@@ -455,8 +642,8 @@ TEST_CASE("main section checks: e-mail, webhook, signature, token")
     fs::create_directory(tmp.path / "configs");
     write_file(tmp.path / "configs/t.ini",
                "[tunnel]\nserver_host=h\nremote_host=r\nusername=u\nkeyfile=k\nserver_key=kh\n");
-    write_file(tmp.path / "configs/k", "k\n");
-    write_file(tmp.path / "configs/kh", "kh\n");
+    write_file(tmp.path / "configs/k", k_key);
+    write_file(tmp.path / "configs/kh", k_known_hosts_h);
     const std::string text = "[pytun]\n"
                              "tunnel_manager_id = x\n"              // 2
                              "smtp_hostname = mail\n"               // 3
@@ -488,8 +675,8 @@ TEST_CASE("main section checks: e-mail, webhook, signature, token")
 TEST_CASE("TOML: types are checked and the fix is named")
 {
     TempDir tmp;
-    write_file(tmp.path / "k", "k\n");
-    write_file(tmp.path / "kh", "kh\n");
+    write_file(tmp.path / "k", k_key);
+    write_file(tmp.path / "kh", k_known_hosts_h);
     const std::string text = "[pytun]\n"                         // 1
                              "tunnel_manager_id = \"x\"\n"         // 2
                              "inspection_port = \"9999\"\n"        // 3

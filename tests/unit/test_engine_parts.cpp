@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Unit tests of the engine's parts that need no network: the relay ring
-// buffer, private key inspection, known_hosts parsing.
+// buffer, private key inspection, RSA keys and their SHA-2 signatures, the
+// SSH wire format, known_hosts parsing.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -12,12 +13,20 @@
 #include <fstream>
 #include <string>
 
+#include <openssl/bn.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+
 #include <pytun/error.h>
 
 #include "ssh/ring_buffer.h"
 #include "log.h"
 #include "ssh/key_file.h"
 #include "ssh/known_hosts.h"
+#include "ssh/rsa_key.h"
+#include "ssh/user_auth.h"
+#include "ssh/wire.h"
+#include "util/base64.h"
 
 namespace fs = std::filesystem;
 using pytun::Errc;
@@ -130,6 +139,149 @@ TEST_CASE("key files: format, encryption and type are read from the file")
         ::chmod(ed.c_str(), 0);
         CHECK(pytun::detail::inspect_key_file(ed, info, message) == Errc::key_file_unreadable);
     }
+}
+
+namespace {
+
+std::string read_text(const std::string &path)
+{
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The blob of a .pub file ("ssh-rsa AAAA... comment").
+std::vector<unsigned char> pub_blob(const std::string &pub_path)
+{
+    const std::string text = read_text(pub_path);
+    const auto start = text.find(' ') + 1;
+    return pytun::detail::base64_decode(text.substr(start, text.find(' ', start) - start));
+}
+
+// Verifies an SSH RSA signature the way a server does: the key from the
+// blob (e, n), PKCS#1 v1.5 with the hash the algorithm names.
+bool server_verifies(const std::vector<unsigned char> &blob, const std::string &algorithm,
+                     const std::vector<unsigned char> &data, const std::vector<unsigned char> &signature)
+{
+    pytun::detail::WireReader in(blob);
+    std::string name;
+    std::span<const unsigned char> e, n;
+    if (!in.string(name) || !in.string(e) || !in.string(n))
+        return false;
+    BIGNUM *bn_e = BN_bin2bn(e.data(), static_cast<int>(e.size()), nullptr);
+    BIGNUM *bn_n = BN_bin2bn(n.data(), static_cast<int>(n.size()), nullptr);
+    OSSL_PARAM_BLD *build = OSSL_PARAM_BLD_new();
+    OSSL_PARAM_BLD_push_BN(build, "n", bn_n);
+    OSSL_PARAM_BLD_push_BN(build, "e", bn_e);
+    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(build);
+    EVP_PKEY_CTX *kctx = EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr);
+    EVP_PKEY *key = nullptr;
+    EVP_PKEY_fromdata_init(kctx);
+    EVP_PKEY_fromdata(kctx, &key, EVP_PKEY_PUBLIC_KEY, params);
+    const EVP_MD *md = algorithm == "rsa-sha2-512" ? EVP_sha512() : algorithm == "rsa-sha2-256" ? EVP_sha256() : EVP_sha1();
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    const bool ok = key && EVP_DigestVerifyInit(ctx, nullptr, md, nullptr, key) > 0 &&
+                    EVP_DigestVerify(ctx, signature.data(), signature.size(), data.data(), data.size()) == 1;
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(key);
+    EVP_PKEY_CTX_free(kctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(build);
+    BN_free(bn_e);
+    BN_free(bn_n);
+    return ok;
+}
+
+} // namespace
+
+TEST_CASE("RSA keys: OpenSSH and PEM files give the .pub file's key; SHA-2 and SHA-1 signatures verify")
+{
+    TempDir dir;
+    std::string message;
+    // As the original connector's README makes them, and the older PEM form.
+    const auto openssh = keygen(dir, "id_rsa", "-t rsa -b 4096 -N ''");
+    const auto pem = keygen(dir, "id_rsa_pem", "-t rsa -b 4096 -m PEM -N ''");
+    const auto pem_encrypted = keygen(dir, "id_rsa_enc", "-t rsa -b 2048 -m PEM -N secret");
+    const auto openssh_encrypted = keygen(dir, "id_rsa_oenc", "-t rsa -b 2048 -N secret");
+
+    for (const auto &path : {openssh, pem}) {
+        CAPTURE(path);
+        pytun::detail::RsaKey key;
+        REQUIRE(key.load(path, "", message) == std::error_code{});
+        CHECK(key.bits() == 4096);
+        // The blob named ssh-rsa is exactly the .pub file's.
+        CHECK(key.public_blob("ssh-rsa") == pub_blob(path + ".pub"));
+        const auto named = key.public_blob("rsa-sha2-512");
+        pytun::detail::WireReader in(named);
+        std::string name;
+        CHECK((in.string(name) && name == "rsa-sha2-512"));
+
+        const std::vector<unsigned char> data = {'d', 'a', 't', 'a', 0, 1, 2, 3};
+        for (const char *algorithm : {"rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"}) {
+            CAPTURE(algorithm);
+            std::vector<unsigned char> signature;
+            REQUIRE(key.sign(algorithm, data, signature));
+            CHECK(signature.size() == 512);
+            CHECK(server_verifies(named, algorithm, data, signature));
+            // The hash is the one named: a SHA-512 signature does not verify as SHA-256.
+            if (std::string(algorithm) == "rsa-sha2-512")
+                CHECK_FALSE(server_verifies(named, "rsa-sha2-256", data, signature));
+        }
+        std::vector<unsigned char> signature;
+        CHECK_FALSE(key.sign("rsa-sha2-384", data, signature));
+    }
+
+    pytun::detail::RsaKey key;
+    CHECK(key.load(pem_encrypted, "", message) == Errc::key_encrypted);
+    CHECK(key.load(pem_encrypted, "wrong", message) == Errc::key_encrypted);
+    CHECK(message.find("wrong") != std::string::npos);
+    CHECK(key.load(pem_encrypted, "secret", message) == std::error_code{});
+    CHECK(key.public_blob("ssh-rsa") == pub_blob(pem_encrypted + ".pub"));
+    CHECK(key.load(openssh_encrypted, "secret", message) == Errc::key_unsupported);
+    CHECK(message.find("encrypted") != std::string::npos);
+    CHECK_FALSE(key.loaded());
+    CHECK(key.load(keygen(dir, "ed", "-t ed25519 -N ''"), "", message) == Errc::key_unsupported);
+    CHECK(key.load((dir.path / "missing").string(), "", message) == Errc::key_file_unreadable);
+}
+
+TEST_CASE("SSH wire format: strings and mpints as RFC 4251 writes them; reads past the end fail")
+{
+    std::vector<unsigned char> out;
+    pytun::detail::wire_put_string(out, "ab");
+    const unsigned char high[] = {0x00, 0x80, 0x01}; // a leading zero is dropped, then one added for the top bit
+    pytun::detail::wire_put_mpint(out, high);
+    pytun::detail::wire_put_mpint(out, std::span<const unsigned char>());
+    const std::vector<unsigned char> expected = {0, 0, 0, 2, 'a', 'b', 0, 0, 0, 3, 0x00, 0x80, 0x01, 0, 0, 0, 0};
+    CHECK(out == expected);
+
+    pytun::detail::WireReader in(out);
+    std::string s;
+    std::span<const unsigned char> bytes;
+    CHECK(in.string(s));
+    CHECK(s == "ab");
+    CHECK(in.string(bytes));
+    CHECK(bytes.size() == 3);
+    CHECK(in.skip_string());
+    unsigned char b = 0;
+    CHECK_FALSE(in.byte(b));
+    CHECK_FALSE(in.ok());
+
+    const std::vector<unsigned char> lying = {0, 0, 0, 9, 'x'}; // a length past the end
+    pytun::detail::WireReader bad(lying);
+    CHECK_FALSE(bad.string(s));
+}
+
+TEST_CASE("server banners: the OpenSSH version decides whether rsa-sha2 blobs are offered")
+{
+    using pytun::detail::openssh_version;
+    CHECK(openssh_version("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3") == 902);
+    CHECK(openssh_version("SSH-2.0-OpenSSH_7.2") == 702);
+    CHECK(openssh_version("SSH-2.0-OpenSSH_7.1p2") == 701);
+    CHECK(openssh_version("SSH-2.0-OpenSSH_for_Windows_8.1") == 801);
+    CHECK(openssh_version("SSH-2.0-OpenSSH_10.0") == 1000);
+    CHECK(openssh_version("SSH-2.0-dropbear_2022.83") == 0);
+    CHECK(openssh_version("SSH-2.0-Go") == 0);
+    CHECK(openssh_version("SSH-2.0-OpenSSH_") == 0);
+    CHECK(openssh_version("") == 0);
 }
 
 TEST_CASE("known_hosts: the host's key types become the host-key preference")

@@ -11,7 +11,9 @@ namespace pytun::cli {
 
 int check_config(const std::string &config_path)
 {
-    auto config = load_or_report(config_path);
+    LoadOptions options;
+    options.check_runtime = true; // what only the running connector would meet, too
+    auto config = load_or_report(config_path, options);
     if (!config)
         return k_exit_failed;
     DeviceAuthorization device = check_device_authorization(config->connector);

@@ -143,7 +143,7 @@ int run_connector(const std::string &config_path, const LogFlags &log_flags)
     // Errors stop pytun before there is a log: they go to stderr. Warnings
     // are log lines, so they reach the files, the console or the journal.
     std::vector<Diagnostic> warnings;
-    auto loaded = load_or_report(config_path, &warnings);
+    auto loaded = load_or_report(config_path, {}, &warnings);
     if (!loaded)
         return k_exit_failed;
     Config config = std::move(*loaded);

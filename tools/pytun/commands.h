@@ -36,7 +36,8 @@ LoggingOptions console_logging(const LogFlags &flags);
 /// Load the configuration; print every diagnostic to stderr (warnings too).
 /// Empty when there was an error. With `warnings`, the warnings of a valid
 /// configuration are handed back instead of printed (run mode logs them).
-std::optional<Config> load_or_report(const std::string &path, std::vector<Diagnostic> *warnings = nullptr);
+std::optional<Config> load_or_report(const std::string &path, const LoadOptions &options = {},
+                                     std::vector<Diagnostic> *warnings = nullptr);
 
 /// `pytun forward` (docs/cli.md): its command line.
 struct ForwardArgs {

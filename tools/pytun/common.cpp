@@ -36,9 +36,10 @@ LoggingOptions console_logging(const LogFlags &flags)
     return o;
 }
 
-std::optional<Config> load_or_report(const std::string &path, std::vector<Diagnostic> *warnings)
+std::optional<Config> load_or_report(const std::string &path, const LoadOptions &options,
+                                     std::vector<Diagnostic> *warnings)
 {
-    LoadResult result = load_config(path);
+    LoadResult result = load_config(path, options);
     if (warnings && result.ok()) {
         *warnings = std::move(result.diagnostics);
         return std::move(result.config);

@@ -109,10 +109,19 @@ struct PYTUN_EXPORT LoadResult {
     bool ok() const;
 };
 
+/// What loading checks besides the files and what they name.
+struct LoadOptions {
+    /// Also what only the running connector would meet: log_path writable by
+    /// this user, libcurl loadable when alerts are configured. `pytun --check`
+    /// sets it; start-up does not (libcurl is loaded when the first alert goes).
+    bool check_runtime = false;
+};
+
 /// Load the main configuration and every tunnel it names. `.toml` selects
 /// TOML, anything else INI; a missing INI path falls back to `pytun.ini` in
 /// the same directory (the original's legacy name).
 PYTUN_EXPORT LoadResult load_config(const std::string &path);
+PYTUN_EXPORT LoadResult load_config(const std::string &path, const LoadOptions &options);
 PYTUN_EXPORT LoadResult load_config_ini(const std::string &path);
 PYTUN_EXPORT LoadResult load_config_toml(const std::string &path);
 /// Load from memory ("ini" or "toml"); relative paths resolve against

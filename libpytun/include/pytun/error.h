@@ -26,7 +26,7 @@ enum class Errc {
     key_file_unreadable = 10,     ///< the private key file is missing or unreadable
     key_encrypted = 11,           ///< the key needs a passphrase (none or a wrong one given)
     key_unsupported = 12,         ///< the key file's format cannot be used
-    rsa_key_refused = 13,         ///< RSA key refused: libssh2 1.10 signs with SHA-1 only
+    rsa_key_refused = 13,         ///< RSA key refused when it could be offered as SHA-1 (ssh-rsa) only
     key_not_authorized = 14,      ///< the server does not accept this key for this user
     remote_port_refused = 15,     ///< the bastion refused to listen on the port
     transport_lost = 16,          ///< the SSH connection broke

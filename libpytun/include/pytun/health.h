@@ -56,8 +56,9 @@ public:
     std::optional<ServiceHealth> service(const std::string &name) const;
 
     /// Called on the monitor's thread after every probe whose result differs
-    /// from the previous one (reachable or not), and after the first one.
-    /// Must not block.
+    /// from the previous one (reachable or not), and after the first probe of
+    /// every watch() (also when it replaced a watch of the same name and the
+    /// result did not change). Must not block.
     Subscription on_change(std::function<void(const std::string &name, const ServiceHealth &)> handler);
 
     /// One blocking probe (used by `pytun --test_connections`).

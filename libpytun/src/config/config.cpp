@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "config/file_checks.h"
 #include "config/ini_parser.h"
 #include "config/raw.h"
 #include "config/schema.h"
@@ -192,9 +193,13 @@ bool load_tunnel_dir(const BuiltConnector &main, const std::string &main_file, D
 
 /// Checks shared by both formats, then the result: a Config only without errors.
 LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> main, std::vector<BuiltTunnel> tunnels,
-                  const std::string &display, const std::optional<fs::path> &real_file, Diagnostics &diag)
+                  const std::string &display, const std::optional<fs::path> &real_file, const LoadOptions &options,
+                  Diagnostics &diag)
 {
     check_tunnel_set(tunnels, diag);
+    if (options.check_runtime && main && main_section)
+        check_runtime_needs(*main_section, main->config.log_path, !main->config.smtp_hostname.empty(),
+                            !main->config.http_url.empty(), diag);
     if (main && main->holds_secrets && real_file && main_section) {
         for (const RawValue &v : main_section->entries) {
             if ((v.key == "smtp_password" || v.key == "http_password" || v.key == "inspection_token") &&
@@ -218,7 +223,7 @@ LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> 
 }
 
 LoadResult load_ini_text(std::string_view text, const std::string &display, const fs::path &base_dir,
-                         const std::optional<fs::path> &real_file)
+                         const std::optional<fs::path> &real_file, const LoadOptions &options)
 {
     Diagnostics diag;
     std::vector<RawSection> sections = parse_ini(text, display, diag);
@@ -238,23 +243,23 @@ LoadResult load_ini_text(std::string_view text, const std::string &display, cons
     }
     if (!main) {
         diag.error(display, 0, "", "no [pytun] section: start the file with [pytun] (or [config-connector])");
-        return finish(nullptr, std::nullopt, {}, display, real_file, diag);
+        return finish(nullptr, std::nullopt, {}, display, real_file, options, diag);
     }
     BuiltConnector built = build_connector(*main, base_dir, Format::ini, diag);
     std::vector<BuiltTunnel> tunnels;
     if (!built.config.tunnel_dirs.empty() && load_tunnel_dir(built, display, diag, tunnels) && tunnels.empty())
         diag.warning(display, built.tunnel_dirs_line, "tunnel_dirs",
                      "no tunnels configured: " + built.config.tunnel_dirs + " holds no .ini files");
-    return finish(&*main, std::move(built), std::move(tunnels), display, real_file, diag);
+    return finish(&*main, std::move(built), std::move(tunnels), display, real_file, options, diag);
 }
 
 LoadResult load_toml_text(std::string_view text, const std::string &display, const fs::path &base_dir,
-                          const std::optional<fs::path> &real_file)
+                          const std::optional<fs::path> &real_file, const LoadOptions &options)
 {
     Diagnostics diag;
     TomlSections toml = read_toml(text, display, diag);
     if (diag.has_errors() && !toml.main && toml.tunnels.empty())
-        return finish(nullptr, std::nullopt, {}, display, real_file, diag);
+        return finish(nullptr, std::nullopt, {}, display, real_file, options, diag);
 
     std::optional<BuiltConnector> built;
     if (toml.main)
@@ -275,13 +280,13 @@ LoadResult load_toml_text(std::string_view text, const std::string &display, con
     if (built && dir_ok && tunnels.empty())
         diag.warning(display, toml.main->line, "", "no tunnels configured: add [[tunnel]] tables (or tunnel_dirs)");
     return finish(toml.main ? &*toml.main : nullptr, std::move(built), std::move(tunnels), display, real_file,
-                  diag);
+                  options, diag);
 }
 
 using TextLoader = LoadResult (*)(std::string_view, const std::string &, const fs::path &,
-                                  const std::optional<fs::path> &);
+                                  const std::optional<fs::path> &, const LoadOptions &);
 
-LoadResult load_file(const std::string &path, TextLoader loader)
+LoadResult load_file(const std::string &path, TextLoader loader, const LoadOptions &options)
 {
     const fs::path file = absolute_normal(path);
     std::string why;
@@ -293,34 +298,39 @@ LoadResult load_file(const std::string &path, TextLoader loader)
                                      ": check the path given with --config_ini"});
         return r;
     }
-    return loader(*text, file.string(), file.parent_path(), file);
+    return loader(*text, file.string(), file.parent_path(), file, options);
 }
 
 } // namespace
 
 LoadResult load_config(const std::string &path)
 {
+    return load_config(path, LoadOptions{});
+}
+
+LoadResult load_config(const std::string &path, const LoadOptions &options)
+{
     const fs::path p(path);
     if (to_lower(p.extension().string()) == ".toml")
-        return load_config_toml(path);
+        return load_file(path, load_toml_text, options);
     std::error_code ec;
     if (!fs::exists(p, ec)) {
         // The original's earlier releases called the main file pytun.ini.
         fs::path legacy = absolute_normal(p).parent_path() / "pytun.ini";
         if (fs::exists(legacy, ec))
-            return load_config_ini(legacy.string());
+            return load_file(legacy.string(), load_ini_text, options);
     }
-    return load_config_ini(path);
+    return load_file(path, load_ini_text, options);
 }
 
 LoadResult load_config_ini(const std::string &path)
 {
-    return load_file(path, load_ini_text);
+    return load_file(path, load_ini_text, LoadOptions{});
 }
 
 LoadResult load_config_toml(const std::string &path)
 {
-    return load_file(path, load_toml_text);
+    return load_file(path, load_toml_text, LoadOptions{});
 }
 
 LoadResult load_config_from_string(std::string_view text, std::string_view format, std::string base_dir)
@@ -328,9 +338,9 @@ LoadResult load_config_from_string(std::string_view text, std::string_view forma
     const fs::path base = absolute_normal(base_dir.empty() ? fs::path(".") : fs::path(base_dir));
     const std::string f = to_lower(format);
     if (f == "toml")
-        return load_toml_text(text, k_string_file, base, std::nullopt);
+        return load_toml_text(text, k_string_file, base, std::nullopt, LoadOptions{});
     if (f == "ini")
-        return load_ini_text(text, k_string_file, base, std::nullopt);
+        return load_ini_text(text, k_string_file, base, std::nullopt, LoadOptions{});
     LoadResult r;
     r.diagnostics.push_back({Diagnostic::Severity::error, k_string_file, 0, "",
                              "unknown format '" + std::string(format) + "': use \"ini\" or \"toml\""});

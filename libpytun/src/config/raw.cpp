@@ -11,27 +11,51 @@ namespace pytun::config {
 
 void Diagnostics::error(std::string file, int line, std::string key, std::string message)
 {
-    ++errors_;
-    add(Diagnostic::Severity::error, std::move(file), line, std::move(key), std::move(message));
+    add({Diagnostic::Severity::error, std::move(file), line, std::move(key), std::move(message)});
 }
 
 void Diagnostics::warning(std::string file, int line, std::string key, std::string message)
 {
-    add(Diagnostic::Severity::warning, std::move(file), line, std::move(key), std::move(message));
+    add({Diagnostic::Severity::warning, std::move(file), line, std::move(key), std::move(message)});
 }
 
-void Diagnostics::add(Diagnostic::Severity severity, std::string file, int line, std::string key,
-                      std::string message)
+void Diagnostics::add(Diagnostic d)
 {
-    std::size_t &count = per_file_[file];
-    if (++count > k_max_per_file) {
-        if (count == k_max_per_file + 1)
-            list_.push_back({severity, detail::printable(file, 4096), 0, "",
-                             "more problems in this file are not listed: fix the ones above (is it a config file?)"});
+    const bool is_error = d.severity == Diagnostic::Severity::error;
+    errors_ += is_error;
+    PerFile &f = per_file_[d.file];
+    if (++f.count > k_shown_per_file) {
+        f.hidden_errors += is_error;
         return;
     }
-    list_.push_back({severity, detail::printable(file, 4096), line, detail::printable(key, 64),
-                     detail::printable(message, 4096)});
+    f.last_shown = list_.size();
+    // Kept safe to print: control characters escaped, lengths bounded.
+    list_.push_back({d.severity, detail::printable(d.file, 4096), d.line, detail::printable(d.key, 64),
+                     detail::printable(d.message, 4096)});
+}
+
+std::vector<Diagnostic> Diagnostics::take()
+{
+    // Each file's summary goes right after its last shown diagnostic; from
+    // the back, so that the positions still to come stay valid.
+    std::vector<std::pair<std::size_t, Diagnostic>> summaries;
+    for (const auto &[file, f] : per_file_) {
+        if (f.count <= k_shown_per_file)
+            continue;
+        const std::size_t hidden = f.count - k_shown_per_file;
+        summaries.push_back(
+            {f.last_shown + 1,
+             {f.hidden_errors ? Diagnostic::Severity::error : Diagnostic::Severity::warning,
+              detail::printable(file, 4096), 0, "",
+              std::to_string(hidden) + " more problem" + (hidden == 1 ? "" : "s") + " in this file not shown (" +
+                  std::to_string(f.hidden_errors) + " of them errors): is it the right file? Fix the " +
+                  std::to_string(k_shown_per_file) + " above and check again"}});
+    }
+    std::sort(summaries.begin(), summaries.end(), [](const auto &a, const auto &b) { return a.first > b.first; });
+    for (auto &[at, d] : summaries)
+        list_.insert(list_.begin() + static_cast<std::ptrdiff_t>(at), std::move(d));
+    per_file_.clear();
+    return std::move(list_);
 }
 
 std::string quote_value(std::string_view key, std::string_view value)

@@ -38,24 +38,30 @@ struct RawSection {
     std::vector<RawValue> entries;     ///< in file order
 };
 
-/// Collects every problem; loading never stops at the first one. What it
-/// keeps is safe to print: control characters escaped, keys and messages
-/// bounded, and at most k_max_per_file diagnostics per file (a junk file
-/// would otherwise make one per line).
+/// Collects every problem; loading never stops at the first one. Past
+/// k_shown_per_file problems in one file (a binary file, or the wrong file
+/// given) the rest are only counted, and take() says how many there were.
+/// What it keeps is safe to print: control characters escaped, keys and
+/// messages bounded.
 class Diagnostics {
 public:
-    static constexpr std::size_t k_max_per_file = 50;
+    static constexpr std::size_t k_shown_per_file = 20;
 
     void error(std::string file, int line, std::string key, std::string message);
     void warning(std::string file, int line, std::string key, std::string message);
     bool has_errors() const { return errors_ > 0; }
-    std::vector<Diagnostic> take() { return std::move(list_); }
+    std::vector<Diagnostic> take();
 
 private:
-    void add(Diagnostic::Severity severity, std::string file, int line, std::string key, std::string message);
+    struct PerFile {
+        std::size_t count = 0;
+        std::size_t hidden_errors = 0;
+        std::size_t last_shown = 0; ///< index in list_ of the file's last shown diagnostic
+    };
+    void add(Diagnostic d);
 
     std::vector<Diagnostic> list_;
-    std::map<std::string, std::size_t> per_file_;
+    std::map<std::string, PerFile> per_file_;
     int errors_ = 0;
 };
 

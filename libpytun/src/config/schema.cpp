@@ -13,6 +13,7 @@
 #include <optional>
 #include <string_view>
 
+#include "config/file_checks.h"
 #include "util/text.h"
 
 namespace pytun::config {
@@ -227,7 +228,7 @@ public:
         std::string s = find(key) ? string(key) : fallback;
         if (s.empty())
             return {};
-        return (base_dir / fs::path(s)).lexically_normal().string();
+        return (base_dir / fs::path(expand_home(s))).lexically_normal().string();
     }
 
 private:
@@ -339,22 +340,6 @@ bool valid_email(std::string_view a)
         start = dot + 1;
     }
     return true;
-}
-
-void check_private_mode(const fs::path &path, const std::string &file, int line, const std::string &key,
-                        const std::string &why, Diagnostics &diag)
-{
-    std::error_code ec;
-    fs::perms p = fs::status(path, ec).permissions();
-    if (ec || p == fs::perms::unknown)
-        return;
-    if ((p & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none)
-        return;
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(p & fs::perms::mask));
-    diag.warning(file, line, key,
-                 path.string() + " " + why + " but is accessible by group or others (mode " + mode +
-                     "): run chmod 600 " + path.string());
 }
 
 BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Format format, Diagnostics &diag)
@@ -498,15 +483,19 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
     std::string keyfile = f.required("keyfile", "the private key file");
     if (!keyfile.empty()) {
         t.keyfile = f.path("keyfile", base_dir, "");
-        if (check_readable(f, "keyfile", t.keyfile, "put the private key there or fix keyfile"))
+        if (check_readable(f, "keyfile", t.keyfile, "put the private key there or fix keyfile")) {
+            check_key_content(t.keyfile, s.file, f.line("keyfile"), f.written("keyfile"), diag);
             check_private_mode(t.keyfile, s.file, f.line("keyfile"), "keyfile", "is a private key", diag);
+        }
     }
     const std::string keyscan = "ssh-keyscan -p " + std::to_string(t.server_port) + " " +
                                 (t.server_host.empty() ? "HOST" : t.server_host);
     t.server_key = f.path("server_key", base_dir, "");
-    if (!t.server_key.empty())
-        check_readable(f, "server_key", t.server_key,
-                       "create it with " + keyscan + " > known_hosts");
+    if (!t.server_key.empty()) {
+        if (check_readable(f, "server_key", t.server_key, "create it with " + keyscan + " > known_hosts"))
+            check_known_hosts_content(t.server_key, t.server_host, t.server_port, s.file, f.line("server_key"),
+                                      "server_key", diag);
+    }
     else
         f.warning("server_key", "not set: every host key of the bastion will be refused; set server_key to a "
                                 "known_hosts file (" + keyscan + " > known_hosts)");

@@ -43,10 +43,6 @@ BuiltTunnel build_tunnel(const RawSection &s, const std::filesystem::path &base_
 /// Duplicate names, two tunnels on the same bastion port, shared log files.
 void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag);
 
-/// Warns when `path` is accessible by group or others, with the chmod to run.
-void check_private_mode(const std::filesystem::path &path, const std::string &file, int line,
-                        const std::string &key, const std::string &why, Diagnostics &diag);
-
 /// Syntax only: the original's DNS lookup made start-up fail without public DNS.
 bool valid_email(std::string_view address);
 

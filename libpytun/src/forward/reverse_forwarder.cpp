@@ -68,9 +68,10 @@ void ReverseForwarder::on_listening(int rc, int bound_port)
             failed(Errc::remote_port_refused,
                    "the bastion " + connection_->where() + " refused to listen on port " +
                        std::to_string(spec_.listen_port) + " " + bind +
-                       ": the port is in use (maybe still held by a previous session of this tunnel that the "
-                       "bastion has not dropped yet) or forwarding is not permitted for this user "
-                       "(AllowTcpForwarding, PermitListen)");
+                       ": this key or user may not listen there (permitlisten in the bastion's authorized_keys, "
+                       "as for keys from pytun --make-key; PermitListen or AllowTcpForwarding in its "
+                       "sshd_config), or another session holds the port (another user, or a previous pytun "
+                       "session the bastion has not dropped yet); the bastion's sshd log names the reason");
         else
             failed(Errc::transport_lost, "port forward request failed: " + connection_->session().last_error_text());
         return;

@@ -29,6 +29,7 @@ struct HealthMonitor::Impl {
         std::chrono::milliseconds interval{0};
         std::shared_ptr<asio::steady_timer> timer;
         std::uint64_t generation = 0;
+        bool reported = false; ///< its first result went to the subscribers
     };
     std::map<std::string, Watch> watches;
     std::uint64_t next_generation = 0;
@@ -127,8 +128,12 @@ void HealthMonitor::Impl::record(const std::string &name, std::uint64_t generati
         changed = previous == results.end() || previous->second.reachable != health.reachable;
         results[name] = health;
     }
-    if (changed)
+    // A new watch of a name reports its first result even when it equals the
+    // last one: whoever replaced the watch (a tunnel restarted on reload) has
+    // not heard that result yet.
+    if (changed || !it->second.reported)
         on_change.call(name, health);
+    it->second.reported = true;
     it->second.timer->expires_after(it->second.interval);
     it->second.timer->async_wait([this, name, generation](const asio::error_code &ec) {
         if (!ec)
@@ -161,6 +166,7 @@ void HealthMonitor::watch(const std::string &name, const std::string &host, std:
         watch.interval = std::max(interval, std::chrono::milliseconds(100));
         watch.timer = std::make_shared<asio::steady_timer>(impl->loop.io());
         watch.generation = ++impl->next_generation;
+        watch.reported = false;
         impl->probe_async(name, watch.generation);
     });
 }

@@ -10,6 +10,10 @@
 
 namespace pytun::detail {
 
+// Retries of a refused listen capped at port_held_retry_max after the tunnel
+// had a session; further ones follow the ordinary backoff.
+constexpr unsigned k_quick_port_retries = 3;
+
 // --- StatusBoard ---------------------------------------------------------------
 
 void StatusBoard::put(const std::string &name, std::uint64_t generation, TunnelStatus status)
@@ -96,7 +100,6 @@ void Supervisor::attempt()
 {
     if (stopping_)
         return;
-    ++attempts_;
     auto run = std::make_shared<RunStatus>(all_forwards(options_));
     board_.set_run(options_.name, generation_, run);
     board_.update(options_.name, generation_, [](TunnelStatus &s) {
@@ -122,6 +125,8 @@ void Supervisor::attempt()
 void Supervisor::on_up(std::uint16_t port)
 {
     up_since_ = std::chrono::steady_clock::now();
+    had_session_ = true;
+    refused_in_row_ = 0;
     board_.update(options_.name, generation_, [port](TunnelStatus &s) {
         s.listen_port = port;
         s.port_held = false;
@@ -147,16 +152,23 @@ void Supervisor::on_ended(std::error_code ec, const std::string &message)
     auto delay = std::chrono::milliseconds(jitter(random_));
     backoff_ = std::min(backoff_ * 2, manager_.backoff_max);
 
-    const bool port_held = ec == Errc::remote_port_refused;
+    // A refused listen right after this tunnel had a session most likely
+    // means the bastion still holds the port for that session until its own
+    // keepalive drops it: a few quick retries bring the tunnel back as soon as
+    // it does. Otherwise (a new tunnel, or the quick retries did not help) it
+    // is a permission or another user's port: back off like any failure, so
+    // the bastion's auth log sees a few logins a minute at most.
+    const bool refused = ec == Errc::remote_port_refused;
+    refused_in_row_ = refused ? refused_in_row_ + 1 : 0;
+    const bool port_held = refused && had_session_;
     std::string why = message;
     if (port_held) {
-        // The bastion usually frees the port when its keepalive notices the
-        // old session is gone: retry often, it comes back as soon as it can.
-        delay = std::min(delay, manager_.port_held_retry_max);
-        if (attempts_ > 1)
-            why = "port " + std::to_string(options_.listen_port) +
-                  " is still held on the bastion, probably by this tunnel's previous session that the bastion "
-                  "has not dropped yet; retrying until it is free (" + message + ")";
+        const bool quick = refused_in_row_ <= k_quick_port_retries;
+        if (quick)
+            delay = std::min(delay, manager_.port_held_retry_max);
+        why = "port " + std::to_string(options_.listen_port) +
+              " is probably still held on the bastion by this tunnel's previous session, which the bastion has not "
+              "dropped yet; " + (quick ? "retrying soon" : "retrying with backoff") + " (" + message + ")";
     }
     const auto next = std::chrono::system_clock::now() + delay;
     board_.update(options_.name, generation_, [&](TunnelStatus &s) {

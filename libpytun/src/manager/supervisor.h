@@ -83,7 +83,8 @@ private:
     std::chrono::steady_clock::time_point up_since_;
     std::minstd_rand random_;
     ManagedState state_ = ManagedState::stopped;
-    std::uint64_t attempts_ = 0;
+    bool had_session_ = false;      ///< up at least once: a refused listen may be our old session's port
+    unsigned refused_in_row_ = 0;   ///< consecutive refused listens
     bool service_reachable_ = true;
     std::string service_error_;
     bool stopping_ = false;

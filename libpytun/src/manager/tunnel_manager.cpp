@@ -179,6 +179,15 @@ ApplyResult TunnelManager::apply(std::vector<TunnelOptions> tunnels)
             Impl::Entry fresh = d.make_entry(std::move(tunnel));
             auto supervisor = fresh.supervisor;
             asio::io_context &fresh_io = d.io(fresh);
+            // The successor starts from what is known about the same local
+            // service (it may be down right now); the new watch's first probe
+            // confirms or corrects it. Posted before start(), so it comes first.
+            const auto known = d.health.service(name);
+            if (known && old.options.remote_host == fresh.options.remote_host &&
+                old.options.remote_port == fresh.options.remote_port)
+                asio::post(fresh_io, [supervisor, health = *known] {
+                    supervisor->service_health(health.reachable, health.error);
+                });
             d.stop_entry(old, false, [supervisor, &fresh_io] {
                 asio::post(fresh_io, [supervisor] { supervisor->start(); });
             });

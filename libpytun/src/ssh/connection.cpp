@@ -10,6 +10,7 @@
 
 #include "loop/connect.h"
 #include "ssh/session.h"
+#include "ssh/user_auth.h"
 
 namespace pytun::detail {
 namespace {
@@ -71,8 +72,8 @@ void SshConnection::start()
     }
     if (key_.encrypted && options_.key_passphrase.empty()) {
         fail(Errc::key_encrypted, "the private key " + options_.key_file +
-                                      " is encrypted and no passphrase is configured: give the passphrase, or "
-                                      "make an unencrypted copy (ssh-keygen -p -N '' -f KEY)");
+                                      " is encrypted and no passphrase was given: use an unencrypted copy for "
+                                      "the service (ssh-keygen -p -N '' -f COPY)");
         return;
     }
     if (auto ec = known_hosts_.load(options_.known_hosts_file, options_.server_host, options_.server_port, *log_,
@@ -152,15 +153,9 @@ void SshConnection::on_handshake(int rc)
         return;
     }
     log_->debug("host key of {} verified", where());
-    LIBSSH2_SESSION *ssh = session_->raw();
+    auth_ = std::make_unique<UserAuth>(*session_, options_, key_);
     session_->submit(
-        "authenticate",
-        [this, ssh] {
-            const char *passphrase = options_.key_passphrase.empty() ? nullptr : options_.key_passphrase.c_str();
-            return libssh2_userauth_publickey_fromfile_ex(ssh, options_.username.c_str(),
-                                                          static_cast<unsigned>(options_.username.size()), nullptr,
-                                                          options_.key_file.c_str(), passphrase);
-        },
+        "authenticate", [this] { return auth_->attempt(); },
         [this, self = shared_from_this()](int result) { on_authenticated(result); });
 }
 
@@ -169,35 +164,10 @@ void SshConnection::on_authenticated(int rc)
     if (ended_)
         return;
     const std::string who = options_.username + "@" + where();
-    switch (rc) {
-    case 0:
-        break;
-    case LIBSSH2_ERROR_AUTHENTICATION_FAILED:
-    case LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED:
-        if (key_.is_rsa()) {
-            fail(Errc::rsa_key_refused,
-                 who + " refused the RSA key " + options_.key_file +
-                     ": libssh2 1.10 signs RSA keys only with SHA-1 (ssh-rsa), which OpenSSH 8.8 and later "
-                     "refuse. Create an ed25519 key (ssh-keygen -t ed25519 -f NEWKEY) and authorize it on the "
-                     "bastion, or allow ssh-rsa there (PubkeyAcceptedAlgorithms +ssh-rsa in sshd_config)");
-        } else {
-            fail(Errc::key_not_authorized, who + " did not accept the key " + options_.key_file + " (" +
-                                               key_.key_type + "): add its public key (" + options_.key_file +
-                                               ".pub) to ~" + options_.username +
-                                               "/.ssh/authorized_keys on the bastion");
-        }
-        return;
-    case LIBSSH2_ERROR_FILE:
-    case LIBSSH2_ERROR_KEYFILE_AUTH_FAILED:
-        if (key_.encrypted)
-            fail(Errc::key_encrypted,
-                 "cannot decrypt the private key " + options_.key_file + ": the configured passphrase is wrong");
-        else
-            fail(Errc::key_unsupported,
-                 "libssh2 cannot use the private key " + options_.key_file + ": " + session_->last_error_text());
-        return;
-    default:
-        fail(Errc::transport_lost, "authentication with " + who + " failed: " + session_->last_error_text());
+    if (rc != 0) {
+        std::string message;
+        const std::error_code ec = auth_->explain(rc, message);
+        fail(ec, message);
         return;
     }
     log_->debug("authenticated as {}", who);

@@ -24,6 +24,7 @@
 namespace pytun::detail {
 
 class SshSession;
+class UserAuth;
 
 struct ConnectionOptions {
     std::string server_host;
@@ -94,6 +95,7 @@ private:
     Handlers handlers_;
     asio::ip::tcp::socket socket_; ///< while connecting; the session owns it after
     std::shared_ptr<SshSession> session_;
+    std::unique_ptr<UserAuth> auth_; ///< during authentication
     asio::steady_timer health_timer_;
     asio::steady_timer probe_deadline_;
     KeyFileInfo key_;

@@ -14,59 +14,23 @@
 
 #include <pytun/error.h>
 
+#include "ssh/wire.h"
 #include "util/base64.h"
 
 namespace pytun::detail {
 namespace {
 
-// Reads one SSH wire-format string (uint32 length + bytes).
-bool read_ssh_string(const std::vector<unsigned char> &buf, std::size_t &pos, std::string &out)
-{
-    if (pos + 4 > buf.size())
-        return false;
-    std::uint32_t len = (std::uint32_t(buf[pos]) << 24) | (std::uint32_t(buf[pos + 1]) << 16) |
-                        (std::uint32_t(buf[pos + 2]) << 8) | std::uint32_t(buf[pos + 3]);
-    pos += 4;
-    if (len > buf.size() - pos)
-        return false;
-    out.assign(reinterpret_cast<const char *>(buf.data() + pos), len);
-    pos += len;
-    return true;
-}
-
-std::string between(const std::string &text, const std::string &begin, const std::string &end)
-{
-    auto b = text.find(begin);
-    if (b == std::string::npos)
-        return {};
-    b = text.find('\n', b);
-    auto e = text.find(end, b);
-    if (b == std::string::npos || e == std::string::npos)
-        return {};
-    return text.substr(b + 1, e - b - 1);
-}
-
 bool inspect_openssh(const std::string &text, KeyFileInfo &info)
 {
-    auto blob = base64_decode(between(text, "-----BEGIN OPENSSH PRIVATE KEY-----", "-----END OPENSSH PRIVATE KEY-----"));
-    static const char magic[] = "openssh-key-v1";
-    if (blob.size() < sizeof(magic) || std::memcmp(blob.data(), magic, sizeof(magic)) != 0)
+    OpensshKeyFile file;
+    if (!parse_openssh_key(text, file))
         return false;
-    std::size_t pos = sizeof(magic); // includes the terminating NUL
-    std::string cipher, kdf, kdf_options, public_key;
-    if (!read_ssh_string(blob, pos, cipher) || !read_ssh_string(blob, pos, kdf) ||
-        !read_ssh_string(blob, pos, kdf_options) || pos + 4 > blob.size())
-        return false;
-    pos += 4; // number of keys
-    if (!read_ssh_string(blob, pos, public_key))
-        return false;
-    std::vector<unsigned char> pub(public_key.begin(), public_key.end());
-    std::size_t ppos = 0;
+    WireReader pub(file.public_key);
     std::string type;
-    if (!read_ssh_string(pub, ppos, type))
+    if (!pub.string(type))
         return false;
     info.format = KeyFileInfo::Format::openssh;
-    info.encrypted = cipher != "none";
+    info.encrypted = file.cipher != "none";
     info.key_type = type;
     return true;
 }
@@ -94,13 +58,40 @@ std::string pkcs8_key_type(const std::string &text)
 
 } // namespace
 
-std::error_code inspect_key_file(const std::string &path, KeyFileInfo &info, std::string &message)
+std::string pem_body(const std::string &text, std::string_view begin, std::string_view end)
 {
-    info = {};
-    if (path.empty()) {
-        message = "no private key configured (keyfile)";
-        return Errc::key_file_unreadable;
-    }
+    auto b = text.find(begin);
+    if (b == std::string::npos)
+        return {};
+    b = text.find('\n', b);
+    auto e = text.find(end, b);
+    if (b == std::string::npos || e == std::string::npos)
+        return {};
+    return text.substr(b + 1, e - b - 1);
+}
+
+// openssh-key-v1 (PROTOCOL.key in OpenSSH): magic, cipher, kdf, kdf options,
+// key count, then the public key and the (maybe encrypted) private section.
+bool parse_openssh_key(const std::string &text, OpensshKeyFile &out)
+{
+    const auto blob =
+        base64_decode(pem_body(text, "-----BEGIN OPENSSH PRIVATE KEY-----", "-----END OPENSSH PRIVATE KEY-----"));
+    static const char magic[] = "openssh-key-v1"; // with its NUL, as in the file
+    if (blob.size() < sizeof(magic) || std::memcmp(blob.data(), magic, sizeof(magic)) != 0)
+        return false;
+    WireReader in(std::span<const unsigned char>(blob).subspan(sizeof(magic)));
+    std::uint32_t keys = 0;
+    std::span<const unsigned char> public_key, private_section;
+    if (!in.string(out.cipher) || !in.skip_string() || !in.skip_string() || !in.u32(keys) || keys != 1 ||
+        !in.string(public_key) || !in.string(private_section))
+        return false;
+    out.public_key.assign(public_key.begin(), public_key.end());
+    out.private_section.assign(private_section.begin(), private_section.end());
+    return true;
+}
+
+std::error_code read_key_text(const std::string &path, std::string &text, std::string &message)
+{
     std::ifstream in(path, std::ios::binary);
     if (!in) {
         message = "cannot read private key file " + path + ": " + std::strerror(errno) +
@@ -109,7 +100,20 @@ std::error_code inspect_key_file(const std::string &path, KeyFileInfo &info, std
     }
     std::stringstream ss;
     ss << in.rdbuf();
-    const std::string text = ss.str();
+    text = ss.str();
+    return {};
+}
+
+std::error_code inspect_key_file(const std::string &path, KeyFileInfo &info, std::string &message)
+{
+    info = {};
+    if (path.empty()) {
+        message = "no private key configured (keyfile)";
+        return Errc::key_file_unreadable;
+    }
+    std::string text;
+    if (auto ec = read_key_text(path, text, message))
+        return ec;
 
     if (text.find("-----BEGIN OPENSSH PRIVATE KEY-----") != std::string::npos) {
         if (inspect_openssh(text, info))

@@ -6,7 +6,9 @@
 #include "internal.h"
 
 #include <string>
+#include <string_view>
 #include <system_error>
+#include <vector>
 
 namespace pytun::detail {
 
@@ -21,5 +23,20 @@ struct KeyFileInfo {
 /// Reads `path` and fills `info`. On failure returns Errc::key_file_unreadable
 /// (or key_unsupported) and puts the reason, naming the file, in `message`.
 std::error_code inspect_key_file(const std::string &path, KeyFileInfo &info, std::string &message);
+
+/// The whole key file; key_file_unreadable with the reason otherwise.
+std::error_code read_key_text(const std::string &path, std::string &text, std::string &message);
+
+/// The text between a PEM-style BEGIN line and its END line; empty if absent.
+std::string pem_body(const std::string &text, std::string_view begin, std::string_view end);
+
+/// An OpenSSH-format ("openssh-key-v1") private key file, unpacked.
+struct OpensshKeyFile {
+    std::string cipher;                         ///< "none" when not encrypted
+    std::vector<unsigned char> public_key;      ///< the public key blob
+    std::vector<unsigned char> private_section; ///< encrypted unless cipher is "none"
+};
+/// False when `text` is not a well-formed single-key OpenSSH private key file.
+bool parse_openssh_key(const std::string &text, OpensshKeyFile &out);
 
 } // namespace pytun::detail

@@ -145,6 +145,7 @@ void KnownHosts::parse(std::istream &in, const std::string &path, const std::str
     port_ = port;
     entries_.clear();
     revoked_.clear();
+    valid_lines_ = bare_key_lines_ = 0;
     const auto names = lookup_names(host, port);
     std::string text;
     for (int number = 1; std::getline(in, text); ++number) {
@@ -166,9 +167,11 @@ void KnownHosts::parse(std::istream &in, const std::string &path, const std::str
             continue;
         }
         if (fields.size() < 3 || !is_key_type(fields[1])) {
+            bare_key_lines_ += is_key_type(fields[0]);
             log.warn("{}:{}: not a known_hosts entry libssh2 can use, line skipped", path, number);
             continue;
         }
+        ++valid_lines_;
         if (host_field_matches(fields[0], names))
             entries_.push_back({number, text, fields[1], fields[2]});
     }

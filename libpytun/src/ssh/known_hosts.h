@@ -30,6 +30,13 @@ public:
     void parse(std::istream &in, const std::string &path, const std::string &host, std::uint16_t port,
                spdlog::logger &log);
 
+    /// Of the last parse: lines that are known_hosts entries (for any host),
+    /// lines that are a bare public key as in a .pub file ("ssh-ed25519 AAAA
+    /// comment", no host), and the entries for this host.
+    int valid_lines() const { return valid_lines_; }
+    int bare_key_lines() const { return bare_key_lines_; }
+    std::size_t entries_for_host() const { return entries_.size(); }
+
     /// Host-key algorithms known_hosts holds for this host, in file order, as a
     /// libssh2 method preference ("ssh-ed25519,ecdsa-sha2-nistp256"); empty
     /// when the file knows no key for the host.
@@ -55,6 +62,8 @@ private:
     std::uint16_t port_ = 22;
     std::vector<Line> entries_;      ///< lines whose host field matches host:port
     std::vector<Line> revoked_;      ///< @revoked lines (any host pattern)
+    int valid_lines_ = 0;
+    int bare_key_lines_ = 0;
 };
 
 } // namespace pytun::detail

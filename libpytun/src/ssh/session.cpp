@@ -124,6 +124,13 @@ ssize_t SshSession::recv_callback(libssh2_socket_t fd, void *buffer, std::size_t
     }
 }
 
+// SSH_MSG_DISCONNECT (e.g. "Too many authentication failures"): the
+// transport is over even while the TCP connection still lingers.
+void SshSession::disconnect_callback(LIBSSH2_SESSION *, int, const char *, int, const char *, int, void **abstract)
+{
+    static_cast<SshSession *>(*abstract)->peer_closed_ = true;
+}
+
 std::error_code SshSession::begin(const std::string &hostkey_preference, std::string &message)
 {
     ensure_libssh2_initialised();
@@ -149,13 +156,17 @@ std::error_code SshSession::begin(const std::string &hostkey_preference, std::st
     // API takes the callback as void*.
     void *send_fn = nullptr;
     void *recv_fn = nullptr;
+    void *disconnect_fn = nullptr;
     auto send_ptr = &SshSession::send_callback;
     auto recv_ptr = &SshSession::recv_callback;
+    auto disconnect_ptr = &SshSession::disconnect_callback;
     static_assert(sizeof(send_ptr) == sizeof(void *));
     std::memcpy(&send_fn, &send_ptr, sizeof(send_fn));
     std::memcpy(&recv_fn, &recv_ptr, sizeof(recv_fn));
+    std::memcpy(&disconnect_fn, &disconnect_ptr, sizeof(disconnect_fn));
     libssh2_session_callback_set(ssh_, LIBSSH2_CALLBACK_SEND, send_fn);
     libssh2_session_callback_set(ssh_, LIBSSH2_CALLBACK_RECV, recv_fn);
+    libssh2_session_callback_set(ssh_, LIBSSH2_CALLBACK_DISCONNECT, disconnect_fn);
 
     if (!hostkey_preference.empty() &&
         libssh2_session_method_pref(ssh_, LIBSSH2_METHOD_HOSTKEY, hostkey_preference.c_str()) != 0) {

@@ -128,6 +128,8 @@ public:
     /// libssh2's text for its last error on this session.
     std::string last_error_text() const;
     bool closed() const { return closed_; }
+    /// The bastion closed the TCP connection or sent SSH_MSG_DISCONNECT.
+    bool peer_closed() const { return peer_closed_; }
 
 private:
     struct Op {
@@ -154,6 +156,8 @@ private:
                                  void **abstract);
     static ssize_t recv_callback(libssh2_socket_t fd, void *buffer, std::size_t length, int flags,
                                  void **abstract);
+    static void disconnect_callback(LIBSSH2_SESSION *session, int reason, const char *message, int message_len,
+                                    const char *language, int language_len, void **abstract);
 
     void service();
     void arm();
