@@ -63,6 +63,7 @@ private:
         std::shared_ptr<SshConnection> connection;
         bool ready = false;
         bool extra = true;
+        std::chrono::steady_clock::time_point started{}; ///< when its connection began
         std::chrono::steady_clock::time_point idle_since{};
     };
     struct PendingOpen {
