@@ -768,7 +768,9 @@ def measure_burst(contender, lab, args):
             % (contender.name, args.burst, 2 * args.burst_delay_ms, cold["p50_ms"], cold["p99_ms"], cold["failed"],
                warm["p99_ms"], res["burst_single_ms"], after["sessions"], after["processes"], after["rss_mib"],
                res["burst_load"]))
-        if args.burst_linger > 0:
+        if after["sessions"] <= before["sessions"]:
+            res["burst_linger_s"] = 0.0  # nothing extra to wait for (ssh -D: one connection throughout)
+        elif args.burst_linger > 0:
             # Extra sessions close after the pool's idle timeout (the reap
             # timer adds up to its interval).
             deadline = settled_at + args.burst_linger
@@ -1104,9 +1106,9 @@ def describe(results, args):
     loads = [r["load_average"] for k in results["kinds"].values() for c in k["contenders"].values()
              for r in c["runs"] if "load_average" in r]
     lines = [
-        "Medians of %d interleaved run(s); %s MiB per transfer; ratio = pytun/other "
+        "Medians of %d interleaved run(s)%s; ratio = pytun/other "
         "(throughput: >1 means pytun is faster; latency, CPU, memory: <1 means pytun uses less)."
-        % (args.runs, args.bytes // MiB),
+        % (args.runs, "; %d MiB per transfer" % (args.bytes // MiB) if {"up", "down"} & set(args.phases) else ""),
         "OpenSSH client: ssh -N -R/-L/-D ... -c %s -m %s. %s." % (CIPHER, MAC, results.get("server_crypto", "")),
         "pytun: %s." % commands,
         "Versions: %s; libssh2 %s%s%s." % (
