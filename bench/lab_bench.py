@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-# Measures the network lab's delay relay (latency added, throughput) and the ssh -D burst at a given RTT.
-"""Figures for the network lab (tests/support/netlab.py); prints JSON.
+# Measures what the network lab's delay relay adds (latency, throughput).
+"""Figures for the network lab's delay relay (tests/support/delay_relay.py); prints JSON.
 
     lab_bench.py relay [--delay-ms 10] [--rounds 200] [--mib 256]
         On 127.0.0.1 (no namespaces, no root): 32-byte ping-pong RTT directly
@@ -9,22 +9,16 @@
         bulk upload (to the sink) and download (from the source) through the
         relay at 0 and D ms.
 
-    lab_bench.py burst [--delay-ms 10] [-n 100] [--runs 5]
-        In the lab's SSH topology (root): `ssh -N -D` in the client, the
-        bastion's sshd behind the relay, the echo service in the lan; after one
-        warm-up connection, `runs` bursts of n SOCKS connections started
-        together (socks_burst.py), each its time until its 32-byte echo.
-
-Both print the load average next to the figures: on a busy machine every
+It prints the load average next to the figures: on a busy machine every
 process on the path wakes later, so the medians grow; the minimum is the
-path's own cost.
+path's own cost. The SOCKS burst through the lab's SSH topology, pytun -D
+beside ssh -D, is a phase of bench/run.py (--kinds D --phases burst).
 """
 
 import argparse
 import json
 import os
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -35,7 +29,7 @@ SUPPORT = os.path.join(os.path.dirname(BENCH_DIR), "tests", "support")
 sys.path.insert(0, BENCH_DIR)
 sys.path.insert(0, SUPPORT)
 import services  # noqa: E402  (bench/services.py)
-import socks_burst  # noqa: E402  (tests/support/socks_burst.py)
+import socks_burst  # noqa: E402  (tests/support/socks_burst.py: percentile)
 
 MiB = 1 << 20
 
@@ -142,28 +136,6 @@ def bench_relay(args):
         stop(svc)
 
 
-def bench_burst(args):
-    import netlab  # needs root; imported here so `relay` runs anywhere
-
-    with netlab.Lab() as lab:
-        topo = lab.ssh_topology(delay_ms=args.delay_ms)
-        ssh = topo.client.spawn(topo.ssh_command("-N", "-D", "127.0.0.1:1080"))
-        topo.client.wait_listening(1080, proc=ssh)
-        destination = (topo.lan_ip, topo.echo_port)
-        topo.client.call(socks_burst.burst, ("127.0.0.1", 1080), destination, 1)  # warm-up
-        runs = []
-        for _ in range(args.runs):
-            r = topo.client.run([sys.executable, socks_burst.__file__, "--proxy", "127.0.0.1:1080",
-                                 "--to", "%s:%d" % destination, "-n", str(args.count)], check=False)
-            one = json.loads(r.stdout)
-            runs.append({k: one[k] for k in ("ok", "failed", "min_ms", "p50_ms", "p99_ms", "max_ms")})
-        return {"contender": "ssh -D", "delay_ms_each_way": args.delay_ms, "connections": args.count,
-                "load_average": load_average(), "runs": runs,
-                "median_p50_ms": statistics.median(r["p50_ms"] for r in runs if r["p50_ms"] is not None),
-                "median_p99_ms": statistics.median(r["p99_ms"] for r in runs if r["p99_ms"] is not None),
-                "failed": sum(r["failed"] for r in runs)}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -171,12 +143,8 @@ def main():
     relay.add_argument("--delay-ms", type=float, default=10)
     relay.add_argument("--rounds", type=int, default=200)
     relay.add_argument("--mib", type=int, default=256)
-    burst = sub.add_parser("burst")
-    burst.add_argument("--delay-ms", type=float, default=10)
-    burst.add_argument("-n", "--count", type=int, default=100)
-    burst.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    result = bench_relay(args) if args.what == "relay" else bench_burst(args)
+    result = bench_relay(args)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -231,6 +231,22 @@ def _listening_here(port: int, host: str | None) -> bool:
     return False
 
 
+def _established_here(port: int) -> int:
+    """TCP connections in this thread's namespace whose local port is `port`, established."""
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/thread-self/net/{table}") as f:
+                lines = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rpartition(":")[2], 16) == port:  # TCP_ESTABLISHED
+                count += 1
+    return count
+
+
 def _wait_listening_here(port: int, host: str | None, timeout: float, proc, what: str) -> None:
     end = time.monotonic() + timeout
     while not _listening_here(port, host):
@@ -364,6 +380,11 @@ class Namespace:
         if proc in self.lab.processes:
             self.lab.processes.remove(proc)
         return proc.returncode
+
+    def pids(self) -> list[int]:
+        """Every process in this namespace now (those the lab started and their children)."""
+        key = _namespace_key(f"/run/netns/{self.name}")
+        return _pids_in_namespace(key) if key else []
 
     # In-process code and sockets inside the namespace --------------------
     def call(self, fn, *args, **kwargs):
@@ -576,6 +597,11 @@ class SshTopology:
         the bastion goes away (with False they live on, as after `systemctl restart`)."""
         sshd_fixture.stop_sshd(self.sshd_proc, sessions=sessions)
         return self.bastion.stop(self.sshd_proc)
+
+    def sshd_connections(self) -> int:
+        """SSH connections sshd holds now, of every client (TCP connections established to
+        the port sshd listens on; behind a delay relay, one per client connection)."""
+        return self.bastion.call(_established_here, SSHD_BEHIND_RELAY if self.delay_ms > 0 else SSH_PORT)
 
     def ssh_command(self, *options: str, command: tuple[str, ...] = (), client: str = "client",
                     host: str | None = None) -> list[str]:

@@ -68,7 +68,8 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[max(0, math.ceil(p / 100.0 * len(ordered)) - 1)]
 
 
-def _connect_request(host: str, port: int) -> bytes:
+def connect_request(host: str, port: int) -> bytes:
+    """A SOCKS5 CONNECT request for host:port (IPv4, IPv6 or a name the proxy resolves)."""
     try:
         addr = ipaddress.ip_address(host)
         atyp, raw = (0x01, addr.packed) if addr.version == 4 else (0x04, addr.packed)
@@ -107,7 +108,7 @@ class _Connection:
 class _Burst:
     def __init__(self, proxy, destination, count, size, username, password):
         self.proxy = proxy
-        self.request = _connect_request(*destination)
+        self.request = connect_request(*destination)
         self.auth = None
         if username is not None:
             u, p = username.encode(), (password or "").encode()

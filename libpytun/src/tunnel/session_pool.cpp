@@ -108,6 +108,7 @@ void SessionPool::start_extra()
     };
     Member member;
     member.id = id;
+    member.started = std::chrono::steady_clock::now();
     member.connection = std::make_shared<SshConnection>(io_, extra_, log_, std::move(handlers));
     members_.push_back(member);
     publish();
@@ -125,6 +126,9 @@ void SessionPool::on_extra_ready(std::uint64_t id)
         return;
     it->ready = true;
     it->connection->start_health_checks();
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                            it->started);
+    log_->debug("an extra SSH session is ready after {} ms ({} opens waiting)", took.count(), queue_.size());
     dispatch();
 }
 

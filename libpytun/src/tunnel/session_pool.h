@@ -32,7 +32,11 @@ class SessionPool final : public ChannelOpener, public std::enable_shared_from_t
 public:
     struct Limits {
         unsigned max_sessions = 8;   ///< the tunnel's own connection included
-        unsigned max_connecting = 4; ///< extra connections being set up at once
+        /// Extra connections being set up at once: enough to grow to
+        /// max_sessions in one wave (a second wave would wait a whole set-up,
+        /// 8 round trips and sshd's start, behind the first), still under
+        /// OpenSSH's default MaxStartups 10.
+        unsigned max_connecting = 8;
         std::chrono::milliseconds idle_timeout{30000}; ///< an extra session with nothing to do closes then
     };
 
@@ -63,6 +67,7 @@ private:
         std::shared_ptr<SshConnection> connection;
         bool ready = false;
         bool extra = true;
+        std::chrono::steady_clock::time_point started{}; ///< when its connection began
         std::chrono::steady_clock::time_point idle_since{};
     };
     struct PendingOpen {
