@@ -73,8 +73,8 @@ bool parse_allowlist(const std::vector<std::string> &rules, DestinationSet &set,
 
 class SocksForwarder::Client : public std::enable_shared_from_this<Client> {
 public:
-    Client(asio::ip::tcp::socket socket, std::optional<SocksCredentials> credentials)
-        : socket(std::move(socket)), handshake(std::move(credentials)), timer_(this->socket.get_executor())
+    Client(asio::ip::tcp::socket accepted, std::optional<SocksCredentials> credentials)
+        : socket(std::move(accepted)), handshake(std::move(credentials)), timer_(socket.get_executor())
     {
     }
 
