@@ -427,7 +427,7 @@ def case_config(binary):
               "socks_password is in no log")
         archive = zipfile.ZipFile(io.BytesIO(get(port, "/configs")))
         db_ini = archive.read("tunnels/db.ini").decode()
-        check("Socks-Pa55" not in db_ini and "socks_password = ***REDACTED***" in db_ini,
+        check("Socks-Pa55" not in db_ini and 'socks_password = "***REDACTED***"' in db_ini,
               "/configs: socks_password redacted")
 
         # Reload: LDAP keeps a connection open; DB's local_forward moves to another port.

@@ -689,6 +689,16 @@ TEST_CASE("forwards in an INI tunnel file: ssh's forms, several over one connect
         CHECK(c.open_timeout == std::chrono::seconds(10));
         CHECK(pytun::to_tunnel_options(c).open_timeout == std::chrono::seconds(10));
     }
+    SUBCASE("socks_allow without a SOCKS forward warns that it has no effect")
+    {
+        TempDir other;
+        LoadResult l = load_tunnel_files(other, {{"l.ini", k_connection + "local_forward = 5432:db:5432\n" // 6
+                                                               "socks_allow = 10.0.0.0/8\n"}});        // 7
+        INFO(dump(l));
+        REQUIRE(l.ok());
+        CHECK(count(l, W, "/l.ini", 7, "socks_allow", "has no effect") == 1);
+        CHECK(l.diagnostics.size() == 1);
+    }
 }
 
 TEST_CASE("an existing tunnel file loads exactly as before, and may add forwards to its reverse tunnel")

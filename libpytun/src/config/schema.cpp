@@ -420,7 +420,7 @@ bool read_forwards(const Fields &f, BuiltTunnel &out)
         t.forwards.push_back(std::move(w.spec));
         out.forward_lines.push_back(w.line);
     }
-    if (f.find("socks_allow") && !socks)
+    if (!t.socks_allow.empty() && !socks) // a socks_allow in error is reported already
         f.warning("socks_allow", "no SOCKS forward (dynamic_forward, or remote_forward without HOST:HOSTPORT) to "
                                  "apply it to: it has no effect");
     if (f.find("socks_user") && !dynamic)
