@@ -40,10 +40,10 @@ def port_accepts(port, host="127.0.0.1"):
 class EchoService:
     """Echoes bytes back, one thread per connection; counts connections."""
 
-    def __init__(self):
-        self.sock = socket.socket()
+    def __init__(self, host="127.0.0.1"):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
@@ -153,9 +153,10 @@ class Env:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- peers -------------------------------------------------------------
-    def sshd(self):
+    def sshd(self, **prepare):
+        """sshd_fixture's bastion (`prepare`: its listen addresses and host names)."""
         try:
-            self.sshd_info = sshd_fixture.prepare(self.path("sshd"))
+            self.sshd_info = sshd_fixture.prepare(self.path("sshd"), **prepare)
         except sshd_fixture.MissingTool as e:
             raise Skip(str(e))
         self.sshd_proc = sshd_fixture.start_sshd(self.sshd_info)
@@ -168,8 +169,8 @@ class Env:
         """Stop the listener and (by default) its per-connection children: the bastion goes away."""
         sshd_fixture.stop_sshd(self.sshd_proc, sessions=sessions)
 
-    def echo(self):
-        s = EchoService()
+    def echo(self, host="127.0.0.1"):
+        s = EchoService(host)
         self.services.append(s)
         return s
 
@@ -234,8 +235,9 @@ class Env:
         return self.write(name, text, 0o600)
 
     def tunnel_ini(self, file_base, name, port, remote_port, key=None, section="connector", keep_alive=5,
-                   extra="", tunnel_dir="tunnels"):
-        """A tunnel file with its own copy of the key and known_hosts (relative paths)."""
+                   extra="", tunnel_dir="tunnels", forwards_only=False):
+        """A tunnel file with its own copy of the key and known_hosts (relative paths); the reverse
+        tunnel port -> 127.0.0.1:remote_port unless `forwards_only` (then `extra` has the forwards)."""
         info = self.sshd_info
         d = self.path(tunnel_dir)
         os.makedirs(d, exist_ok=True)
@@ -244,20 +246,21 @@ class Env:
         os.chmod(os.path.join(d, file_base + ".key"), 0o600)
         shutil.copyfile(info["known_hosts_bracketed"], os.path.join(d, "known_hosts"))
         name_key = "connector_name" if section == "connector" else "tunnel_name"
+        reverse = ("port = %d # Port to listen on SSH server\n"
+                   "remote_host = 127.0.0.1\n"
+                   "remote_port = %d\n" % (port, remote_port))
         text = ("[%s]\n"
                 "%s = \"%s\"\n"
                 "server_host = 127.0.0.1\n"
                 "server_port = %d\n"
-                "port = %d # Port to listen on SSH server\n"
-                "remote_host = 127.0.0.1\n"
-                "remote_port = %d\n"
+                "%s"
                 "username = %s\n"
                 "keyfile = %s.key\n"
                 "server_key = known_hosts ; the bastion's host key\n"
                 "keep_alive_time = %d\n"
                 "log_level = DEBUG\n"
-                "%s" % (section, name_key, name, info["port"], port, remote_port, info["user"], file_base,
-                        keep_alive, extra))
+                "%s" % (section, name_key, name, info["port"], "" if forwards_only else reverse, info["user"],
+                        file_base, keep_alive, extra))
         return self.write(os.path.join(tunnel_dir, file_base + ".ini"), text)
 
     # --- pytun -------------------------------------------------------------

@@ -20,13 +20,13 @@ from clitest import (REPO, Env, Failure, Skip, check, echo_roundtrip, kill_pid, 
 
 BUILD = os.environ.get("PYTUN_BUILD_ROOT", "")
 MODE_FLAGS = ["--check", "--test_smtp", "--test_http", "--test_connections", "--test_tunnels", "--test_all",
-              "--make-key", "--version", "--log-level", "--log-format"]
+              "--make-key", "--version", "--log-level", "--log-format", "forward"]
 
 
-def help_flags(binary):
-    """Every long flag --help lists."""
-    r = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
-    check(r.returncode == 0, "--help: exit 0")
+def help_flags(binary, *command):
+    """Every long flag `pytun [COMMAND] --help` lists."""
+    r = subprocess.run([binary, *command, "--help"], capture_output=True, text=True, timeout=30)
+    check(r.returncode == 0, "pytun %s--help: exit 0" % "".join(c + " " for c in command))
     options = r.stdout.split("Examples:")[0]
     return r.stdout, sorted(set(re.findall(r"(--[a-z][a-z_-]+)", options)))
 
@@ -200,6 +200,15 @@ def case_help(binary):
         check(flag in man, "pytun(1) documents %s" % flag)
         check(re.search(r"\s%s(\s|\))" % re.escape(flag), completion), "the bash completion offers %s" % flag)
     check(len(flags) >= 12, "--help lists the flags: %s" % " ".join(flags))
+    forward_text, forward_flags = help_flags(binary, "forward")
+    forward_completion = completion.split("_pytun_forward()", 1)[1]
+    for flag in forward_flags:
+        check(flag in man, "pytun(1) documents pytun forward %s" % flag)
+        check(re.search(r"\s%s(\s|\))" % re.escape(flag), forward_completion),
+              "the bash completion offers pytun forward %s" % flag)
+    check({"--remote", "--identity", "--known-hosts", "--allow"} <= set(forward_flags)
+          and re.search(r"^\s+pytun forward -r \S+ -i ", forward_text.split("Examples:", 1)[-1], re.M),
+          "pytun forward --help lists its options and has examples: %s" % " ".join(forward_flags))
 
     # The completion itself, in plain bash.
     def complete(*words):
@@ -210,6 +219,12 @@ def case_help(binary):
         return [ln for ln in r.stdout.splitlines() if ln]
 
     check(set(complete("pytun", "--")) == set(flags), "pytun --<Tab> offers exactly the flags of --help")
+    check(complete("pytun", "fo") == ["forward"], "pytun fo<Tab>: forward")
+    check(set(complete("pytun", "forward", "-r", "h", "--")) == set(forward_flags),
+          "pytun forward ... --<Tab> offers exactly the flags of pytun forward --help")
+    check(sorted(complete("pytun", "forward", "--known-hosts", "dist/examples/conn")) == [
+          "dist/examples/connector.ini", "dist/examples/connector.toml"],
+          "pytun forward --known-hosts <Tab>: files")
     check(complete("pytun", "--log-level", "w") == ["warning"], "--log-level w<Tab>: warning")
     check(complete("pytun", "--log-format", "=", "j") == ["json"], "--log-format=j<Tab>: json")
     check(complete("pytun", "--config_ini", "dist/examples/conn") == ["dist/examples/connector.ini",

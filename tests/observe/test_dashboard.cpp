@@ -111,6 +111,24 @@ std::uint16_t dead_port()
     return ntohs(addr.sin_port);
 }
 
+// A port held by a listening socket of ours until the object goes.
+struct BusyPort {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    std::uint16_t port = 0;
+    BusyPort()
+    {
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof addr;
+        REQUIRE(::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
+        REQUIRE(::listen(fd, 4) == 0);
+        ::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
+        port = ntohs(addr.sin_port);
+    }
+    ~BusyPort() { ::close(fd); }
+};
+
 // The rows of a dumped DOM, in order: (tunnel, state, the row's HTML).
 struct Row {
     std::string name, state, html;
@@ -167,10 +185,18 @@ TEST_CASE("the dashboard sorts and filters 200 tunnels and says when each error 
         return o;
     };
     const std::uint16_t no_bastion = dead_port();
+    // A tunnel of forwards only: a local forward that serves, one whose port is taken, a SOCKS proxy.
+    BusyPort busy;
+    pytun::TunnelOptions forwards = tunnel("fw-db", 0, sshd.port());
+    forwards.remote_host.clear();
+    pytun::DynamicForward socks;
+    socks.listen_port = 0;
+    forwards.forwards = {pytun::LocalForward{"127.0.0.1", 0, "127.0.0.1", echo.port()},
+                         pytun::LocalForward{"127.0.0.1", busy.port, "127.0.0.1", echo.port()}, socks};
     std::vector<pytun::TunnelOptions> set = {tunnel("ldap", echo.port(), sshd.port()),
                                              tunnel("intranet-web", dead_port(), sshd.port()),
                                              tunnel("recovered", comes_back.port(), sshd.port()),
-                                             tunnel("erp", echo.port(), no_bastion)};
+                                             tunnel("erp", echo.port(), no_bastion), forwards};
     for (int i = 0; set.size() < 200; ++i) {
         char name[16];
         std::snprintf(name, sizeof name, "site-%03d", i);
@@ -195,7 +221,8 @@ TEST_CASE("the dashboard sorts and filters 200 tunnels and says when each error 
                 backing_off += s.state == pytun::ManagedState::backing_off;
             return status_of("ldap").state == pytun::ManagedState::up &&
                    status_of("recovered").state == pytun::ManagedState::up &&
-                   status_of("intranet-web").state == pytun::ManagedState::degraded && backing_off == 197;
+                   status_of("fw-db").state == pytun::ManagedState::up &&
+                   status_of("intranet-web").state == pytun::ManagedState::degraded && backing_off == 196;
         },
         120s));
     CHECK(!status_of("recovered").last_error_message.empty()); // the error it had is kept
@@ -257,6 +284,18 @@ TEST_CASE("the dashboard sorts and filters 200 tunnels and says when each error 
         CHECK(by_name["recovered"].html.find("class=\"error old\" data-time=\"") != std::string::npos);
         CHECK(by_name["recovered"].html.find("ago, before it came back") != std::string::npos);
         CHECK(by_name["ldap"].html.find("<td class=\"error\"></td>") != std::string::npos);
+        // A tunnel's forwards: where each serves, or in red why not; no list for a classic tunnel.
+        const std::string &fw = by_name["fw-db"].html;
+        CHECK(by_name["fw-db"].state == "up");
+        CHECK(fw.find("via 127.0.0.1:" + std::to_string(sshd.port())) != std::string::npos);
+        CHECK(std::regex_search(fw, std::regex("<li class=\"forward serving\">L 127\\.0\\.0\\.1:0 -&gt; 127\\.0\\.0\\.1:" +
+                                                   std::to_string(echo.port()) + " · port [0-9]+, 0 open</li>")));
+        CHECK(fw.find("<li class=\"forward failed\">L 127.0.0.1:" + std::to_string(busy.port) + " -&gt; 127.0.0.1:" +
+                      std::to_string(echo.port()) + " · NOT serving: cannot listen on 127.0.0.1:" +
+                      std::to_string(busy.port)) != std::string::npos);
+        CHECK(fw.find("<li class=\"forward serving\">D 127.0.0.1:0 (SOCKS)") != std::string::npos);
+        CHECK(fw.find("none (forwards only)") != std::string::npos);
+        CHECK(by_name["ldap"].html.find("class=\"forwards\"") == std::string::npos);
         CHECK(std::regex_search(by_name["erp"].html, std::regex("class=\"sub when\"[^>]*>[0-9]+[smh][^<]* ago<")));
     }
     {
@@ -265,7 +304,7 @@ TEST_CASE("the dashboard sorts and filters 200 tunnels and says when each error 
         REQUIRE(rows.size() == 200);
         for (std::size_t i = 1; i < rows.size(); ++i)
             CHECK(lower(rows[i - 1].name) > lower(rows[i].name));
-        CHECK(rows.front().name == "site-195");
+        CHECK(rows.front().name == "site-194");
         CHECK(rows.back().name == "erp");
     }
     {
@@ -278,13 +317,18 @@ TEST_CASE("the dashboard sorts and filters 200 tunnels and says when each error 
         CHECK(dom.find("showing 10 of 200 tunnels") != std::string::npos);
 
         const auto up = rows_of(dom_of("#state=up&sort=name"));
-        REQUIRE(up.size() == 2);
-        CHECK(up[0].name == "ldap");
-        CHECK(up[1].name == "recovered");
+        REQUIRE(up.size() == 3);
+        CHECK(up[0].name == "fw-db");
+        CHECK(up[1].name == "ldap");
+        CHECK(up[2].name == "recovered");
 
         // The error text is searched too: every bastion-refused tunnel, nothing else.
         const auto refused = rows_of(dom_of("#q=" + std::to_string(no_bastion)));
-        CHECK(refused.size() == 197);
+        CHECK(refused.size() == 196);
+        // A forward's error is searched too.
+        const auto busy_rows = rows_of(dom_of("#q=cannot%20listen%20on%20127.0.0.1:" + std::to_string(busy.port)));
+        REQUIRE(busy_rows.size() == 1);
+        CHECK(busy_rows[0].name == "fw-db");
     }
     {
         INFO("the picture, kept next to the test binary");

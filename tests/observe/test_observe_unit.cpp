@@ -336,6 +336,122 @@ TEST_CASE("the JSON API uses the metrics' units: seconds, bytes; errors say when
     CHECK(web["last_error"]["message"] == "connection refused");
 }
 
+namespace {
+
+/// A tunnel of forwards only: a local forward that serves and carried
+/// traffic, a SOCKS forward whose port is busy, two reverse SOCKS forwards
+/// that print alike; on two SSH sessions.
+pytun::TunnelStatus forwards_tunnel(pytun::ManagedState state)
+{
+    pytun::TunnelStatus t;
+    t.name = "db";
+    t.config_path = "/etc/pytun/configs/db.ini";
+    t.server_host = "bastion";
+    t.server_port = 22;
+    t.state = state;
+    t.sessions = 2;
+    pytun::ForwardStatus l;
+    l.description = "L 127.0.0.1:5432 -> db.internal:5432";
+    l.serving = true;
+    l.bound_port = 5432;
+    l.traffic.connections_active = 1;
+    l.traffic.connections_total = 7;
+    l.traffic.connections_failed = 2;
+    l.traffic.bytes_to_service = 4000;
+    l.traffic.bytes_from_service = 300;
+    l.traffic.connection_setup.count = 5;
+    l.traffic.connection_setup.sum_seconds = 0.25;
+    pytun::ForwardStatus d;
+    d.description = "D 127.0.0.1:1080 (SOCKS)";
+    d.error = "cannot listen on 127.0.0.1:1080: Address already in use";
+    pytun::ForwardStatus r;
+    r.description = "R localhost:0 (SOCKS)";
+    r.serving = true;
+    r.bound_port = 41000;
+    pytun::ForwardStatus r2 = r;
+    r2.bound_port = 41001;
+    t.forwards = {l, d, r, r2};
+    return t;
+}
+
+} // namespace
+
+TEST_CASE("forwards in the JSON API: description, serving, bound port, error, connections, bytes; sessions")
+{
+    Snapshot snap = sample_snapshot();
+    snap.tunnels.push_back(forwards_tunnel(pytun::ManagedState::up));
+    auto j = nlohmann::json::parse(render_tunnels(sample_context(), snap));
+    const auto &db = j["tunnels"][2];
+    CHECK(db["sessions"] == 2);
+    CHECK(db["remote_host"] == "");
+    REQUIRE(db["forwards"].size() == 4);
+    const auto &l = db["forwards"][0];
+    CHECK(l["description"] == "L 127.0.0.1:5432 -> db.internal:5432");
+    CHECK(l["serving"] == true);
+    CHECK(l["bound_port"] == 5432);
+    CHECK(l["error"].is_null());
+    CHECK(l["connections"] == nlohmann::json{{"active", 1}, {"total", 7}, {"failed", 2}, {"refused", 0}});
+    CHECK(l["bytes"] == nlohmann::json{{"to_service", 4000}, {"from_service", 300}});
+    CHECK(l["connection_setup_seconds"]["count"] == 5);
+    const auto &d = db["forwards"][1];
+    CHECK(d["serving"] == false);
+    CHECK(d["bound_port"].is_null());
+    CHECK(d["error"] == "cannot listen on 127.0.0.1:1080: Address already in use");
+    // A tunnel of the original kind lists no forwards it does not have.
+    CHECK(j["tunnels"][0]["forwards"].empty());
+}
+
+TEST_CASE("forwards in /metrics: pytun_forward_* with tunnel and forward labels, pytun_tunnel_sessions")
+{
+    Snapshot snap = sample_snapshot();
+    snap.tunnels.push_back(forwards_tunnel(pytun::ManagedState::up));
+    const std::string text = render_metrics(sample_context(), snap, sample_process());
+    CHECK(h::bad_metrics_line(text) == "");
+    const std::string l = "{tunnel=\"db\",forward=\"L 127.0.0.1:5432 -> db.internal:5432\"}";
+    const std::string d = "{tunnel=\"db\",forward=\"D 127.0.0.1:1080 (SOCKS)\"}";
+    CHECK(h::metric(text, "pytun_forward_up" + l) == 1);
+    CHECK(h::metric(text, "pytun_forward_up" + d) == 0);
+    CHECK(h::metric(text, "pytun_forward_listen_port" + l) == 5432);
+    CHECK(text.find("pytun_forward_listen_port" + d) == std::string::npos); // not serving: no port
+    CHECK(h::metric(text, "pytun_forward_connections_active" + l) == 1);
+    CHECK(h::metric(text, "pytun_forward_connections_total" + l) == 7);
+    CHECK(h::metric(text, "pytun_forward_connections_failed_total" + l) == 2);
+    CHECK(h::metric(text, "pytun_forward_connections_refused_total" + l) == 0);
+    CHECK(h::metric(text, "pytun_forward_received_bytes_total" + l) == 4000);
+    CHECK(h::metric(text, "pytun_forward_sent_bytes_total" + l) == 300);
+    CHECK(h::metric(text, "pytun_tunnel_sessions{tunnel=\"db\"}") == 2);
+    // Two forwards that print alike stay two series.
+    CHECK(h::metric(text, "pytun_forward_listen_port{tunnel=\"db\",forward=\"R localhost:0 (SOCKS)\"}") == 41000);
+    CHECK(h::metric(text, "pytun_forward_listen_port{tunnel=\"db\",forward=\"R localhost:0 (SOCKS) #4\"}") ==
+          41001);
+    CHECK(text.find("# TYPE pytun_forward_sent_bytes_total counter\n") != std::string::npos);
+}
+
+TEST_CASE("/status: a tunnel of forwards only is well while every forward serves")
+{
+    Snapshot snap = sample_snapshot();
+    snap.tunnels.push_back(forwards_tunnel(pytun::ManagedState::up));
+    auto j = nlohmann::json::parse(render_status(sample_context(), snap));
+    CHECK(j["db"] == nlohmann::json{{"remote_host", ""}, {"remote_port", 0}, {"status", false}}); // D does not serve
+    snap.tunnels.back().forwards[1].serving = true;
+    CHECK(nlohmann::json::parse(render_status(sample_context(), snap))["db"]["status"] == true);
+    snap.tunnels.back().state = pytun::ManagedState::backing_off;
+    CHECK(nlohmann::json::parse(render_status(sample_context(), snap))["db"]["status"] == false);
+    CHECK(j["status_data"].contains("/etc/pytun/configs/db.ini"));
+}
+
+TEST_CASE("dashboard: a tunnel's forwards are listed, as text")
+{
+    Snapshot snap = sample_snapshot();
+    auto t = forwards_tunnel(pytun::ManagedState::up);
+    t.forwards[0].description = "L 127.0.0.1:1 -> <img src=x onerror=alert(1)>:1";
+    snap.tunnels.push_back(t);
+    const std::string page = render_dashboard(sample_context(), snap);
+    CHECK(page.find("<img src=x") == std::string::npos);
+    CHECK(page.find("\"forwards\":[{\"description\":\"L 127.0.0.1:1 -> \\u003cimg") != std::string::npos);
+    CHECK(page.find("className = \"forwards\"") != std::string::npos);
+}
+
 TEST_CASE("dashboard: the inlined snapshot cannot close the script element")
 {
     auto snap = sample_snapshot();

@@ -500,6 +500,98 @@ TEST_CASE("/metrics: strict format, and the values move when traffic flows")
     keep_example("metrics.txt", c.Get("/metrics")->body);
 }
 
+TEST_CASE("forwards: /api/v1/tunnels, /metrics and /status show each forward, and its counters move with traffic")
+{
+    t::EchoService echo;
+    pytun::TunnelManager manager(quick_manager());
+    pytun::TunnelOptions o = tunnel("fw", 0);
+    o.remote_host.clear(); // forwards only
+    pytun::DynamicForward socks;
+    socks.listen_port = 0;
+    o.forwards = {pytun::LocalForward{"127.0.0.1", 0, "127.0.0.1", echo.port()}, socks};
+    REQUIRE(manager.apply({o, tunnel("alpha", echo.port())}).error == std::error_code{});
+    REQUIRE(t::wait_until(
+        [&] {
+            auto fw = find(manager, "fw");
+            auto alpha = find(manager, "alpha");
+            return fw && fw->state == pytun::ManagedState::up && fw->forwards.size() == 2 &&
+                   fw->forwards[0].serving && fw->forwards[1].serving && alpha &&
+                   alpha->state == pytun::ManagedState::up && alpha->service_checked;
+        },
+        30s));
+    pytun::StatusServerOptions so;
+    so.port = 0;
+    so.tunnel_manager_id = "test-manager-1";
+    pytun::StatusServer status(so, manager);
+    std::string message;
+    REQUIRE(status.start(message) == std::error_code{});
+    httplib::Client c("127.0.0.1", status.port());
+    c.set_read_timeout(10, 0);
+
+    const std::uint16_t local = find(manager, "fw")->forwards[0].bound_port;
+    REQUIRE(local != 0);
+    auto load = t::run_echo_load(local, 4, 256 * 1024, 60s);
+    CHECK(load.ok == 4);
+
+    json api;
+    REQUIRE(t::wait_until(
+        [&] {
+            auto r = c.Get("/api/v1/tunnels");
+            if (!r)
+                return false;
+            api = json::parse(r->body);
+            for (auto &tj : api["tunnels"])
+                if (tj["name"] == "fw")
+                    return tj["forwards"][0]["bytes"]["from_service"].get<std::uint64_t>() >= 4 * 256 * 1024;
+            return false;
+        },
+        10s));
+    keep_example("tunnels-forwards.json", c.Get("/api/v1/tunnels")->body);
+    for (auto &tj : api["tunnels"]) {
+        if (tj["name"] != "fw") {
+            REQUIRE(tj["forwards"].size() == 1); // the reverse tunnel, as a forward
+            CHECK(tj["forwards"][0]["description"].get<std::string>().rfind("R 127.0.0.1:0 -> 127.0.0.1:", 0) == 0);
+            CHECK(tj["forwards"][0]["serving"] == true);
+            CHECK(tj["forwards"][0]["bound_port"] == tj["listen_port"]);
+            continue;
+        }
+        CHECK(tj["remote_host"] == "");
+        CHECK(tj["remote_port"] == 0);
+        CHECK(tj["sessions"].get<int>() >= 1);
+        REQUIRE(tj["forwards"].size() == 2);
+        const auto &l = tj["forwards"][0];
+        CHECK(l["description"] == "L 127.0.0.1:0 -> 127.0.0.1:" + std::to_string(echo.port()));
+        CHECK(l["serving"] == true);
+        CHECK(l["bound_port"] == local);
+        CHECK(l["error"].is_null());
+        CHECK(l["connections"]["total"].get<int>() >= 4);
+        CHECK(l["bytes"]["to_service"].get<std::uint64_t>() >= 4 * 256 * 1024);
+        CHECK(l["connection_setup_seconds"]["count"].get<int>() >= 4);
+        CHECK(tj["forwards"][1]["description"] == "D 127.0.0.1:0 (SOCKS)");
+        CHECK(tj["forwards"][1]["connections"]["total"] == 0); // its own counters
+        CHECK(tj["connections"]["total"] == l["connections"]["total"]); // the tunnel's are the sum
+    }
+
+    auto metrics = c.Get("/metrics");
+    REQUIRE(metrics);
+    CHECK(h::bad_metrics_line(metrics->body) == "");
+    const std::string label =
+        "{tunnel=\"fw\",forward=\"L 127.0.0.1:0 -> 127.0.0.1:" + std::to_string(echo.port()) + "\"}";
+    CHECK(h::metric(metrics->body, "pytun_forward_up" + label) == 1);
+    CHECK(h::metric(metrics->body, "pytun_forward_listen_port" + label) == local);
+    CHECK(h::metric(metrics->body, "pytun_forward_sent_bytes_total" + label) >= 4 * 256 * 1024);
+    CHECK(h::metric(metrics->body, "pytun_forward_connections_total" + label) >= 4);
+    CHECK(h::metric(metrics->body, "pytun_forward_up{tunnel=\"fw\",forward=\"D 127.0.0.1:0 (SOCKS)\"}") == 1);
+    CHECK(h::metric(metrics->body, "pytun_tunnel_sessions{tunnel=\"fw\"}") >= 1);
+
+    auto st = json::parse(c.Get("/status")->body);
+    CHECK(st["fw"] == json{{"remote_host", ""}, {"remote_port", 0}, {"status", true}});
+    CHECK(st["alpha"]["remote_port"] == echo.port());
+    CHECK(st["alpha"]["status"] == true);
+    status.stop();
+    manager.stop();
+}
+
 namespace {
 
 // A channel of our own: delivers into memory, or refuses (permanently).

@@ -799,3 +799,263 @@ TEST_CASE("helpers: e-mail syntax and edit distance")
     CHECK(edit_distance("", "abc") == 3);
     CHECK(edit_distance("kitten", "sitting") == 3);
 }
+
+namespace {
+
+/// A main file with one tunnel directory holding `files` (name -> text), each
+/// tunnel file with a key and known_hosts next to it.
+LoadResult load_tunnel_files(const TempDir &tmp, const std::vector<std::pair<std::string, std::string>> &files,
+                             fs::perms mode = fs::perms::owner_read | fs::perms::owner_write)
+{
+    write_file(tmp.path / "connector.ini", "[pytun]\ntunnel_manager_id = x\ntunnel_dirs = t\n");
+    write_file(tmp.path / "t/k", "k\n");
+    write_file(tmp.path / "t/kh", "kh\n");
+    for (const auto &[name, text] : files)
+        write_file(tmp.path / "t" / name, text, mode);
+    return pytun::load_config((tmp.path / "connector.ini").string());
+}
+
+const std::string k_connection = "[tunnel]\n"             // 1
+                                 "server_host = bastion\n" // 2
+                                 "username = u\n"          // 3
+                                 "keyfile = k\n"           // 4
+                                 "server_key = kh\n";      // 5
+
+} // namespace
+
+TEST_CASE("forwards in an INI tunnel file: ssh's forms, several over one connection, in the order written")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(tmp, {{"db.ini", k_connection +
+                                                          "local_forward = 5432:db.internal:5432, "
+                                                          "[::1]:6379:[fd00::7]:6379\n"       // 6
+                                                          "dynamic_forward = 1080\n"          // 7
+                                                          "remote_forward = 10389:ldap:389 "
+                                                          "*:1081   # reverse SOCKS\n"         // 8
+                                                          "local_forward = 8080:web:80\n"     // 9: adds
+                                                          "socks_allow = 10.0.0.0/8:389, "
+                                                          "*.corp.example:443\n"              // 10
+                                                          "socks_user = alice\n"
+                                                          "socks_password = \"s3cret pass\"\n"
+                                                          "max_sessions = 4\n"
+                                                          "open_timeout = 3\n"}});
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(r.diagnostics.empty()); // no remote_host, and not asked for: the file declares forwards
+    const pytun::TunnelConfig &t = r.config->tunnels.at(0);
+    CHECK(t.remote_host.empty());
+    REQUIRE(t.forwards.size() == 6);
+    std::vector<std::string> described;
+    for (const auto &f : t.forwards)
+        described.push_back(pytun::describe(f));
+    CHECK(described == std::vector<std::string>{"L 127.0.0.1:5432 -> db.internal:5432", "L [::1]:6379 -> [fd00::7]:6379",
+                                                "D 127.0.0.1:1080 (SOCKS)", "R localhost:10389 -> ldap:389",
+                                                "R 0.0.0.0:1081 (SOCKS)", "L 127.0.0.1:8080 -> web:80"});
+    const std::vector<std::string> allow = {"10.0.0.0/8:389", "*.corp.example:443"};
+    CHECK(t.socks_allow == allow);
+    const auto &d = std::get<pytun::DynamicForward>(t.forwards[2]);
+    CHECK(d.allow == allow);
+    CHECK(d.username == "alice");
+    CHECK(d.password == "s3cret pass");
+    CHECK(std::get<pytun::RemoteDynamicForward>(t.forwards[4]).allow == allow);
+
+    const pytun::TunnelOptions o = pytun::to_tunnel_options(t);
+    CHECK(o.forwards == t.forwards);
+    CHECK(o.remote_host.empty());
+    CHECK(o.max_sessions == 4);
+    CHECK(o.open_timeout == std::chrono::seconds(3));
+    CHECK(pytun::all_forwards(o).size() == 6); // no classic reverse tunnel in front
+
+    SUBCASE("defaults")
+    {
+        TempDir other;
+        LoadResult d2 = load_tunnel_files(other, {{"s.ini", k_connection + "dynamic_forward = 1080\n"}});
+        REQUIRE(d2.ok());
+        const auto &c = d2.config->tunnels.at(0);
+        CHECK(c.max_sessions == 8);
+        CHECK(c.open_timeout == std::chrono::seconds(10));
+        CHECK(pytun::to_tunnel_options(c).open_timeout == std::chrono::seconds(10));
+    }
+    SUBCASE("socks_allow without a SOCKS forward warns that it has no effect")
+    {
+        TempDir other;
+        LoadResult l = load_tunnel_files(other, {{"l.ini", k_connection + "local_forward = 5432:db:5432\n" // 6
+                                                               "socks_allow = 10.0.0.0/8\n"}});        // 7
+        INFO(dump(l));
+        REQUIRE(l.ok());
+        CHECK(count(l, W, "/l.ini", 7, "socks_allow", "has no effect") == 1);
+        CHECK(l.diagnostics.size() == 1);
+    }
+}
+
+TEST_CASE("an existing tunnel file loads exactly as before, and may add forwards to its reverse tunnel")
+{
+    TempDir tmp;
+    const std::string classic = k_connection + "remote_host = ldap.local\nremote_port = 389\n";
+    LoadResult r = load_tunnel_files(tmp, {{"both.ini", classic + "port = 10390\nlocal_forward = 5432:db:5432\n"},
+                                           {"ldap.ini", classic + "port = 10389\n"}});
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(r.diagnostics.empty());
+    const auto &both = r.config->tunnels.at(0);
+    const auto &ldap = r.config->tunnels.at(1);
+    CHECK(ldap.forwards.empty());
+    const pytun::TunnelOptions o = pytun::to_tunnel_options(ldap);
+    CHECK(o.forwards.empty());
+    CHECK(o.remote_host == "ldap.local");
+    CHECK(o.remote_port == 389);
+    CHECK(o.listen_port == 10389);
+    CHECK(o.max_sessions == pytun::TunnelOptions{}.max_sessions);
+    CHECK(o.open_timeout == pytun::TunnelOptions{}.open_timeout);
+    auto all = pytun::all_forwards(pytun::to_tunnel_options(both));
+    REQUIRE(all.size() == 2);
+    CHECK(pytun::describe(all[0]) == "R localhost:10390 -> ldap.local:389");
+    CHECK(pytun::describe(all[1]) == "L 127.0.0.1:5432 -> db:5432");
+
+    // The classic port and a remote_forward of another tunnel on one bastion port.
+    TempDir other;
+    r = load_tunnel_files(other, {{"a.ini", classic + "port = 10389\n"},
+                                  {"b.ini", k_connection + "remote_forward = 10389:x:1\n"}});
+    CHECK(count(r, E, "/b.ini", 6, "remote_forward", "a.ini:8") == 1);
+}
+
+TEST_CASE("forward keys: every mistake named with file, line and key")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(
+        tmp, {{"a.ini", k_connection +
+                            "local_forward = 8080:db\n"                      // 6
+                            "dynamic_forward = 1080:x:1\n"                   // 7
+                            "remote_forward = 1081\n"                        // 8: reverse SOCKS, no socks_allow
+                            "remote_forward = 99999:h:1\n"                   // 9
+                            "local_forward = [::1:80:h:1\n"                  // 10
+                            "socks_user = bob\n"                             // 11: no password
+                            "max_sessions = 0\n"                             // 12
+                            "open_timeout = soon\n"                          // 13
+                            "port = 4001\n"},                                // 14: ignored without remote_host
+              {"b.ini", k_connection +
+                            "dynamic_forward = 1080, 1080\n"                 // 6: twice
+                            "socks_allow = 10.0.0.0/33, 10.0.0.0/8:90-80\n"  // 7
+                            "local_forward = 0.0.0.0:5000:h:1\n"             // 8
+                            "local_forward = 127.0.0.1:5000:h:2\n"           // 9: inside 0.0.0.0:5000
+                            "remote_forward = 7000:h:1\n"},                  // 10
+              {"c.ini", k_connection + "remote_forward = 7000:other:1\n"     // 6: b.ini's bastion port
+                                       "dynamic_forward = 1080\n"}});        // 7: b.ini's local port
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    struct Expected {
+        Diagnostic::Severity sev;
+        const char *file;
+        int line;
+        const char *key;
+        const char *word;
+    };
+    const std::vector<Expected> expected = {
+        {E, "/a.ini", 6, "local_forward", "'8080:db': expected [BIND:]PORT:HOST:HOSTPORT"},
+        {E, "/a.ini", 7, "dynamic_forward", "'1080:x:1': expected [BIND:]PORT"},
+        {E, "/a.ini", 8, "remote_forward", "'1081' has no HOST:HOSTPORT, so it is reverse SOCKS"},
+        {E, "/a.ini", 9, "remote_forward", "listen port '99999' is not a port"},
+        {E, "/a.ini", 10, "local_forward", "'[' without ']'"},
+        {E, "/a.ini", 11, "socks_user", "go together"},
+        {W, "/a.ini", 11, "socks_user", "no dynamic_forward"},
+        {E, "/a.ini", 12, "max_sessions", "from 1 to 64"},
+        {E, "/a.ini", 13, "open_timeout", "not a number"},
+        {W, "/a.ini", 14, "port", "used only with remote_host"},
+
+        {E, "/b.ini", 6, "dynamic_forward", "127.0.0.1:1080 is also where dynamic_forward in"},
+        {E, "/b.ini", 7, "socks_allow", "'10.0.0.0/33': mask must be 0-32"},
+        {E, "/b.ini", 7, "socks_allow", "port range 90-80 is reversed"},
+        {E, "/b.ini", 9, "local_forward", "b.ini:8 listens"},
+
+        {E, "/c.ini", 6, "remote_forward", "port 7000 on bastion:22 is also used by the tunnel in"},
+        {E, "/c.ini", 7, "dynamic_forward", "127.0.0.1:1080 is also where dynamic_forward in"},
+    };
+    for (const Expected &x : expected) {
+        CAPTURE(x.file);
+        CAPTURE(x.line);
+        CAPTURE(x.key);
+        CAPTURE(x.word);
+        CHECK(count(r, x.sev, x.file, x.line, x.key, x.word) == 1);
+    }
+    CHECK(r.diagnostics.size() == expected.size());
+}
+
+TEST_CASE("socks_password is a secret: never quoted, and its file must be private")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(tmp,
+                                     {{"s.ini", k_connection + "dynamic_forward = 1080\nsocks_user = u\n"
+                                                               "socks_password = " + std::string(300, 'P') + "\n"}},
+                                     k_0644);
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "/s.ini", 8, "socks_password", "longer than 255 bytes") == 1);
+    CHECK(count(r, W, "/s.ini", 8, "socks_password", "chmod 600") == 1);
+    CHECK(dump(r).find("PPPP") == std::string::npos);
+
+    // TOML: the main file holds it, and is checked once.
+    write_file(tmp.path / "k", "k\n");
+    write_file(tmp.path / "kh", "kh\n");
+    write_file(tmp.path / "c.toml",
+               "[pytun]\ntunnel_manager_id = \"x\"\n\n"
+               "[[tunnel]]\nserver_host = \"b\"\nusername = \"u\"\nkeyfile = \"k\"\nserver_key = \"kh\"\n" // 4-8
+               "dynamic_forward = [\"1080\"]\nsocks_user = \"u\"\nsocks_password = \"Socks-Pa55\"\n",      // 9-11
+               k_0644);
+    r = pytun::load_config((tmp.path / "c.toml").string());
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(count(r, W, "/c.toml", 11, "socks_password", "chmod 600") == 1);
+    CHECK(r.diagnostics.size() == 1);
+    CHECK(std::get<pytun::DynamicForward>(r.config->tunnels.at(0).forwards.at(0)).password == "Socks-Pa55");
+    CHECK(dump(r).find("Socks-Pa55") == std::string::npos);
+}
+
+TEST_CASE("forwards in TOML: arrays or strings, and wrong types say what to write")
+{
+    TempDir tmp;
+    write_file(tmp.path / "k", "k\n");
+    write_file(tmp.path / "kh", "kh\n");
+    const std::string connection = "[pytun]\n"                            // 1
+                                   "tunnel_manager_id = \"x\"\n"          // 2
+                                   "[[tunnel]]\n"                         // 3
+                                   "server_host = \"b\"\n"                // 4
+                                   "username = \"u\"\n"                   // 5
+                                   "keyfile = \"k\"\n"                    // 6
+                                   "server_key = \"kh\"\n";               // 7
+    LoadResult r = pytun::load_config_from_string(connection +
+                                                      "local_forward = [\"5432:db:5432\", \"8080:web:80\"]\n" // 8
+                                                      "remote_forward = \"1081\"\n"                           // 9
+                                                      "socks_allow = [\"10.0.0.0/8\"]\n"                      // 10
+                                                      "open_timeout = 0\n",                                   // 11
+                                                  "toml", tmp.path.string());
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    const auto &t = r.config->tunnels.at(0);
+    REQUIRE(t.forwards.size() == 3);
+    CHECK(pytun::describe(t.forwards[1]) == "L 127.0.0.1:8080 -> web:80");
+    CHECK(std::get<pytun::RemoteDynamicForward>(t.forwards[2]).allow == std::vector<std::string>{"10.0.0.0/8"});
+    CHECK(t.open_timeout == std::chrono::seconds(0));
+
+    r = pytun::load_config_from_string(connection + "local_forward = 5432\n"           // 8
+                                                    "socks_allow = [1, 2]\n"           // 9
+                                                    "max_sessions = \"4\"\n"           // 10
+                                                    "remote_forward = [\"x:y\"]\n",    // 11
+                                       "toml", tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "<string>", 8, "local_forward", "write local_forward = [\"5432:db.internal:5432\"]") == 1);
+    CHECK(count(r, E, "<string>", 9, "socks_allow", "array of strings") == 1);
+    CHECK(count(r, E, "<string>", 10, "max_sessions", "without quotes") == 1);
+    CHECK(count(r, E, "<string>", 11, "remote_forward", "'y' is not a port") == 1);
+    // No forward parsed, but forward keys are there: remote_host is not demanded.
+    CHECK(count(r, E, "<string>", 3, "remote_host", "missing") == 0);
+    CHECK(r.diagnostics.size() == 4);
+}
+
+TEST_CASE("a tunnel without remote_host and without forwards still needs remote_host")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(tmp, {{"x.ini", k_connection}});
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "/x.ini", 1, "remote_host", "missing") == 1);
+}

@@ -24,9 +24,14 @@ int check_config(const std::string &config_path)
     }
     std::cout << "pytun: " << config->main_file << " is valid: " << config->tunnels.size()
               << (config->tunnels.size() == 1 ? " tunnel" : " tunnels") << "\n";
-    for (const auto &t : config->tunnels)
-        std::cout << "  " << t.tunnel_name << ": " << t.server_host << ":" << t.server_port << " port " << t.port
-                  << " -> " << t.remote_host << ":" << t.remote_port << " (" << t.source_file << ")\n";
+    for (const auto &t : config->tunnels) {
+        std::cout << "  " << t.tunnel_name << ": " << t.server_host << ":" << t.server_port;
+        if (!t.remote_host.empty())
+            std::cout << " port " << t.port << " -> " << t.remote_host << ":" << t.remote_port;
+        std::cout << " (" << t.source_file << ")\n";
+        for (const auto &forward : t.forwards)
+            std::cout << "    " << describe(forward) << "\n";
+    }
     if (!config->connector.signature.empty())
         std::cout << "  " << device.message << "\n";
     // The limit the connector will run with: the hard one (it raises the

@@ -8,8 +8,16 @@ namespace pytun::cli {
 
 int test_connections(const Config &config, std::ostream &out)
 {
-    int failed = 0;
+    int failed = 0, probed = 0;
     for (const auto &t : config.tunnels) {
+        // Only the classic reverse tunnel has a local service of its own: the
+        // targets of local forwards are reached from the bastion, and SOCKS
+        // clients choose theirs (--test_tunnels checks what it can).
+        if (t.remote_host.empty()) {
+            out << "  -      " << t.tunnel_name << ": no remote_host (forwards only): nothing to connect to here\n";
+            continue;
+        }
+        ++probed;
         ServiceHealth h = HealthMonitor::probe(t.remote_host, t.remote_port, std::chrono::seconds(2));
         out << "  " << (h.reachable ? "ok    " : "FAILED") << " " << t.tunnel_name << ": " << t.remote_host << ":"
             << t.remote_port;
@@ -19,8 +27,7 @@ int test_connections(const Config &config, std::ostream &out)
             out << ": " << h.error << "\n";
         failed += !h.reachable;
     }
-    out << "connections: " << config.tunnels.size() - static_cast<std::size_t>(failed) << " of "
-        << config.tunnels.size() << " reachable\n";
+    out << "connections: " << probed - failed << " of " << probed << " reachable\n";
     return failed ? k_exit_connections_failed : k_exit_ok;
 }
 

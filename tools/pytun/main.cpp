@@ -28,6 +28,8 @@ std::string help_examples()
            "    pytun --config_ini /etc/pytun/connector.ini --test_tunnels\n"
            "  everything above as one readable report:\n"
            "    pytun --config_ini /etc/pytun/connector.ini --test_all\n"
+           "  forward ports through one SSH connection, like ssh -N (see pytun forward --help):\n"
+           "    pytun forward -r tunnel@bastion.example.com -i key --known-hosts known_hosts -L 5432:db:5432\n"
            "  make a key that may only listen on one tunnel's port:\n"
            "    pytun --make-key /etc/pytun/tunnels/ldap.ini\n"
            "  the versions of pytun, libssh2 and OpenSSL:\n"
@@ -85,13 +87,18 @@ int main(int argc, char **argv)
     ForwardArgs fwd;
     CLI::App *forward = app.add_subcommand(
         "forward", "forward ports through one SSH connection, like ssh -N -L/-D/-R: in the foreground until "
-                   "SIGTERM/SIGINT, reconnecting by itself");
-    forward->add_option("-r,--remote", fwd.remote, "the bastion")->type_name("[USER@]HOST[:PORT]")->required();
+                   "SIGTERM, SIGINT or SIGHUP (then exit 0), reconnecting by itself; exit 2 for a command line that "
+                   "cannot work, 1 when the bastion, its host key or the key refuse or no forward can listen");
+    forward->add_option("-r,--remote", fwd.remote, "the bastion (an IPv6 address in brackets when a port follows)")
+        ->type_name("[USER@]HOST[:PORT]")
+        ->required();
     forward->add_option("-i,--identity", fwd.key_file, "private key (OpenSSH or PEM)")->type_name("KEYFILE")->required();
     forward->add_option("--known-hosts", fwd.known_hosts, "known_hosts file with the bastion's host key")
         ->type_name("FILE")
         ->required();
-    forward->add_option("-L", fwd.local, "listen here, connect from the bastion (repeatable)")
+    forward->add_option("-L", fwd.local,
+                        "listen here (127.0.0.1 without BIND; * for every interface), connect from the bastion "
+                        "(repeatable)")
         ->type_name("[BIND:]PORT:HOST:HOSTPORT")
         ->allow_extra_args(false);
     forward->add_option("-D", fwd.dynamic, "SOCKS 4/4a/5 proxy here, connections from the bastion (repeatable)")
@@ -106,21 +113,30 @@ int main(int argc, char **argv)
                         "destinations the SOCKS forwards (-D, -R without target) may reach (repeatable)")
         ->type_name("CIDR[:PORT[-PORT]]|HOST[:PORT[-PORT]]")
         ->allow_extra_args(false);
-    forward->add_option("--socks-user", fwd.socks_user, "-D clients must authenticate (RFC 1929) as this user");
-    forward->add_option("--socks-password-file", fwd.socks_password_file, "the first line is the -D password")
+    forward->add_option("--socks-user", fwd.socks_user, "-D clients must authenticate (RFC 1929) as this user")
+        ->type_name("USER");
+    forward->add_option("--socks-password-file", fwd.socks_password_file,
+                        "the first line is the --socks-user password (not on the command line, where ps shows it)")
         ->type_name("FILE");
     forward->add_option("--keep-alive", fwd.keep_alive, "seconds between health checks (0: none)")
+        ->check(CLI::Range(0, 86400))
         ->capture_default_str();
     forward->add_option("--max-sessions", fwd.max_sessions,
                         "SSH connections for bursts of opens (-L, -D), the first included")
+        ->check(CLI::Range(1, 64))
         ->capture_default_str();
-    forward->add_option("--grace", fwd.grace, "seconds open connections get to finish on SIGTERM/SIGINT")
+    forward->add_option("--grace", fwd.grace, "seconds open connections get to finish when stopped")
+        ->check(CLI::Range(0, 3600))
         ->capture_default_str();
-    forward->add_flag("-v,--verbose", fwd.verbose, "log every connection (debug level)");
+    forward->add_flag("-v,--verbose", fwd.verbose, "log the library's lines from debug level on (every connection)");
     forward->footer("Examples:\n"
-                    "  pytun forward -r tunnel@bastion.example.com -i ~/.ssh/id_ed25519 --known-hosts kh \\\n"
-                    "      -L 5432:db.internal:5432 -D 1080\n"
-                    "  pytun forward -r tunnel@bastion -i key --known-hosts kh -R 1080 --allow 10.0.0.0/8:389");
+                    "  a database and a SOCKS proxy through the bastion:\n"
+                    "    pytun forward -r tunnel@bastion.example.com -i ~/.ssh/id_ed25519 --known-hosts kh \\\n"
+                    "        -L 5432:db.internal:5432 -D 1080\n"
+                    "  the bastion's clients reach LDAP and SMTP here through reverse SOCKS on its port 1080:\n"
+                    "    pytun forward -r tunnel@[2001:db8::1]:2222 -i key --known-hosts kh -R 1080 \\\n"
+                    "        --allow 10.0.0.0/8:389 --allow smtp.corp.example:25\n"
+                    "More: man pytun; " PYTUN_DOCDIR "/docs/cli.md");
 
     try {
         app.parse(argc, argv);

@@ -61,15 +61,27 @@ struct ConnectorConfig {
     friend bool operator==(const ConnectorConfig &, const ConnectorConfig &) = default;
 };
 
-/// One tunnel (`[tunnel]` section of a tunnel file, or a TOML `[[tunnel]]`).
+/// One tunnel (`[tunnel]` section of a tunnel file, or a TOML `[[tunnel]]`):
+/// one SSH connection, carrying the original connector's reverse tunnel
+/// (`port` -> `remote_host`:`remote_port`) and/or the forwards of
+/// `local_forward`, `dynamic_forward` and `remote_forward`.
 struct TunnelConfig {
     std::string tunnel_name;                ///< default: the tunnel file's path
     std::string server_host;                ///< required
     std::uint16_t server_port = 22;
     std::uint16_t port = 4000;              ///< port the bastion listens on
     std::string bind_address;               ///< address the bastion binds; empty: its default
-    std::string remote_host;                ///< required
+    std::string remote_host;                ///< required unless the tunnel declares forwards; empty: no reverse tunnel
     std::uint16_t remote_port = 22;
+    /// local_forward, dynamic_forward and remote_forward, in the order
+    /// written, with socks_allow, socks_user and socks_password applied to
+    /// the SOCKS ones.
+    std::vector<ForwardSpec> forwards;
+    std::vector<std::string> socks_allow;   ///< destinations SOCKS clients may reach; empty: any (-D only)
+    std::string socks_user;                 ///< set: dynamic_forward clients must authenticate (RFC 1929)
+    std::string socks_password;
+    unsigned max_sessions = 8;              ///< SSH connections for channel opens, the tunnel's own included
+    std::chrono::seconds open_timeout{10};  ///< per channel pytun opens; 0: no limit
     std::string username;                   ///< required
     std::string keyfile;                    ///< required; absolute
     std::string server_key;                 ///< known_hosts file; absolute; empty: none
@@ -130,7 +142,7 @@ PYTUN_EXPORT LoadResult load_config_from_string(std::string_view text, std::stri
                                                 std::string base_dir);
 
 /// The engine's options for a tunnel read from a file (name, paths, ports,
-/// keep_alive_time; config_path is the file it came from).
+/// keep_alive_time, forwards; config_path is the file it came from).
 PYTUN_EXPORT TunnelOptions to_tunnel_options(const TunnelConfig &tunnel);
 
 } // namespace pytun

@@ -36,9 +36,9 @@ struct TunnelStatus {
     std::string config_path;             ///< TunnelOptions::config_path
     std::string server_host;
     std::uint16_t server_port = 0;
-    std::uint16_t listen_port = 0;       ///< on the bastion (the bound one once up)
-    std::string remote_host;
-    std::uint16_t remote_port = 0;
+    std::uint16_t listen_port = 0;       ///< of the first forward (the reverse tunnel's on the bastion), once up
+    std::string remote_host;             ///< empty: the tunnel has no reverse tunnel (forwards only)
+    std::uint16_t remote_port = 0;       ///< 0 without remote_host
 
     ManagedState state = ManagedState::stopped;
     std::chrono::system_clock::time_point state_since;

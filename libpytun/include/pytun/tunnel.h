@@ -83,6 +83,11 @@ PYTUN_EXPORT std::string describe(const ForwardSpec &forward);
 /// ("'8080:db': expected [BIND:]PORT:HOST:HOSTPORT") when it does not parse.
 PYTUN_EXPORT std::optional<ForwardSpec> parse_forward(char kind, std::string_view text, std::string &error);
 
+/// Whether `rule` is a destination rule an allowlist (DynamicForward::allow,
+/// RemoteDynamicForward::allow) takes: false and `error` set ("'10.0.0.0/33':
+/// mask must be 0-32") when it is not. The syntax: docs/destinations.md.
+PYTUN_EXPORT bool check_destination(std::string_view rule, std::string &error);
+
 /// Everything one tunnel needs: the SSH connection, and what it carries.
 /// Only the configured key is used (no agent, no key discovery) and the
 /// bastion's host key is always verified against known_hosts_file.

@@ -184,6 +184,8 @@ bool load_tunnel_dir(const BuiltConnector &main, const std::string &main_file, D
             continue;
         }
         BuiltTunnel t = build_tunnel(*tunnel, path.parent_path(), file, diag);
+        if (t.secret_line)
+            check_private_mode(path, file, t.secret_line, "socks_password", "holds a password", diag);
         t.config.source_file = file;
         t.config.source_name = path.stem().string();
         out.push_back(std::move(t));
@@ -200,15 +202,27 @@ LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> 
     if (options.check_runtime && main && main_section)
         check_runtime_needs(*main_section, main->config.log_path, !main->config.smtp_hostname.empty(),
                             !main->config.http_url.empty(), diag);
-    if (main && main->holds_secrets && real_file && main_section) {
+    // The main file's first secret: its own, else a TOML tunnel's socks_password.
+    int secret_line = 0;
+    std::string secret_key;
+    if (main && main->holds_secrets && main_section) {
         for (const RawValue &v : main_section->entries) {
             if ((v.key == "smtp_password" || v.key == "http_password" || v.key == "inspection_token") &&
                 !(v.kind == RawValue::Kind::text && v.text.empty())) {
-                check_private_mode(*real_file, display, v.line, v.key, "holds passwords", diag);
+                secret_line = v.line;
+                secret_key = v.key;
                 break;
             }
         }
     }
+    for (const BuiltTunnel &t : tunnels) {
+        if (!secret_line && t.secret_line && t.file == display) {
+            secret_line = t.secret_line;
+            secret_key = "socks_password";
+        }
+    }
+    if (secret_line && real_file)
+        check_private_mode(*real_file, display, secret_line, secret_key, "holds passwords", diag);
     LoadResult result;
     if (!diag.has_errors() && main) {
         Config c;
@@ -362,6 +376,9 @@ TunnelOptions to_tunnel_options(const TunnelConfig &tunnel)
     o.remote_port = tunnel.remote_port;
     o.keep_alive = tunnel.keep_alive_time;
     o.max_connections = tunnel.max_connections;
+    o.forwards = tunnel.forwards;
+    o.max_sessions = tunnel.max_sessions;
+    o.open_timeout = tunnel.open_timeout;
     o.config_path = tunnel.source_file;
     return o;
 }

@@ -12,8 +12,12 @@
 #include <map>
 #include <optional>
 #include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
 
 #include "config/file_checks.h"
+#include "forward/destination.h"
 #include "util/text.h"
 
 namespace pytun::config {
@@ -31,11 +35,24 @@ constexpr std::array<std::string_view, 27> k_main_keys = {
     "http_rate_limit",   "alert_reminder_interval",            "log_max_mb_per_day",
 };
 
-constexpr std::array<std::string_view, 15> k_tunnel_keys = {
-    "tunnel_name", "connector_name", "server_host",     "server_port", "port",
-    "bind_address", "remote_host",   "remote_port",     "username",    "keyfile",
-    "server_key",  "keep_alive_time", "log_level",      "log_to_console", "max_connections",
+constexpr std::array<std::string_view, 23> k_tunnel_keys = {
+    "tunnel_name",   "connector_name",  "server_host",    "server_port",    "port",
+    "bind_address",  "remote_host",     "remote_port",    "username",       "keyfile",
+    "server_key",    "keep_alive_time", "log_level",      "log_to_console", "max_connections",
+    "local_forward", "dynamic_forward", "remote_forward", "socks_allow",    "socks_user",
+    "socks_password", "max_sessions",   "open_timeout",
 };
+
+// Keys that take a list and may be written on several lines, each adding to
+// it (as LocalForward in ssh_config); every other key set twice warns.
+constexpr std::array<std::string_view, 4> k_list_keys = {
+    "local_forward", "dynamic_forward", "remote_forward", "socks_allow",
+};
+
+// ssh's option letter for each forward key (parse_forward's `kind`).
+constexpr std::array<std::pair<std::string_view, char>, 3> k_forward_keys = {{
+    {"local_forward", 'L'}, {"dynamic_forward", 'D'}, {"remote_forward", 'R'},
+}};
 
 constexpr std::string_view k_bool_words = "1, yes, true, on, 0, no, false or off";
 
@@ -77,6 +94,10 @@ public:
                 continue;
             }
             std::string key = canonical_key(v.key);
+            if (std::find(k_list_keys.begin(), k_list_keys.end(), key) != k_list_keys.end()) {
+                lists_[key].push_back(&v);
+                continue;
+            }
             auto [it, fresh] = values_.try_emplace(key, &v);
             if (!fresh) {
                 diag.warning(s.file, v.line, v.key,
@@ -87,10 +108,21 @@ public:
         }
     }
 
+    /// The value of a key; for a list key its first line.
     const RawValue *find(const std::string &key) const
     {
+        if (auto list = lists_.find(key); list != lists_.end())
+            return list->second.front();
         auto it = values_.find(key);
         return it == values_.end() ? nullptr : it->second;
+    }
+
+    /// Every line of a list key, in file order.
+    const std::vector<const RawValue *> &all(const std::string &key) const
+    {
+        static const std::vector<const RawValue *> none;
+        auto it = lists_.find(key);
+        return it == lists_.end() ? none : it->second;
     }
 
     int line(const std::string &key) const
@@ -113,6 +145,15 @@ public:
     void warning(const std::string &key, std::string message) const
     {
         diag_.warning(section_.file, line(key), written(key), std::move(message));
+    }
+    /// For one line of a list key.
+    void error_at(const RawValue &v, std::string message) const
+    {
+        diag_.error(section_.file, v.line, v.key, std::move(message));
+    }
+    void error_at(int line, const std::string &key, std::string message) const
+    {
+        diag_.error(section_.file, line, key, std::move(message));
     }
 
     /// Empty when unset or empty.
@@ -235,6 +276,7 @@ private:
     const RawSection &section_;
     Diagnostics &diag_;
     std::map<std::string, const RawValue *> values_;
+    std::map<std::string, std::vector<const RawValue *>> lists_;
 };
 
 /// Error when `p` is not a readable regular file; true when it is.
@@ -259,7 +301,9 @@ bool check_readable(const Fields &f, const std::string &key, const fs::path &p, 
     return true;
 }
 
-std::vector<std::string> split_addresses(const RawValue &v)
+/// The items of a list value: a TOML array item by item, text split at any
+/// of `separators` (empty items dropped).
+std::vector<std::string> split_list(const RawValue &v, std::string_view separators)
 {
     std::vector<std::string> out;
     if (v.kind == RawValue::Kind::string_array) {
@@ -269,20 +313,120 @@ std::vector<std::string> split_addresses(const RawValue &v)
     }
     std::string_view rest = v.text;
     while (!rest.empty()) {
-        std::size_t comma = rest.find(',');
-        std::string_view part = trim(rest.substr(0, comma));
+        std::size_t end = rest.find_first_of(separators);
+        std::string_view part = trim(rest.substr(0, end));
         if (!part.empty())
             out.emplace_back(part);
-        if (comma == std::string_view::npos)
+        if (end == std::string_view::npos)
             break;
-        rest.remove_prefix(comma + 1);
+        rest.remove_prefix(end + 1);
     }
     return out;
 }
 
+/// Forms of ssh's forwards and destination rules hold neither commas nor
+/// white space, so either separates them.
+constexpr std::string_view k_list_separators = ", \t";
+
 bool starts_with_nocase(std::string_view s, std::string_view prefix)
 {
     return s.size() >= prefix.size() && to_lower(s.substr(0, prefix.size())) == prefix;
+}
+
+/// The items of a list key, each with its line; a TOML value that is neither
+/// a string nor an array of strings is reported.
+std::vector<std::pair<std::string, int>> list_items(const Fields &f, const std::string &key, const std::string &example)
+{
+    std::vector<std::pair<std::string, int>> out;
+    for (const RawValue *v : f.all(key)) {
+        if (v->kind != RawValue::Kind::text && v->kind != RawValue::Kind::string_array) {
+            f.error_at(*v, "must be a string or an array of strings: write " + key + " = [\"" + example + "\"]");
+            continue;
+        }
+        for (auto &item : split_list(*v, k_list_separators))
+            out.emplace_back(std::move(item), v->line);
+    }
+    return out;
+}
+
+/// local_forward, dynamic_forward and remote_forward in the order written
+/// (ssh's forms, read by parse_forward so that errors read as the library's),
+/// then socks_allow, socks_user and socks_password applied to the SOCKS ones.
+/// True when any forward key is present, valid or not.
+bool read_forwards(const Fields &f, BuiltTunnel &out)
+{
+    TunnelConfig &t = out.config;
+    struct Written {
+        int line;
+        std::string text;
+        ForwardSpec spec;
+    };
+    std::vector<Written> written;
+    bool declared = false;
+    for (const auto &[key, kind] : k_forward_keys) {
+        const std::string name(key);
+        declared = declared || !f.all(name).empty();
+        const std::string example = kind == 'D' ? "1080" : kind == 'L' ? "5432:db.internal:5432" : "10389:ldap.internal:389";
+        for (const auto &[text, line] : list_items(f, name, example)) {
+            std::string error;
+            if (auto spec = parse_forward(kind, text, error))
+                written.push_back({line, text, std::move(*spec)});
+            else
+                f.error_at(line, name, error);
+        }
+    }
+    // Stable: items of one line keep their order.
+    std::stable_sort(written.begin(), written.end(), [](const Written &a, const Written &b) { return a.line < b.line; });
+
+    for (const auto &[rule, line] : list_items(f, "socks_allow", "10.0.0.0/8:389")) {
+        std::string error;
+        if (detail::parse_destination(rule, error))
+            t.socks_allow.push_back(rule);
+        else
+            f.error_at(line, "socks_allow", error);
+    }
+    t.socks_user = f.string("socks_user");
+    t.socks_password = f.string("socks_password");
+    if (t.socks_user.empty() != t.socks_password.empty())
+        f.error(t.socks_user.empty() ? "socks_password" : "socks_user",
+                "socks_user and socks_password go together: set both (SOCKS5 clients then log in, RFC 1929) or "
+                "neither");
+    // RFC 1929 carries each in one length byte.
+    auto at_most_255 = [&f](const std::string &key, const std::string &value) {
+        if (value.size() > 255)
+            f.error(key, "is longer than 255 bytes, the most SOCKS5 can carry (RFC 1929): shorten it");
+    };
+    at_most_255("socks_user", t.socks_user);
+    at_most_255("socks_password", t.socks_password);
+    if (!t.socks_password.empty())
+        out.secret_line = f.line("socks_password");
+
+    bool dynamic = false, socks = false;
+    for (Written &w : written) {
+        if (auto *d = std::get_if<DynamicForward>(&w.spec)) {
+            d->allow = t.socks_allow;
+            d->username = t.socks_user;
+            d->password = t.socks_password;
+            dynamic = socks = true;
+        } else if (auto *r = std::get_if<RemoteDynamicForward>(&w.spec)) {
+            r->allow = t.socks_allow;
+            socks = true;
+            if (t.socks_allow.empty() && !f.find("socks_allow"))
+                f.error_at(w.line, "remote_forward",
+                           quote_value("remote_forward", w.text) + " has no HOST:HOSTPORT, so it is reverse SOCKS: the bastion's "
+                           "clients choose where pytun connects in this network; say where they may go with "
+                           "socks_allow (e.g. socks_allow = 10.0.0.0/8:389), or add the target "
+                           "(remote_forward = PORT:HOST:HOSTPORT)");
+        }
+        t.forwards.push_back(std::move(w.spec));
+        out.forward_lines.push_back(w.line);
+    }
+    if (!t.socks_allow.empty() && !socks) // a socks_allow in error is reported already
+        f.warning("socks_allow", "no SOCKS forward (dynamic_forward, or remote_forward without HOST:HOSTPORT) to "
+                                 "apply it to: it has no effect");
+    if (f.find("socks_user") && !dynamic)
+        f.warning("socks_user", "no dynamic_forward to log in to: socks_user and socks_password have no effect");
+    return declared;
 }
 
 } // namespace
@@ -387,7 +531,7 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
     c.smtp_from = f.string("smtp_from");
     if (const RawValue *to = f.find("smtp_to")) {
         if (to->kind == RawValue::Kind::text || to->kind == RawValue::Kind::string_array)
-            c.smtp_to = split_addresses(*to);
+            c.smtp_to = split_list(*to, ",");
         else
             f.error("smtp_to", "must be a string or an array of strings: write smtp_to = \"ops@example.com\"");
     }
@@ -476,7 +620,16 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
     t.port = f.port("port", 4000, "the port the bastion listens on");
     out.port_line = f.line("port");
     t.bind_address = f.string("bind_address");
-    t.remote_host = f.required("remote_host", "the local service's host");
+    // The classic reverse tunnel is required only of a file that declares no forwards.
+    const bool forwards = read_forwards(f, out);
+    if (forwards && !f.find("remote_host")) {
+        for (const char *key : {"port", "remote_port", "bind_address"})
+            if (f.find(key))
+                f.warning(key, "used only with remote_host (the reverse tunnel port -> remote_host:remote_port), "
+                               "which is not set: ignored; for more reverse forwards use remote_forward");
+    } else {
+        t.remote_host = f.required("remote_host", "the local service's host");
+    }
     t.remote_port = f.port("remote_port", 22, "the local service's port");
     t.username = f.required("username", "the SSH user on the bastion");
 
@@ -503,16 +656,73 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
         f.integer("keep_alive_time", 30, 1, 86400, "the seconds between health checks"));
     t.max_connections = static_cast<std::uint32_t>(f.integer(
         "max_connections", 512, 1, 1'000'000, "the most forwarded connections this tunnel keeps open at once"));
+    t.max_sessions = static_cast<unsigned>(f.integer(
+        "max_sessions", 8, 1, 64, "the most SSH connections to the bastion for channel opens, the first included"));
+    t.open_timeout = std::chrono::seconds(f.integer(
+        "open_timeout", 10, 0, 3600, "the seconds the bastion gets to connect a forwarded connection (0: no limit)"));
     t.log_level = f.log_level("log_level", LogLevel::debug);
     t.log_to_console = f.boolean("log_to_console", false);
     return out;
 }
 
+namespace {
+
+/// Where something was asked for: the file, its line and the key.
+struct Place {
+    const BuiltTunnel *tunnel;
+    int line;
+    std::string key;
+    std::string where() const { return tunnel->file + ":" + std::to_string(line); }
+};
+
+/// Two local listeners collide on the same port when their addresses are
+/// equal or one is a wildcard that covers the other (:: covers both families).
+bool same_listener(const std::string &a, const std::string &b)
+{
+    auto wildcard_of = [](const std::string &wild, const std::string &other) {
+        return wild == "::" || (wild == "0.0.0.0" && other.find(':') == std::string::npos);
+    };
+    return a == b || wildcard_of(a, b) || wildcard_of(b, a);
+}
+
+std::string host_port(const std::string &host, std::uint16_t port)
+{
+    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+} // namespace
+
 void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag)
 {
     std::map<std::string, const BuiltTunnel *> names;
-    std::map<std::string, const BuiltTunnel *> binds;
+    std::map<std::string, Place> binds;
     std::map<std::string, const BuiltTunnel *> logs;
+    std::map<std::uint16_t, std::vector<std::pair<std::string, Place>>> listeners; // by port: address, place
+    auto bastion_port = [&](const BuiltTunnel &t, std::uint16_t port, Place place) {
+        const TunnelConfig &c = t.config;
+        if (c.server_host.empty() || port == 0)
+            return;
+        std::string bind = to_lower(c.server_host) + ":" + std::to_string(c.server_port) + ":" + std::to_string(port);
+        if (auto [it, fresh] = binds.try_emplace(bind, place); !fresh)
+            diag.error(t.file, place.line, place.key,
+                       "port " + std::to_string(port) + " on " + c.server_host + ":" + std::to_string(c.server_port) +
+                           " is also used by the tunnel in " + it->second.where() +
+                           ": the bastion can bind a port only once; choose another port");
+    };
+    auto local_port = [&](const BuiltTunnel &t, const std::string &address, std::uint16_t port, Place place) {
+        if (port == 0)
+            return;
+        auto &taken = listeners[port];
+        for (const auto &[other, where] : taken) {
+            if (same_listener(address, other)) {
+                diag.error(t.file, place.line, place.key,
+                           host_port(address, port) + " is also where " + where.key + " in " + where.where() +
+                               " listens: two forwards cannot listen on one address and port; choose another port");
+                return;
+            }
+        }
+        taken.emplace_back(address, place);
+    };
     for (const BuiltTunnel &t : tunnels) {
         const TunnelConfig &c = t.config;
         if (auto [it, fresh] = names.try_emplace(c.tunnel_name, &t); !fresh) {
@@ -526,15 +736,20 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
                            lit->second->file + ":" + std::to_string(lit->second->name_line) +
                            ": rename one of them");
         }
-        if (!c.server_host.empty()) {
-            std::string bind = to_lower(c.server_host) + ":" + std::to_string(c.server_port) + ":" +
-                               std::to_string(c.port);
-            if (auto [it, fresh] = binds.try_emplace(bind, &t); !fresh)
-                diag.error(t.file, t.port_line, "port",
-                           "port " + std::to_string(c.port) + " on " + c.server_host + ":" +
-                               std::to_string(c.server_port) + " is also used by the tunnel in " + it->second->file +
-                               ":" + std::to_string(it->second->port_line) +
-                               ": the bastion can bind a port only once; choose another port");
+        if (!c.remote_host.empty())
+            bastion_port(t, c.port, {&t, t.port_line, "port"});
+        for (std::size_t i = 0; i < c.forwards.size(); ++i) {
+            const int line = t.forward_lines[i];
+            std::visit(
+                [&](const auto &f) {
+                    using Kind = std::decay_t<decltype(f)>;
+                    if constexpr (std::is_same_v<Kind, RemoteForward> || std::is_same_v<Kind, RemoteDynamicForward>)
+                        bastion_port(t, f.listen_port, {&t, line, "remote_forward"});
+                    else
+                        local_port(t, f.bind_address, f.listen_port,
+                                   {&t, line, std::is_same_v<Kind, LocalForward> ? "local_forward" : "dynamic_forward"});
+                },
+                c.forwards[i]);
         }
     }
 }

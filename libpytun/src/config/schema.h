@@ -30,6 +30,8 @@ struct BuiltTunnel {
     int section_line = 0;
     int name_line = 0;
     int port_line = 0;
+    std::vector<int> forward_lines; ///< where each of config.forwards was written
+    int secret_line = 0;          ///< where socks_password is set, else 0
 };
 
 BuiltConnector build_connector(const RawSection &s, const std::filesystem::path &base_dir, Format format,
@@ -40,7 +42,9 @@ BuiltConnector build_connector(const RawSection &s, const std::filesystem::path 
 BuiltTunnel build_tunnel(const RawSection &s, const std::filesystem::path &base_dir, std::string default_name,
                          Diagnostics &diag);
 
-/// Duplicate names, two tunnels on the same bastion port, shared log files.
+/// Duplicate names, shared log files, a bastion port asked for twice (by the
+/// classic `port` or a remote_forward), a local address and port listened on
+/// twice (local_forward, dynamic_forward).
 void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag);
 
 /// Syntax only: the original's DNS lookup made start-up fail without public DNS.

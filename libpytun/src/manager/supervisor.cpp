@@ -80,9 +80,12 @@ Supervisor::Supervisor(asio::io_context &io, TunnelOptions options, const Manage
     status.config_path = options_.config_path;
     status.server_host = options_.server_host;
     status.server_port = options_.server_port;
-    status.listen_port = options_.listen_port;
+    // A tunnel of other forwards only has no reverse tunnel: no bastion port
+    // until its first forward serves, no local service.
+    const bool reverse = !options_.remote_host.empty();
+    status.listen_port = reverse ? options_.listen_port : 0;
     status.remote_host = options_.remote_host;
-    status.remote_port = options_.remote_port;
+    status.remote_port = reverse ? options_.remote_port : 0;
     status.state = ManagedState::stopped;
     status.state_since = std::chrono::system_clock::now();
     board_.put(options_.name, generation_, std::move(status));

@@ -63,6 +63,9 @@ constexpr std::string_view k_head = R"HTML(<!DOCTYPE html>
   .error { max-width:420px; word-break:break-word; }
   .error.current { color:#9b2c2c; }
   .error.old { color:var(--muted); }
+  .forwards { margin:4px 0 0; padding:0; list-style:none; font-size:12px; }
+  .forward { color:var(--muted); white-space:nowrap; }
+  .forward.failed { color:#9b2c2c; white-space:normal; }
   #status { color:var(--muted); padding:0 24px 16px; }
   #status.stale { color:#c53030; font-weight:600; }
 </style>
@@ -169,7 +172,8 @@ constexpr std::string_view k_tail = R"HTML(</script>
     if (view.state && t.state !== view.state) return false;
     if (!view.q) return true;
     const hay = [t.name, t.server_host + ":" + t.listen_port, t.remote_host + ":" + t.remote_port,
-                 t.last_error ? t.last_error.message : ""].join("\n").toLowerCase();
+                 t.last_error ? t.last_error.message : ""]
+                .concat(t.forwards.map((f) => f.description + "\n" + (f.error || ""))).join("\n").toLowerCase();
     return hay.includes(view.q.toLowerCase());
   }
 
@@ -179,8 +183,24 @@ constexpr std::string_view k_tail = R"HTML(</script>
     tr.dataset.state = t.state;
     const name = document.createElement("td");
     name.appendChild(text("div", t.name));
-    const bastion = t.server_host + ":" + (t.listen_port ? t.listen_port : "…");
-    name.appendChild(text("div", bastion + " → " + t.remote_host + ":" + t.remote_port, "sub"));
+    if (t.remote_host) {
+      const bastion = t.server_host + ":" + (t.listen_port ? t.listen_port : "…");
+      name.appendChild(text("div", bastion + " → " + t.remote_host + ":" + t.remote_port, "sub"));
+    } else {
+      name.appendChild(text("div", "via " + t.server_host + ":" + t.server_port, "sub"));
+    }
+    // The forwards, unless the reverse tunnel of the line above is the only one.
+    if (t.forwards.length > (t.remote_host ? 1 : 0)) {
+      const list = document.createElement("ul");
+      list.className = "forwards";
+      for (const f of t.forwards) {
+        const state = f.serving ? "port " + f.bound_port + ", " + f.connections.active + " open"
+                                : "NOT serving: " + (f.error || "starting");
+        const item = text("li", f.description + " · " + state, "forward " + (f.serving ? "serving" : "failed"));
+        list.appendChild(item);
+      }
+      name.appendChild(list);
+    }
     tr.appendChild(name);
     const state = document.createElement("td");
     const badge = document.createElement("span");
@@ -196,6 +216,7 @@ constexpr std::string_view k_tail = R"HTML(</script>
     conns.className = "num connections";
     conns.appendChild(text("div", t.connections.active + " open"));
     conns.appendChild(text("div", t.connections.total + " total, " + t.connections.failed + " failed", "sub"));
+    if (t.sessions > 1) conns.appendChild(text("div", t.sessions + " SSH sessions", "sub sessions"));
     tr.appendChild(conns);
     tr.appendChild(text("td", t.rate ? "↓ " + bytes(t.rate.down) + "/s  ↑ " + bytes(t.rate.up) + "/s" : "–",
                         "num throughput"));
@@ -206,6 +227,7 @@ constexpr std::string_view k_tail = R"HTML(</script>
     tr.appendChild(traffic);
     let service = "not checked";
     if (t.service.checked) service = t.service.reachable ? "reachable" : "unreachable";
+    else if (!t.remote_host) service = "none (forwards only)";
     const svc = text("td", service, "service");
     if (t.probe_rtt_seconds !== null) svc.appendChild(text("div", "probe " + (t.probe_rtt_seconds * 1000).toFixed(1) + " ms", "sub"));
     tr.appendChild(svc);

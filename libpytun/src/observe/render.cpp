@@ -62,6 +62,37 @@ const std::string &status_key(const TunnelStatus &t)
     return t.config_path.empty() ? t.name : t.config_path;
 }
 
+// Counters of a tunnel or of one forward, in the same shape.
+void add_traffic(ordered_json &j, const TunnelStats &traffic)
+{
+    j["connections"] = {{"active", traffic.connections_active},
+                        {"total", traffic.connections_total},
+                        {"failed", traffic.connections_failed},
+                        {"refused", traffic.connections_refused}};
+    j["bytes"] = {{"to_service", traffic.bytes_to_service}, {"from_service", traffic.bytes_from_service}};
+    j["connection_setup_seconds"] = {{"count", traffic.connection_setup.count},
+                                     {"sum", traffic.connection_setup.sum_seconds}};
+}
+
+ordered_json forward_json(const ForwardStatus &f)
+{
+    ordered_json j;
+    j["description"] = f.description;
+    j["serving"] = f.serving;
+    j["bound_port"] = f.serving ? ordered_json(f.bound_port) : ordered_json(nullptr);
+    j["error"] = f.error.empty() ? ordered_json(nullptr) : ordered_json(f.error);
+    add_traffic(j, f.traffic);
+    return j;
+}
+
+// A tunnel of forwards only (no remote_host) has no local service of its
+// own: it is well when it serves and every forward does.
+bool all_serving(const TunnelStatus &t)
+{
+    return serving(t.state) && std::all_of(t.forwards.begin(), t.forwards.end(),
+                                           [](const ForwardStatus &f) { return f.serving; });
+}
+
 ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_point now)
 {
     ordered_json j;
@@ -104,13 +135,12 @@ ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_
     // Seconds, as in /metrics (pytun_tunnel_probe_rtt_seconds).
     j["probe_rtt_seconds"] = t.probe_rtt.count() >= 0 ? ordered_json(static_cast<double>(t.probe_rtt.count()) / 1e6)
                                                        : ordered_json(nullptr);
-    j["connections"] = {{"active", t.traffic.connections_active},
-                        {"total", t.traffic.connections_total},
-                        {"failed", t.traffic.connections_failed},
-                        {"refused", t.traffic.connections_refused}};
-    j["bytes"] = {{"to_service", t.traffic.bytes_to_service}, {"from_service", t.traffic.bytes_from_service}};
-    j["connection_setup_seconds"] = {{"count", t.traffic.connection_setup.count},
-                                     {"sum", t.traffic.connection_setup.sum_seconds}};
+    add_traffic(j, t.traffic);
+    j["sessions"] = t.sessions;
+    ordered_json forwards = ordered_json::array();
+    for (const auto &f : t.forwards)
+        forwards.push_back(forward_json(f));
+    j["forwards"] = std::move(forwards);
     return j;
 }
 
@@ -257,7 +287,9 @@ std::string render_status(const RenderContext &ctx, const Snapshot &snap)
         if (reserved.count(t.name))
             continue;
         // `status`: the local service accepted the HealthMonitor's last TCP
-        // probe; not probed yet counts as not reachable, as a failed connect did.
+        // probe; not probed yet counts as not reachable, as a failed connect
+        // did. A tunnel of forwards only has no service: every forward serves.
+        const bool well = t.remote_host.empty() ? all_serving(t) : t.service_checked && t.service_reachable;
         out += ',';
         out += text(t.name);
         out += ":{\"remote_host\":";
@@ -265,7 +297,7 @@ std::string render_status(const RenderContext &ctx, const Snapshot &snap)
         out += ",\"remote_port\":";
         out += std::to_string(t.remote_port);
         out += ",\"status\":";
-        out += t.service_checked && t.service_reachable ? "true" : "false";
+        out += well ? "true" : "false";
         out += '}';
     }
     out += ",\"tunnel_manager_id\":";
@@ -444,6 +476,60 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
                });
     per_tunnel("pytun_tunnel_port_held", "gauge", "1 while the bastion still holds the port for another session.",
                [](const TunnelStatus &t) { return std::string(t.port_held ? "1" : "0"); });
+    per_tunnel("pytun_tunnel_sessions", "gauge",
+               "SSH connections to the bastion now (the tunnel's own, and extra ones for bursts of channel opens).",
+               [](const TunnelStatus &t) { return number(std::uint64_t(t.sessions)); });
+
+    // Per forward: labels tunnel and forward (its description, made unique
+    // within the tunnel), computed once for every family.
+    std::vector<std::vector<std::string>> forward_labels;
+    forward_labels.reserve(snap.tunnels.size());
+    for (const auto &t : snap.tunnels) {
+        auto &labels = forward_labels.emplace_back();
+        std::set<std::string> seen;
+        for (std::size_t i = 0; i < t.forwards.size(); ++i) {
+            std::string name = t.forwards[i].description;
+            if (!seen.insert(name).second) {
+                name += " #" + std::to_string(i + 1);
+                seen.insert(name);
+            }
+            labels.push_back(label("tunnel", t.name) + "," + label("forward", name));
+        }
+    }
+    auto per_forward = [&](const char *name, const char *type, const char *help, auto &&value) {
+        Family f(out, name, type, help);
+        for (std::size_t i = 0; i < snap.tunnels.size(); ++i) {
+            const auto &forwards = snap.tunnels[i].forwards;
+            for (std::size_t k = 0; k < forwards.size(); ++k) {
+                std::string v = value(forwards[k]);
+                if (!v.empty())
+                    f.sample(forward_labels[i][k], v);
+            }
+        }
+    };
+    per_forward("pytun_forward_up", "gauge", "1 when the forward serves (listens, here or on the bastion).",
+                [](const ForwardStatus &f) { return std::string(f.serving ? "1" : "0"); });
+    per_forward("pytun_forward_listen_port", "gauge",
+                "The port the forward listens on (on the bastion for remote forwards), while it serves.",
+                [](const ForwardStatus &f) { return f.serving ? number(std::uint64_t(f.bound_port)) : std::string(); });
+    per_forward("pytun_forward_connections_active", "gauge", "Connections of the forward open now.",
+                [](const ForwardStatus &f) { return number(f.traffic.connections_active); });
+    per_forward("pytun_forward_connections_total", "counter", "Connections of the forward (current session).",
+                [](const ForwardStatus &f) { return number(f.traffic.connections_total); });
+    per_forward("pytun_forward_connections_failed_total", "counter",
+                "Connections of the forward that could not be connected: refused, unreachable, timed out "
+                "(current session).",
+                [](const ForwardStatus &f) { return number(f.traffic.connections_failed); });
+    per_forward("pytun_forward_connections_refused_total", "counter",
+                "Connections of the forward turned away by max_connections or the descriptor share (current "
+                "session).",
+                [](const ForwardStatus &f) { return number(f.traffic.connections_refused); });
+    per_forward("pytun_forward_received_bytes_total", "counter",
+                "Bytes of the forward received from the bastion and relayed on this side (current session).",
+                [](const ForwardStatus &f) { return number(f.traffic.bytes_to_service); });
+    per_forward("pytun_forward_sent_bytes_total", "counter",
+                "Bytes of the forward from this side sent to the bastion (current session).",
+                [](const ForwardStatus &f) { return number(f.traffic.bytes_from_service); });
 
     auto per_channel = [&](const char *name, const char *type, const char *help, auto &&value) {
         Family f(out, name, type, help);

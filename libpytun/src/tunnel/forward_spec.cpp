@@ -5,6 +5,8 @@
 
 #include <charconv>
 
+#include "forward/destination.h"
+
 namespace pytun {
 namespace {
 
@@ -164,6 +166,12 @@ std::optional<ForwardSpec> parse_forward(char kind, std::string_view text, std::
         error = "unknown forward kind '" + std::string(1, kind) + "' (L, D or R)";
         return std::nullopt;
     }
+}
+
+bool check_destination(std::string_view rule, std::string &error)
+{
+    error.clear();
+    return detail::parse_destination(rule, error).has_value();
 }
 
 } // namespace pytun
