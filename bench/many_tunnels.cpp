@@ -7,6 +7,7 @@
 //
 // The bastion chooses every listen port. Prints "READY count=N" once all are
 // up; SIGINT/SIGTERM stop it.
+#include <pytun/crypto.h>
 #include <pytun/manager.h>
 
 #include <pthread.h>
@@ -20,6 +21,7 @@
 
 int main(int argc, char **argv)
 {
+    pytun::set_aes_ctr_batching(true); // as the pytun command does
     std::map<std::string, std::string> args;
     for (int i = 1; i + 1 < argc; i += 2)
         args[std::string(argv[i]).substr(2)] = argv[i + 1];

@@ -6,6 +6,7 @@
 //
 // Prints "READY listen_port=N" once the bastion listens; SIGINT/SIGTERM stop
 // it (exit 0); a failure prints the error and exits 1.
+#include <pytun/crypto.h>
 #include <pytun/error.h>
 #include <pytun/log.h>
 #include <pytun/tunnel.h>
@@ -44,6 +45,9 @@ pytun::LogLevel parse_level(const std::string &s)
 
 int main(int argc, char **argv)
 {
+    // The benchmark runs this program: libssh2's AES-CTR in batches, as the
+    // pytun command uses it (an embedder opts in the same way, crypto.h).
+    pytun::set_aes_ctr_batching(true);
     std::map<std::string, std::string> args;
     for (int i = 1; i < argc; ++i) {
         std::string key = argv[i];

@@ -15,10 +15,10 @@
 namespace pytun::detail {
 
 /// A logger named `name` that follows set_log_level / set_log_handler.
-std::shared_ptr<spdlog::logger> make_logger(const std::string &name);
+PYTUN_CONNECTOR_USES std::shared_ptr<spdlog::logger> make_logger(const std::string &name);
 
 /// Between the public LogLevel and spdlog's levels.
-spdlog::level::level_enum to_spdlog(LogLevel level);
-LogLevel from_spdlog(spdlog::level::level_enum level);
+PYTUN_CONNECTOR_USES spdlog::level::level_enum to_spdlog(LogLevel level);
+PYTUN_CONNECTOR_USES LogLevel from_spdlog(spdlog::level::level_enum level);
 
 } // namespace pytun::detail

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 # What an operator and a packager meet: the installed files (unit, sysusers.d,
-# tmpfiles.d, man page, completion, examples) for both prefixes, --help, JSON
+# tmpfiles.d, man page, completion, examples, both libraries with their
+# headers and .pc files) for both prefixes, --help, JSON
 # log lines, logs in the journal, and /metrics.
 #   operator_test.py BINARY CASE   (meson registers one test per case)
 import json
@@ -78,6 +79,29 @@ def check_unit(unit_text, paths, column, what):
           "%s: no ConfigurationDirectory= (it would make /etc/pytun root:root, unreadable for pytun)" % what)
 
 
+def check_installed_libraries(prefix):
+    """Both libraries with their soname links and .pc files, every public header and nothing private."""
+    libs, pcs, maps = {}, {}, []
+    for root, _, files in os.walk(prefix):
+        for f in files:
+            if f.endswith(".map"):
+                maps.append(os.path.join(root, f))
+            elif f.startswith("libpytun") and ".so" in f:
+                libs[f] = os.path.join(root, f)
+            elif f.endswith(".pc"):
+                pcs[f] = open(os.path.join(root, f)).read()
+    for lib in ("libpytun", "libpytun-connector"):
+        names = sorted(n for n in libs if re.fullmatch(re.escape(lib) + r"\.so(\.[0-9.]+)?", n))
+        check(len(names) == 3 and os.path.islink(libs[lib + ".so"]),
+              "%s installed: .so link, soname link and library (%s)" % (lib, names))
+        check(lib + ".pc" in pcs and "C++20" in pcs[lib + ".pc"], "%s.pc installed and says C++20 is needed" % lib)
+    check("Requires: libpytun" in pcs["libpytun-connector.pc"], "libpytun-connector.pc requires libpytun")
+    check(not maps, "the linker version script is not installed (%s)" % maps)
+    public = sorted(os.listdir(os.path.join(REPO, "libpytun", "include", "pytun")))
+    installed = sorted(os.listdir(os.path.join(prefix, "include", "pytun")))
+    check(installed == public, "include/pytun holds every public header and nothing else (%s)" % installed)
+
+
 def case_install(binary):
     if not BUILD:
         raise Skip("PYTUN_BUILD_ROOT not set (run through meson test)")
@@ -102,6 +126,7 @@ def case_install(binary):
         check("MIT License" in open(dest + "/usr/local/share/doc/pytun/LICENSE").read(), "LICENSE: MIT")
         unit = open(dest + paths["systemd unit"][0]).read()
         check_unit(unit, paths, 0, "/usr/local")
+        check_installed_libraries(dest + "/usr/local")
 
         # systemd accepts the unit, and finds its man page where it was installed.
         staged = env.write("pytun.service", unit.replace("ExecStart=" + paths["program"][0],

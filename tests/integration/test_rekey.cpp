@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 // A bastion that re-keys often: new cipher contexts in the middle of a
-// transfer (and, with the batched AES-CTR, keystream made for the old key
-// thrown away) must not cost a byte.
+// transfer (and, with the batched AES-CTR, which this program turns on as the
+// pytun command does, keystream made for the old key thrown away) must not
+// cost a byte.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <string>
 
+#include <pytun/crypto.h>
 #include <pytun/tunnel.h>
 
 #include "bulk_transfer.h"
@@ -28,9 +30,11 @@ TEST_CASE("the bastion re-keys every 4 MiB: 64 MiB each way still arrive intact"
     server.configure("RekeyLimit 4M\nCiphers aes128-ctr\nLogLevel DEBUG1");
     constexpr std::size_t size = 64u << 20;
 
+    pytun::set_aes_ctr_batching(true);
     t::SinkService sink;
     pytun::Tunnel up(t::tunnel_options(server, sink.port()));
     REQUIRE(up.start() == std::error_code{});
+    REQUIRE(pytun::aes_ctr_implementation() == "batched keystream");
     t::check_upload(up, sink, t::random_bytes(size, 7));
     CHECK(up.state() == pytun::TunnelState::up);
     up.stop();

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: MIT
-// Uses every public header with nothing but the standard library and libpytun.
+// Uses every public header with nothing but the standard library, libpytun and
+// libpytun-connector.
 #include <pytun/alerter.h>
 #include <pytun/config.h>
+#include <pytun/connector_config.h>
 #include <pytun/crypto.h>
+#include <pytun/device.h>
 #include <pytun/error.h>
 #include <pytun/health.h>
 #include <pytun/resources.h>
 #include <pytun/log.h>
+#include <pytun/logging.h>
 #include <pytun/manager.h>
 #include <pytun/status_server.h>
 #include <pytun/subscription.h>

@@ -2,7 +2,8 @@
 // The batched AES-CTR provider (ssh/batched_ctr.h) against OpenSSL's default
 // provider: same bytes for every key size, call size, counter wrap, IV or key
 // change and context copy; and libssh2's way of asking (EVP_CipherInit with
-// EVP_aes_128_ctr()) really lands on it.
+// EVP_aes_128_ctr()) really lands on it once the program turns it on, as the
+// pytun command does.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -73,6 +74,7 @@ void run_in_pieces(EVP_CIPHER_CTX *ctx, Bytes &data, std::mt19937 &rng, std::siz
 
 TEST_CASE("libssh2's AES-CTR lands on the batched provider, which agrees with OpenSSL's")
 {
+    pytun::set_aes_ctr_batching(true);
     pytun::detail::ensure_libssh2_initialised();
     REQUIRE(pytun::aes_ctr_implementation() == "batched keystream");
 

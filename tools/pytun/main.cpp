@@ -8,6 +8,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <pytun/crypto.h>
+
 namespace {
 
 // An example for each mode, after the flags in --help (and in pytun(1)).
@@ -51,6 +53,8 @@ int main(int argc, char **argv)
     sigaddset(&blocked, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
     signal(SIGPIPE, SIG_IGN);
+    // The process is ours: libssh2's AES-CTR in batches (opt-in for embedders).
+    pytun::set_aes_ctr_batching(true);
 
     CLI::App app{"pytun: keeps reverse SSH tunnels up (drop-in for the pytun connector).\n"
                  "Without a test flag it runs the connector until SIGTERM/SIGINT; SIGHUP reloads.",

@@ -13,7 +13,7 @@
 #include <system_error>
 #include <vector>
 
-#include <pytun/config.h>
+#include <pytun/connector_config.h>
 #include <pytun/export.h>
 #include <pytun/subscription.h>
 

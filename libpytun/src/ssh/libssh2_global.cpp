@@ -16,7 +16,9 @@ namespace pytun::detail {
 
 namespace {
 
-std::atomic<bool> batching_wanted{true};
+// Off unless the program asks (pytun/crypto.h): the provider and the default
+// property query change OpenSSL for the whole process.
+std::atomic<bool> batching_wanted{false};
 std::atomic<const char *> ctr_implementation{"not decided yet"};
 
 const char *describe(BatchedCtrStatus status)
@@ -45,7 +47,7 @@ void ensure_libssh2_initialised()
         // releases what libssh2_init took.
         if (libssh2_init(0) != 0)
             throw std::runtime_error("libssh2_init failed");
-        ctr_implementation = batching_wanted ? describe(install_batched_aes_ctr()) : "OpenSSL (batching turned off)";
+        ctr_implementation = batching_wanted ? describe(install_batched_aes_ctr()) : "OpenSSL (batching not turned on)";
     });
 }
 

@@ -52,7 +52,7 @@ private:
 
 class FdBudget {
 public:
-    static FdBudget &instance();
+    PYTUN_CONNECTOR_USES static FdBudget &instance();
 
     /// How many tunnels share the budget (the manager sets it on apply).
     void set_tunnels(std::size_t tunnels);

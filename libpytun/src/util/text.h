@@ -20,22 +20,22 @@ inline constexpr std::size_t k_quote_max = 80;
 /// "..." and the total length appended, so that a 256 MiB line prints as
 /// 80 bytes and nothing in it can move a terminal's cursor or forge a
 /// second log line.
-std::string printable(std::string_view text, std::size_t max_bytes = k_quote_max);
+PYTUN_CONNECTOR_USES std::string printable(std::string_view text, std::size_t max_bytes = k_quote_max);
 
 /// Index of the first byte a config value must not contain (a control
 /// character other than tab: NUL, ESC, CR, DEL, U+0080..U+009F), or npos.
-std::size_t find_control_char(std::string_view text);
+PYTUN_CONNECTOR_USES std::size_t find_control_char(std::string_view text);
 
 /// A key as written (`alert.SMTP_Password`, `"db_secret"`) reduced to the
 /// name that says what it holds: lower case, the last part of a dotted TOML
 /// key, quotes removed.
-std::string key_name(std::string_view key);
+PYTUN_CONNECTOR_USES std::string key_name(std::string_view key);
 
 /// True for key names whose values are secrets: smtp_password,
 /// http_password, signature, inspection_token and every name containing
 /// password, passwd, passphrase, token, secret, api_key, apikey,
 /// credential, signature or private_key. A dotted TOML key is judged by its
 /// last part, quotes removed.
-bool is_secret_key(std::string_view key);
+PYTUN_CONNECTOR_USES bool is_secret_key(std::string_view key);
 
 } // namespace pytun::detail
