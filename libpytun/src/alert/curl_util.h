@@ -30,7 +30,7 @@ struct CurlApi {
     decltype(&::curl_slist_free_all) slist_free_all = nullptr;
     std::string error; ///< why loading failed; empty when loaded
 };
-const CurlApi &curl_api();
+PYTUN_CONNECTOR_USES const CurlApi &curl_api();
 
 /// curl_global_init once per process (it is not thread-safe to race it).
 void curl_global_once();

@@ -79,7 +79,7 @@ struct DestinationRule {
 
 /// Parses one rule. On failure returns nothing and sets `error` to a message
 /// that quotes the rule and names the bad part ("'10.0.0.0/33': mask must be 0-32").
-std::optional<DestinationRule> parse_destination(std::string_view text, std::string &error);
+PYTUN_CONNECTOR_USES std::optional<DestinationRule> parse_destination(std::string_view text, std::string &error);
 
 /// The address rules a name rule stands for once the caller has resolved the
 /// name to `addresses` (sshuttle's "a host name: all its addresses"): one per

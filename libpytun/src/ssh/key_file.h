@@ -22,7 +22,7 @@ struct KeyFileInfo {
 
 /// Reads `path` and fills `info`. On failure returns Errc::key_file_unreadable
 /// (or key_unsupported) and puts the reason, naming the file, in `message`.
-std::error_code inspect_key_file(const std::string &path, KeyFileInfo &info, std::string &message);
+PYTUN_CONNECTOR_USES std::error_code inspect_key_file(const std::string &path, KeyFileInfo &info, std::string &message);
 
 /// The whole key file; key_file_unreadable with the reason otherwise.
 std::error_code read_key_text(const std::string &path, std::string &text, std::string &message);

@@ -19,7 +19,7 @@ namespace pytun::detail {
 /// The known_hosts entries that concern one host:port, read line by line so a
 /// bad line costs only that line (libssh2_knownhost_readfile stops at the
 /// first one it cannot parse).
-class KnownHosts {
+class PYTUN_CONNECTOR_USES KnownHosts {
 public:
     /// Parses `path` for `host`:`port`. Unparseable lines are logged with their
     /// line number and skipped. Returns known_hosts_unreadable if the file
