@@ -808,8 +808,8 @@ LoadResult load_tunnel_files(const TempDir &tmp, const std::vector<std::pair<std
                              fs::perms mode = fs::perms::owner_read | fs::perms::owner_write)
 {
     write_file(tmp.path / "connector.ini", "[pytun]\ntunnel_manager_id = x\ntunnel_dirs = t\n");
-    write_file(tmp.path / "t/k", "k\n");
-    write_file(tmp.path / "t/kh", "kh\n");
+    write_file(tmp.path / "t/k", k_key);
+    write_file(tmp.path / "t/kh", "bastion ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureHostKeyNotReal0000000000000000000\n");
     for (const auto &[name, text] : files)
         write_file(tmp.path / "t" / name, text, mode);
     return pytun::load_config((tmp.path / "connector.ini").string());
@@ -990,12 +990,12 @@ TEST_CASE("socks_password is a secret: never quoted, and its file must be privat
     INFO(dump(r));
     CHECK_FALSE(r.ok());
     CHECK(count(r, E, "/s.ini", 8, "socks_password", "longer than 255 bytes") == 1);
-    CHECK(count(r, W, "/s.ini", 8, "socks_password", "chmod 600") == 1);
+    CHECK(count(r, W, "/s.ini", 8, "socks_password", "chmod 640") == 1);
     CHECK(dump(r).find("PPPP") == std::string::npos);
 
     // TOML: the main file holds it, and is checked once.
-    write_file(tmp.path / "k", "k\n");
-    write_file(tmp.path / "kh", "kh\n");
+    write_file(tmp.path / "k", k_key);
+    write_file(tmp.path / "kh", "b ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureHostKeyNotReal0000000000000000000\n");
     write_file(tmp.path / "c.toml",
                "[pytun]\ntunnel_manager_id = \"x\"\n\n"
                "[[tunnel]]\nserver_host = \"b\"\nusername = \"u\"\nkeyfile = \"k\"\nserver_key = \"kh\"\n" // 4-8
@@ -1004,7 +1004,7 @@ TEST_CASE("socks_password is a secret: never quoted, and its file must be privat
     r = pytun::load_config((tmp.path / "c.toml").string());
     INFO(dump(r));
     REQUIRE(r.ok());
-    CHECK(count(r, W, "/c.toml", 11, "socks_password", "chmod 600") == 1);
+    CHECK(count(r, W, "/c.toml", 11, "socks_password", "chmod 640") == 1);
     CHECK(r.diagnostics.size() == 1);
     CHECK(std::get<pytun::DynamicForward>(r.config->tunnels.at(0).forwards.at(0)).password == "Socks-Pa55");
     CHECK(dump(r).find("Socks-Pa55") == std::string::npos);
@@ -1013,8 +1013,8 @@ TEST_CASE("socks_password is a secret: never quoted, and its file must be privat
 TEST_CASE("forwards in TOML: arrays or strings, and wrong types say what to write")
 {
     TempDir tmp;
-    write_file(tmp.path / "k", "k\n");
-    write_file(tmp.path / "kh", "kh\n");
+    write_file(tmp.path / "k", k_key);
+    write_file(tmp.path / "kh", "b ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureHostKeyNotReal0000000000000000000\n");
     const std::string connection = "[pytun]\n"                            // 1
                                    "tunnel_manager_id = \"x\"\n"          // 2
                                    "[[tunnel]]\n"                         // 3
