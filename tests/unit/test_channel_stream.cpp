@@ -32,7 +32,8 @@ public:
     {
         auto space = upload_space();
         const std::size_t n = std::min(space.size(), bytes.size());
-        std::memcpy(space.data(), bytes.data(), n);
+        if (n) // an empty span may have no storage behind it
+            std::memcpy(space.data(), bytes.data(), n);
         uploaded(n);
         return n;
     }

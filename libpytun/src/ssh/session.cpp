@@ -219,6 +219,12 @@ std::string SshSession::last_error_text() const
 
 void SshSession::submit(const char *what, std::function<int()> attempt, std::function<void(int)> done, Lane lane)
 {
+    // A closed session runs nothing more. Dropping the operation also drops
+    // what its callbacks hold (often their owner, which holds this session):
+    // queued, it would keep them all alive. A forward asked to stop after the
+    // bastion vanished does exactly that.
+    if (closed_)
+        return;
     lanes_[static_cast<int>(lane)].push_back({what, std::move(attempt), std::move(done)});
     wake();
 }
@@ -228,6 +234,10 @@ void SshSession::open_channel(std::shared_ptr<ChannelStream> stream, const char 
 {
     // Not a libssh2 code: the stream was closed before its open began.
     constexpr int k_abandoned = 1;
+    if (closed_) {
+        stream->abort();
+        return;
+    }
     adopt(stream);
     auto channel = std::make_shared<LIBSSH2_CHANNEL *>(nullptr);
     auto started = std::make_shared<bool>(false);
