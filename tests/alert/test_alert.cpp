@@ -663,8 +663,11 @@ TEST_CASE("a dead webhook neither blocks notify() nor stop()")
     const double p50 = us[us.size() / 2], p99 = us[us.size() * 99 / 100], max = us.back();
     MESSAGE("notify() with a black-hole webhook: p50 " << p50 << " us, p99 " << p99 << " us, max " << max
                                                        << " us");
-    CHECK(p99 < 2000);
-    CHECK(max < 50000);
+    // Not a speed target: a notify() that waited for the webhook would take
+    // the 3 s timeout (or the 100 ms retry delay); these bounds tell that
+    // apart even under ASan on a loaded machine.
+    CHECK(p99 < 50000);
+    CHECK(max < 500000);
     const auto s = alerter.stats().at(0);
     CHECK(s.dropped > 0);
     CHECK(s.queued <= 16);
