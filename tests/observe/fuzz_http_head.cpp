@@ -24,9 +24,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     (void)pytun::detail::redact_config(input, redactions);
     // Long lines: the input repeated into one line of about 20 kB, and as a
     // secret's value (linear time whatever the bytes; nothing of it kept).
+    // The first line repeated (the whole input when that line is empty: an
+    // empty piece would never make the line longer).
     std::string line = "http_password = ";
-    while (!input.empty() && line.size() < 20000)
-        line.append(input.substr(0, input.find('\n')));
+    const std::string_view first = input.substr(0, input.find('\n'));
+    const std::string_view piece = first.empty() ? input : first;
+    while (!piece.empty() && line.size() < 20000)
+        line.append(piece);
     (void)pytun::detail::redact_config(line, redactions);
     (void)pytun::detail::redact_config("x = " + std::string(input) + "\nsmtp_password " + std::string(input), redactions);
     (void)pytun::detail::private_key_kind(input);
