@@ -1003,7 +1003,7 @@ METRICS = [
     ("burst_linger_s", "bastion back to 1 connection after s", "lower", "%.1f", "burst"),
 ]
 KIND_ONLY = {"burst": "D"}  # phases that only one kind has
-CONTENDER_ORDER = ("pytun", "OpenSSH", "baseline")
+CONTENDER_ORDER = ("pytun", "pytun-warm", "OpenSSH", "baseline")
 
 
 def medians(runs):
@@ -1018,7 +1018,8 @@ def columns(results):
     """The contenders in the table, and the ratios it shows: pytun/OpenSSH,
     and pytun/baseline when the pre-refactor engine ran."""
     names = [n for n in CONTENDER_ORDER if any(n in k["contenders"] for k in results["kinds"].values())]
-    ratios = [("pytun", other) for other in ("OpenSSH", "baseline") if "pytun" in names and other in names]
+    ratios = [(mine, other) for mine, other in (("pytun", "OpenSSH"), ("pytun", "baseline"),
+                                                ("pytun-warm", "OpenSSH")) if mine in names and other in names]
     return names, ratios
 
 
@@ -1175,6 +1176,9 @@ def parse_args(argv):
                          "tunnel (skipped if not built)")
     ap.add_argument("--forward-args", default="",
                     help="extra arguments for `pytun forward`, e.g. '--max-sessions 16'")
+    ap.add_argument("--warm-args", default="",
+                    help="-L and -D: also run `pytun forward` with these arguments added, as a contender of its "
+                         "own (pytun-warm) in the same interleaved run, e.g. '--min-sessions 8 --max-sessions 16'")
     ap.add_argument("--pytun-log-level", default=None, help="passed as --log-level to the -R engine program")
     ap.add_argument("--kinds", default="R,L,D", help="comma list of forward kinds R,L,D (default all)")
     ap.add_argument("--contenders", default="pytun,ssh", help="comma list of pytun,ssh (default both)")
@@ -1219,6 +1223,7 @@ def parse_args(argv):
     if bad:
         ap.error("unknown phase/contender/kind: %s" % ", ".join(sorted(bad)))
     args.forward_args = args.forward_args.split()
+    args.warm_args = args.warm_args.split()
     args.rss_tunnels = [int(n) for n in args.rss_tunnels.split(",") if n]
     args.transfer_timeout = 20.0 + args.bytes / MiB / args.min_rate
     args.latency_timeout = 10.0 + args.latency_samples * 0.5
@@ -1281,6 +1286,11 @@ def main(argv=None):
         if "pytun" in args.contenders:
             contenders.append(Pytun(tmp, Path(args.pytun), Path(args.command), args.pytun_log_level,
                                     args.forward_args))
+            if args.warm_args:
+                warm = Pytun(tmp, Path(args.pytun), Path(args.command), args.pytun_log_level,
+                             args.forward_args + args.warm_args, name="pytun-warm")
+                warm.kinds = ("L", "D")
+                contenders.append(warm)
             if args.baseline:
                 contenders.append(Pytun(tmp, Path(args.baseline), name="baseline"))
         if "ssh" in args.contenders:

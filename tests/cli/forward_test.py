@@ -229,6 +229,8 @@ def case_errors(binary):
             (forward_args(info, "-L", "8080:db:1", "-D", "8080"), "127.0.0.1:8080 is also where"),
             (forward_args(info, "-D", "1080", "--socks-user", "u"), "go together"),
             (forward_args(info, "-D", "1080", "--max-sessions", "0"), "--max-sessions"),
+            (forward_args(info, "-D", "1080", "--min-sessions", "5", "--max-sessions", "4"),
+             "--min-sessions 5 is more than --max-sessions 4"),
             (forward_args(info, "-D", "1080", remote="u@127.0.0.1:"), "is not a port"),
             (forward_args(info, "-D", "1080", remote="u@[::1"), "'[' without ']'"),
             (forward_args(info, "-D", "1080", "--no-such-option"), "--no-such-option"),
@@ -345,6 +347,49 @@ def case_reconnect(binary):
 
 
 # --------------------------------------------------------------------------
+def connections_to(port):
+    """Established TCP connections from this machine to `port` (pytun's sessions to the bastion)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def case_warm(binary):
+    """--min-sessions keeps that many SSH connections open with no traffic at all, a burst grows the pool
+    to --max-sessions at most, and a warm connection the bastion drops is replaced by itself."""
+    with Env(binary) as env:
+        info = env.sshd()
+        echo = env.echo()
+        dp = sshd_fixture.free_port()
+        fw = Forwarder(env, forward_args(info, "-D", str(dp), "--min-sessions", "3", "--max-sessions", "5"))
+        fw.wait_for("connected to")
+        check(wait_until(lambda: connections_to(info["port"]) == 3, 30),
+              "3 SSH connections to the bastion before any traffic (%d)" % connections_to(info["port"]))
+        burst = socks_echo(("127.0.0.1", dp), ("127.0.0.1", echo.port), count=40, size=32)
+        check(burst["ok"] == 40, "a burst of 40 through the warm pool: %s" % burst)
+        check(3 <= connections_to(info["port"]) <= 5, "at most --max-sessions after the burst (%d)"
+              % connections_to(info["port"]))
+        # The bastion drops all but the two oldest connections (the tunnel's own is the oldest), below
+        # the warm minimum: the pool opens what is missing, without a restart.
+        children = sorted(sshd_fixture._children(env.sshd_proc.pid))
+        check(len(children) >= 3, "the bastion runs one process per connection (%s)" % children)
+        for pid in children[2:]:
+            kill_pid(pid, signal.SIGKILL)
+        check(wait_until(lambda: connections_to(info["port"]) == 3, 30),
+              "back to 3 connections after the bastion dropped %d (%d)" % (len(children) - 2,
+                                                                           connections_to(info["port"])))
+        check(socks_echo(("127.0.0.1", dp), ("127.0.0.1", echo.port))["ok"] == 1, "still serves")
+        check("connection lost" not in fw.text(), "the tunnel's own connection was not disturbed")
+        rc, _ = fw.stop()
+        check(rc == 0, "exit 0")
+        check(wait_until(lambda: connections_to(info["port"]) == 0, 10), "no connection left after SIGTERM")
+
+
 def get(port, path):
     with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
         return r.read()
@@ -546,6 +591,7 @@ if __name__ == "__main__":
         "busy-port": case_busy_port,
         "ipv6": case_ipv6,
         "reconnect": case_reconnect,
+        "warm": case_warm,
         "config": case_config,
         "config-check": case_config_check,
         "example": case_example,

@@ -823,6 +823,25 @@ const std::string k_connection = "[tunnel]\n"             // 1
 
 } // namespace
 
+TEST_CASE("min_sessions: at most max_sessions, and only where pytun opens channels")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(
+        tmp, {{"a.ini", k_connection + "dynamic_forward = 1080\n"            // 6
+                                       "max_sessions = 4\n"                  // 7
+                                       "min_sessions = 6\n"},                // 8
+              {"b.ini", k_connection + "remote_forward = 7000:ldap:389\n"    // 6: nothing opens channels
+                                       "min_sessions = 3\n"},                // 7
+              {"c.ini", k_connection + "local_forward = 8080:web:80\n"       // 6
+                                       "min_sessions = 0\n"}});              // 7
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "/a.ini", 8, "min_sessions", "more than max_sessions (4)") == 1);
+    CHECK(count(r, W, "/b.ini", 7, "min_sessions", "has no effect") == 1);
+    CHECK(count(r, E, "/c.ini", 7, "min_sessions", "from 1 to 64") == 1);
+    CHECK(r.diagnostics.size() == 3);
+}
+
 TEST_CASE("forwards in an INI tunnel file: ssh's forms, several over one connection, in the order written")
 {
     TempDir tmp;
@@ -838,6 +857,7 @@ TEST_CASE("forwards in an INI tunnel file: ssh's forms, several over one connect
                                                           "socks_user = alice\n"
                                                           "socks_password = \"s3cret pass\"\n"
                                                           "max_sessions = 4\n"
+                                                          "min_sessions = 2\n"
                                                           "open_timeout = 3\n"}});
     INFO(dump(r));
     REQUIRE(r.ok());
@@ -863,6 +883,7 @@ TEST_CASE("forwards in an INI tunnel file: ssh's forms, several over one connect
     CHECK(o.forwards == t.forwards);
     CHECK(o.remote_host.empty());
     CHECK(o.max_sessions == 4);
+    CHECK(o.min_sessions == 2);
     CHECK(o.open_timeout == std::chrono::seconds(3));
     CHECK(pytun::all_forwards(o).size() == 6); // no classic reverse tunnel in front
 
@@ -873,6 +894,8 @@ TEST_CASE("forwards in an INI tunnel file: ssh's forms, several over one connect
         REQUIRE(d2.ok());
         const auto &c = d2.config->tunnels.at(0);
         CHECK(c.max_sessions == 8);
+        CHECK(c.min_sessions == 1);
+        CHECK(pytun::to_tunnel_options(c).min_sessions == 1);
         CHECK(c.open_timeout == std::chrono::seconds(10));
         CHECK(pytun::to_tunnel_options(c).open_timeout == std::chrono::seconds(10));
     }

@@ -255,12 +255,16 @@ int run_forward(const ForwardArgs &args)
     std::string error;
     if (!parse_remote(args.remote, o, error))
         return usage(error);
+    if (args.min_sessions > args.max_sessions)
+        return usage("--min-sessions " + std::to_string(args.min_sessions) + " is more than --max-sessions " +
+                     std::to_string(args.max_sessions) + "; lower it or raise --max-sessions");
     o.name = o.username + "@" + host_port(o.server_host, o.server_port);
     o.key_file = args.key_file;
     o.known_hosts_file = args.known_hosts;
     o.remote_host.clear(); // no classic reverse tunnel: every forward is in `forwards`
     o.keep_alive = std::chrono::seconds(args.keep_alive);
     o.max_sessions = args.max_sessions;
+    o.min_sessions = args.min_sessions;
     std::string socks_password;
     if (!args.socks_password_file.empty() && !read_secret(args.socks_password_file, socks_password, error)) {
         std::cerr << "pytun forward: " << error << "\n";

@@ -50,6 +50,7 @@ struct ForwardArgs {
     std::string socks_password_file;
     unsigned keep_alive = 30;
     unsigned max_sessions = 8;
+    unsigned min_sessions = 1;
     unsigned grace = 5;
     bool verbose = false;
 };

@@ -129,6 +129,10 @@ int main(int argc, char **argv)
                         "SSH connections for bursts of opens (-L, -D), the first included")
         ->check(CLI::Range(1, 64))
         ->capture_default_str();
+    forward->add_option("--min-sessions", fwd.min_sessions,
+                        "of those, SSH connections kept open while idle, so that bursts find them ready")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
     forward->add_option("--grace", fwd.grace, "seconds open connections get to finish when stopped")
         ->check(CLI::Range(0, 3600))
         ->capture_default_str();

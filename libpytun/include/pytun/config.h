@@ -39,6 +39,7 @@ struct TunnelConfig {
     std::string socks_user;                 ///< set: dynamic_forward clients must authenticate (RFC 1929)
     std::string socks_password;
     unsigned max_sessions = 8;              ///< SSH connections for channel opens, the tunnel's own included
+    unsigned min_sessions = 1;              ///< of those, kept open while idle (warm for bursts)
     std::chrono::seconds open_timeout{10};  ///< per channel pytun opens; 0: no limit
     std::string username;                   ///< required
     std::string keyfile;                    ///< required; absolute

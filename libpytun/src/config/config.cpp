@@ -378,6 +378,7 @@ TunnelOptions to_tunnel_options(const TunnelConfig &tunnel)
     o.max_connections = tunnel.max_connections;
     o.forwards = tunnel.forwards;
     o.max_sessions = tunnel.max_sessions;
+    o.min_sessions = tunnel.min_sessions;
     o.open_timeout = tunnel.open_timeout;
     o.config_path = tunnel.source_file;
     return o;

@@ -35,12 +35,12 @@ constexpr std::array<std::string_view, 27> k_main_keys = {
     "http_rate_limit",   "alert_reminder_interval",            "log_max_mb_per_day",
 };
 
-constexpr std::array<std::string_view, 23> k_tunnel_keys = {
+constexpr std::array<std::string_view, 24> k_tunnel_keys = {
     "tunnel_name",   "connector_name",  "server_host",    "server_port",    "port",
     "bind_address",  "remote_host",     "remote_port",    "username",       "keyfile",
     "server_key",    "keep_alive_time", "log_level",      "log_to_console", "max_connections",
     "local_forward", "dynamic_forward", "remote_forward", "socks_allow",    "socks_user",
-    "socks_password", "max_sessions",   "open_timeout",
+    "socks_password", "max_sessions", "min_sessions",   "open_timeout",
 };
 
 // Keys that take a list and may be written on several lines, each adding to
@@ -658,6 +658,19 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
         "max_connections", 512, 1, 1'000'000, "the most forwarded connections this tunnel keeps open at once"));
     t.max_sessions = static_cast<unsigned>(f.integer(
         "max_sessions", 8, 1, 64, "the most SSH connections to the bastion for channel opens, the first included"));
+    t.min_sessions = static_cast<unsigned>(f.integer(
+        "min_sessions", 1, 1, 64, "the SSH connections to the bastion kept open while idle, the first included"));
+    if (t.min_sessions > t.max_sessions) {
+        f.error("min_sessions", "is " + std::to_string(t.min_sessions) + ", more than max_sessions (" +
+                                    std::to_string(t.max_sessions) + "); lower it or raise max_sessions");
+        t.min_sessions = t.max_sessions;
+    }
+    const bool opens_channels = std::any_of(t.forwards.begin(), t.forwards.end(), [](const ForwardSpec &spec) {
+        return std::holds_alternative<LocalForward>(spec) || std::holds_alternative<DynamicForward>(spec);
+    });
+    if (t.min_sessions > 1 && !opens_channels)
+        f.warning("min_sessions", "no local_forward or dynamic_forward opens channels here: only the tunnel's own "
+                                  "connection is kept, min_sessions has no effect");
     t.open_timeout = std::chrono::seconds(f.integer(
         "open_timeout", 10, 0, 3600, "the seconds the bastion gets to connect a forwarded connection (0: no limit)"));
     t.log_level = f.log_level("log_level", LogLevel::debug);

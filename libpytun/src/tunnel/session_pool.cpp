@@ -39,6 +39,9 @@ void SessionPool::add_primary(std::shared_ptr<SshConnection> primary)
     member.extra = false;
     members_.insert(members_.begin(), std::move(member));
     publish();
+    keep_warm();
+    if (limits_.min_sessions > 1)
+        schedule_reap(); // the reaper also restores warm sessions that were lost
 }
 
 void SessionPool::open_direct_tcpip(std::shared_ptr<ChannelStream> stream, const std::string &host,
@@ -94,6 +97,18 @@ void SessionPool::grow()
     }
 }
 
+void SessionPool::keep_warm()
+{
+    if (closed_ || std::chrono::steady_clock::now() < growth_paused_until_)
+        return;
+    std::size_t connecting = std::count_if(members_.begin(), members_.end(), [](const Member &m) { return !m.ready; });
+    while (members_.size() < std::min(limits_.min_sessions, limits_.max_sessions) &&
+           connecting < limits_.max_connecting) {
+        start_extra();
+        ++connecting;
+    }
+}
+
 void SessionPool::start_extra()
 {
     const std::uint64_t id = ++last_member_id_;
@@ -130,6 +145,7 @@ void SessionPool::on_extra_ready(std::uint64_t id)
                                                                             it->started);
     log_->debug("an extra SSH session is ready after {} ms ({} opens waiting)", took.count(), queue_.size());
     dispatch();
+    keep_warm();
 }
 
 void SessionPool::on_extra_failed(std::uint64_t id, const std::string &why)
@@ -148,6 +164,7 @@ void SessionPool::on_extra_failed(std::uint64_t id, const std::string &why)
     publish();
     check_no_streams();
     dispatch();
+    keep_warm();
 }
 
 std::size_t SessionPool::stream_count() const
@@ -202,7 +219,8 @@ void SessionPool::schedule_reap()
     });
 }
 
-// Extra sessions with no stream and no open for idle_timeout close.
+// Extra sessions with no stream and no open for idle_timeout close, as long
+// as min_sessions stay; warm ones lost meanwhile are replaced.
 void SessionPool::reap_idle()
 {
     if (closed_)
@@ -217,7 +235,7 @@ void SessionPool::reap_idle()
         }
         if (it->idle_since == std::chrono::steady_clock::time_point{})
             it->idle_since = now;
-        if (now - it->idle_since < limits_.idle_timeout) {
+        if (now - it->idle_since < limits_.idle_timeout || members_.size() <= limits_.min_sessions) {
             ++it;
             continue;
         }
@@ -227,7 +245,8 @@ void SessionPool::reap_idle()
         log_->debug("closed an idle extra SSH session ({} left)", members_.size());
     }
     publish();
-    if (members_.size() > 1)
+    keep_warm();
+    if (members_.size() > 1 || limits_.min_sessions > 1)
         schedule_reap();
 }
 

@@ -5,7 +5,8 @@
 // pool dispatches each open to a session whose open lane is free, starts
 // extra connections to the same bastion while opens wait (a few at a time, to
 // stay under the bastion's MaxStartups), and closes them when they have been
-// idle for a while. The tunnel's own connection is always the first choice.
+// idle for a while, except the min_sessions kept warm so that a burst does
+// not wait for set-ups. The tunnel's own connection is always the first choice.
 // All calls on the tunnel's loop thread.
 #pragma once
 
@@ -32,6 +33,7 @@ class SessionPool final : public ChannelOpener, public std::enable_shared_from_t
 public:
     struct Limits {
         unsigned max_sessions = 8;   ///< the tunnel's own connection included
+        unsigned min_sessions = 1;   ///< kept open while idle, the tunnel's own included
         /// Extra connections being set up at once: enough to grow to
         /// max_sessions in one wave (a second wave would wait a whole set-up,
         /// 8 round trips and sshd's start, behind the first), still under
@@ -80,6 +82,8 @@ private:
 
     void dispatch();
     void grow();
+    /// Start extra connections until min_sessions are open or connecting.
+    void keep_warm();
     void start_extra();
     void on_extra_ready(std::uint64_t id);
     void on_extra_failed(std::uint64_t id, const std::string &why);
