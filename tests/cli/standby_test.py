@@ -14,8 +14,8 @@ import time
 import urllib.error
 import urllib.request
 
-from clitest import (Env, Failure, check, echo_roundtrip, kill_pid, main, read_json_files, sshd_fixture,
-                     wait_until)
+from clitest import (Env, Failure, check, echo_roundtrip, kill_pid, main, port_accepts, read_json_files,
+                     sshd_fixture, wait_until)
 
 TUNNEL = "ldap"
 
@@ -67,7 +67,7 @@ def refused_listens(info):
 class Connector:
     """One pytun process with its own directory, status port and logs, and the tunnel `ldap`."""
 
-    def __init__(self, env, label, bastion_port, service_port, http_port, standby):
+    def __init__(self, env, label, bastion_port, service_port, http_port, standby, extra=""):
         self.env = env
         self.label = label
         self.api = sshd_fixture.free_port()
@@ -82,7 +82,7 @@ class Connector:
                   "http_url = http://127.0.0.1:%d/alert\nhttp_user = hook\nhttp_password = s3cret\n"
                   "%s" % (label, self.api, http_port, "standby = true\n" if standby else ""), 0o600)
         # The tunnel file of both connectors is the same; [pytun]'s standby applies to it.
-        env.tunnel_ini(TUNNEL, TUNNEL, bastion_port, service_port, tunnel_dir=os.path.join(d, "tunnels"))
+        env.tunnel_ini(TUNNEL, TUNNEL, bastion_port, service_port, tunnel_dir=os.path.join(d, "tunnels"), extra=extra)
         self.stderr = env.path(label + ".stderr")
         with open(self.stderr, "ab") as err:
             self.proc = env.start(["--config_ini", env.path(d, "connector.ini")], stderr=err)
@@ -161,6 +161,31 @@ def test_takeover(binary):
         check(http(b.api, "/readyz")[0] == 200, "B: /readyz 200")
 
 
+def test_multi(binary):
+    """A connection with two reverse forwards is standby as a whole when one port is taken: it holds neither,
+    and serves both once the other connector is gone."""
+    with Env(binary) as env:
+        env.sshd()
+        echo = env.echo()
+        hook_port, _ = env.webhook()
+        taken, free = sshd_fixture.free_port(), sshd_fixture.free_port()
+        a = Connector(env, "a", taken, echo.port, hook_port, standby=True)
+        a.wait_state("up", 30)
+        b = Connector(env, "b", free, echo.port, hook_port, standby=True,
+                      extra="remote_forward = %d:127.0.0.1:%d\n" % (taken, echo.port))
+        b.wait_state("standby", 30)
+        forwards = tunnel_state(b.api)["forwards"]
+        check(len(forwards) == 2 and not any(f["serving"] for f in forwards)
+              and all(f["error"].startswith("standby:") for f in forwards),
+              "B serves neither forward: %s" % [(f["description"], f["error"]) for f in forwards])
+        check(wait_until(lambda: not port_accepts(free), 10), "B gave back the port the bastion granted it (%d)" % free)
+        kill_pid(a.proc.pid, signal.SIGKILL)
+        a.proc.wait(10)
+        b.wait_state("up", 20)
+        check(echo_roundtrip(taken) and echo_roundtrip(free), "B serves both ports after the takeover")
+        check(all(f["serving"] for f in tunnel_state(b.api)["forwards"]), "both forwards serve")
+
+
 def test_off(binary):
     """Without standby = true a refused port is an error, as before: backing off, /readyz 503, a down alert."""
     with Env(binary) as env:
@@ -184,4 +209,4 @@ def test_off(binary):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main({"takeover": test_takeover, "off": test_off}))
+    raise SystemExit(main({"takeover": test_takeover, "multi": test_multi, "off": test_off}))
