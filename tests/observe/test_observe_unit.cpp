@@ -440,6 +440,46 @@ TEST_CASE("/status: a tunnel of forwards only is well while every forward serves
     CHECK(j["status_data"].contains("/etc/pytun/configs/db.ini"));
 }
 
+TEST_CASE("standby: ready, not serving, its own state sample and key in /status; takeovers counted")
+{
+    Snapshot snap = sample_snapshot();
+    snap.tunnels.erase(snap.tunnels.begin() + 1); // only the ldap tunnel, up
+    pytun::TunnelStatus s;
+    s.name = "pair";
+    s.remote_host = "127.0.0.1";
+    s.remote_port = 389;
+    s.state = pytun::ManagedState::standby;
+    s.service_checked = s.service_reachable = true;
+    snap.tunnels.push_back(s);
+    bool ready = false;
+    render_readyz(sample_context(), snap, ready);
+    CHECK(ready); // a standby is ready to take over
+    snap.tunnels.back().state = pytun::ManagedState::backing_off;
+    render_readyz(sample_context(), snap, ready);
+    CHECK_FALSE(ready);
+    snap.tunnels.back().state = pytun::ManagedState::standby;
+
+    const std::string text = render_metrics(sample_context(), snap, sample_process());
+    CHECK(h::bad_metrics_line(text) == "");
+    CHECK(h::metric(text, "pytun_tunnel_up{tunnel=\"pair\"}") == 0);
+    CHECK(h::metric(text, "pytun_tunnel_state{tunnel=\"pair\",state=\"standby\"}") == 1);
+    CHECK(h::metric(text, "pytun_tunnel_state{tunnel=\"pair\",state=\"up\"}") == 0);
+    CHECK(h::metric(text, "pytun_tunnel_takeovers_total{tunnel=\"pair\"}") == 0);
+
+    auto j = nlohmann::json::parse(render_status(sample_context(), snap));
+    CHECK(j["pair"] == nlohmann::json{{"remote_host", "127.0.0.1"}, {"remote_port", 389}, {"status", true},
+                                      {"state", "standby"}});
+    CHECK_FALSE(j["ldap \"main\"\\"].contains("state")); // an active tunnel keeps the original's shape
+
+    snap.tunnels.back().state = pytun::ManagedState::up;
+    snap.tunnels.back().takeovers = 1;
+    CHECK(h::metric(render_metrics(sample_context(), snap, sample_process()),
+                    "pytun_tunnel_takeovers_total{tunnel=\"pair\"}") == 1);
+    auto api = nlohmann::json::parse(render_tunnels(sample_context(), snap));
+    CHECK(api["tunnels"][1]["takeovers"] == 1);
+    CHECK(std::string(pytun::to_string(pytun::ManagedState::standby)) == "standby");
+}
+
 TEST_CASE("dashboard: a tunnel's forwards are listed, as text")
 {
     Snapshot snap = sample_snapshot();

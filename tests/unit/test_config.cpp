@@ -1082,3 +1082,42 @@ TEST_CASE("a tunnel without remote_host and without forwards still needs remote_
     CHECK_FALSE(r.ok());
     CHECK(count(r, E, "/x.ini", 1, "remote_host", "missing") == 1);
 }
+
+TEST_CASE("standby: [pytun] sets the default, a tunnel overrides it, a bad value names file, line and key")
+{
+    TempDir tmp;
+    write_file(tmp.path / "k", k_key);
+    write_file(tmp.path / "kh", "b ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureHostKeyNotReal0000000000000000000\n");
+    const std::string tunnel = "server_host = \"b\"\nusername = \"u\"\nkeyfile = \"k\"\nserver_key = \"kh\"\n"
+                               "remote_host = \"127.0.0.1\"\n";
+    LoadResult r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = \"x\"\nstandby = true\n"
+                                                  "[[tunnel]]\ntunnel_name = \"a\"\nport = 1\n" + tunnel +
+                                                      "[[tunnel]]\ntunnel_name = \"b\"\nport = 2\nstandby = false\n" +
+                                                      tunnel,
+                                                  "toml", tmp.path.string());
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(r.config->connector.standby);
+    CHECK(r.config->tunnels.at(0).standby);
+    CHECK_FALSE(r.config->tunnels.at(1).standby);
+    CHECK(pytun::to_tunnel_options(r.config->tunnels.at(0)).standby);
+    CHECK_FALSE(pytun::to_tunnel_options(r.config->tunnels.at(1)).standby);
+
+    r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = \"x\"\n"
+                                       "[[tunnel]]\nport = 1\n" + tunnel, "toml", tmp.path.string());
+    REQUIRE(r.ok());
+    CHECK_FALSE(r.config->tunnels.at(0).standby); // the default keeps today's behaviour
+
+    r = pytun::load_config_from_string("[pytun]\n"                     // 1
+                                       "tunnel_manager_id = \"x\"\n"   // 2
+                                       "standby = \"yes\"\n"           // 3
+                                       "[[tunnel]]\n"                  // 4
+                                       "local_forward = \"5432:db:5432\"\n" // 5
+                                       "standby = true\n" +            // 6
+                                           tunnel.substr(0, tunnel.find("remote_host")),
+                                       "toml", tmp.path.string());
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "<string>", 3, "standby", "boolean") == 1);
+    CHECK(count(r, W, "<string>", 6, "standby", "no effect") == 1);
+}

@@ -53,14 +53,17 @@ std::string join(const std::vector<std::string> &names)
 std::string tunnels_up(const TunnelManager &manager)
 {
     auto status = manager.status();
-    std::size_t up = 0, degraded = 0;
+    std::size_t up = 0, degraded = 0, standby = 0;
     for (const auto &t : status) {
         up += t.state == ManagedState::up;
         degraded += t.state == ManagedState::degraded;
+        standby += t.state == ManagedState::standby;
     }
     std::string s = std::to_string(up) + " of " + std::to_string(status.size()) + " tunnels up";
     if (degraded)
         s += ", " + std::to_string(degraded) + " degraded (local service not answering)";
+    if (standby)
+        s += ", " + std::to_string(standby) + " standby (another connector holds the port)";
     return s;
 }
 
@@ -73,6 +76,7 @@ const char *state_event(ManagedState s)
     case ManagedState::degraded: return "tunnel_degraded";
     case ManagedState::backing_off: return "tunnel_backing_off";
     case ManagedState::stopped: return "tunnel_stopped";
+    case ManagedState::standby: return "tunnel_standby";
     }
     return "tunnel_state";
 }

@@ -64,6 +64,7 @@ struct AlertEvent {
         service_unreachable, ///< a forwarded connection could not reach `target`
         unauthorized,        ///< the device is not authorized (tunnel_name may be empty)
         test,                ///< a test alert, never rate limited
+        took_over,           ///< a standby (TunnelOptions::standby) bound the port: it serves now
     };
     std::string tunnel_name;  ///< empty: the whole connector
     Kind kind = Kind::down;
@@ -71,12 +72,17 @@ struct AlertEvent {
     std::string target;       ///< service_unreachable: "HOST:PORT"
     /// When the state began; default (epoch): the time notify() was called.
     std::chrono::system_clock::time_point since{};
+    std::string bastion;               ///< took_over: "HOST:PORT" of the bastion's SSH
+    std::uint16_t listen_port = 0;     ///< took_over: the port bound on the bastion
+    std::chrono::seconds standby_for{0}; ///< took_over: how long this connector was standby
 };
 
 /// One message as a channel receives it: the wording is already made, so a
 /// custom channel can send `subject` + `body` (or `message`) as they are.
 struct Alert {
-    enum class Event { down, still_down, recovered, flapping, degraded, service_unreachable, unauthorized, test };
+    enum class Event {
+        down, still_down, recovered, flapping, degraded, service_unreachable, unauthorized, test, took_over
+    };
     Event event = Event::test;
     std::string tunnel_name;        ///< empty: the whole connector
     std::string tunnel_manager_id;
@@ -90,10 +96,13 @@ struct Alert {
     std::chrono::seconds down_for{0};              ///< recovered: length of the outage
     unsigned downs = 0;             ///< flapping: outages summarised
     unsigned recoveries = 0;        ///< flapping: recoveries summarised
+    std::string bastion;            ///< took_over: "HOST:PORT" of the bastion's SSH
+    std::uint16_t listen_port = 0;  ///< took_over: the port bound on the bastion
+    std::chrono::seconds standby_for{0}; ///< took_over: how long this connector was standby
 };
 
 /// "down", "still_down", "recovered", "flapping", "degraded",
-/// "service_unreachable", "unauthorized", "test" (the webhook's `event`).
+/// "service_unreachable", "unauthorized", "test", "took_over" (the webhook's `event`).
 PYTUN_EXPORT std::string_view to_string(Alert::Event event) noexcept;
 
 /// A way to deliver alerts. send() runs on the channel's own thread (never
@@ -196,7 +205,8 @@ class TunnelManager;
 /// Turns the manager's state changes into alerts: a tunnel that fails or is
 /// lost is `down` (every failed retry reports it again; the alerter keeps one
 /// outage), a tunnel serving again is `recovered`, an unreachable local
-/// service is `degraded`. Alerts flow while the Subscription lives; the
+/// service is `degraded`, a standby that bound the port is `took_over`
+/// (entering standby alerts nothing). Alerts flow while the Subscription lives; the
 /// alerter must outlive it.
 PYTUN_EXPORT Subscription forward_alerts(TunnelManager &manager, Alerter &alerter);
 

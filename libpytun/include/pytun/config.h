@@ -46,6 +46,9 @@ struct TunnelConfig {
     std::string server_key;                 ///< known_hosts file; absolute; empty: none
     std::chrono::seconds keep_alive_time{30};
     std::uint32_t max_connections = 512;    ///< forwarded connections open at once
+    /// One of several connectors for the same bastion port: a refused listen
+    /// is the state `standby`, not an error. Default: `[pytun]` standby.
+    bool standby = false;
     LogLevel log_level = LogLevel::debug;
     bool log_to_console = false;
     std::string source_file;                ///< absolute path of the file that defined it

@@ -53,6 +53,9 @@ struct ConnectorConfig {
     std::chrono::seconds smtp_rate_limit{600};
     std::chrono::seconds http_rate_limit{60}; ///< the same for webhook alerts
     std::chrono::seconds alert_reminder_interval{600}; ///< "still down" reminders while a tunnel stays down
+    /// Default of every tunnel's `standby` (TunnelConfig::standby): this
+    /// connector is one of several for the same bastion ports.
+    bool standby = false;
 
     friend bool operator==(const ConnectorConfig &, const ConnectorConfig &) = default;
 };

@@ -25,6 +25,7 @@ enum class ManagedState {
     degraded,     ///< serving, but the local service does not answer
     backing_off,  ///< the last attempt failed; the next is at next_attempt
     stopped,      ///< stopped on request (or not started)
+    standby,      ///< TunnelOptions::standby: the bastion refused the port (another connector holds it); retrying
 };
 
 /// Human name of a state ("up", "backing off", ...).
@@ -47,6 +48,7 @@ struct TunnelStatus {
     std::chrono::system_clock::time_point last_error_time; ///< when last_error happened (epoch: never)
     bool port_held = false;              ///< the bastion still holds the port (e.g. for a previous session)
     std::chrono::system_clock::time_point next_attempt; ///< when backing_off
+    std::uint64_t takeovers = 0;         ///< times this standby bound the port the other connector held
 
     std::uint64_t started_times = 0;     ///< start attempts so far (compat: started_times)
     std::chrono::system_clock::time_point last_start;   ///< of the last attempt
@@ -69,6 +71,9 @@ struct TunnelEvent {
     std::error_code error;               ///< why, when the change is a failure
     std::string message;
     std::chrono::system_clock::time_point when;
+    /// A standby bound the port (to is up or degraded): how long it waited,
+    /// over every session it had meanwhile. 0 for any other change.
+    std::chrono::milliseconds standby_for{0};
 };
 
 struct ManagerOptions {

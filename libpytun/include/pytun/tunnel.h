@@ -129,6 +129,11 @@ struct TunnelOptions {
     /// more are refused (closed at once) until some finish.
     std::uint32_t max_connections = 512;
     std::string config_path;               ///< the file this tunnel came from, if any (a status key)
+    /// One of several connectors for the same bastion port (TunnelManager
+    /// only): a refused reverse listen is not an error but the state
+    /// `standby`, which keeps the SSH session and asks for the port again
+    /// every 1-2 s until the bastion grants it. false: a refused listen fails.
+    bool standby = false;
 
     friend bool operator==(const TunnelOptions &, const TunnelOptions &) = default;
 };

@@ -496,6 +496,15 @@ void Alerter::notify(const AlertEvent &event)
     case AlertEvent::Kind::test:
         d.emit(d.make(Alert::Event::test, event.tunnel_name, since, event.error));
         return;
+    case AlertEvent::Kind::took_over: {
+        // Not a lifecycle change: a standby was never reported down.
+        Alert a = d.make(Alert::Event::took_over, event.tunnel_name, since, {});
+        a.bastion = event.bastion;
+        a.listen_port = event.listen_port;
+        a.standby_for = event.standby_for;
+        d.emit(std::move(a));
+        return;
+    }
     }
 }
 

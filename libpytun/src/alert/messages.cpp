@@ -118,6 +118,14 @@ void word_alert(Alert &a)
         a.message = "Connector down! The device where it is installed is not allowed to run it.";
         a.body = a.message + " " + id + "\n" + error_line(a);
         break;
+    case Alert::Event::took_over:
+        a.state = "up";
+        a.message = "Standby took over";
+        a.body = "This email is to let you know that " + who + " is served by this connector now: the standby took over port " +
+                 std::to_string(a.listen_port) + " on the bastion " + a.bastion + " after " +
+                 duration_words(a.standby_for) + " in standby (the connector that held the port went away). " + id +
+                 "\n\nUp since: " + since + "\n";
+        break;
     case Alert::Event::test:
         a.state = "test";
         a.message = "Connector test notification";

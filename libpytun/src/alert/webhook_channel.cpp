@@ -49,6 +49,11 @@ std::string WebhookChannel::build_body(const Alert &a)
     };
     if (a.event == Alert::Event::recovered)
         j["down_seconds"] = a.down_for.count();
+    if (a.event == Alert::Event::took_over) {
+        j["bastion"] = a.bastion;
+        j["port"] = a.listen_port;
+        j["standby_seconds"] = a.standby_for.count();
+    }
     if (a.event == Alert::Event::flapping) {
         j["downs"] = a.downs;
         j["recoveries"] = a.recoveries;

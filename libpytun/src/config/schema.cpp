@@ -26,22 +26,22 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::array<std::string_view, 27> k_main_keys = {
+constexpr auto k_main_keys = std::to_array<std::string_view>({
     "tunnel_manager_id", "tunnel_dirs",   "log_level",         "log_to_console",    "log_path",
     "inspection_port",   "inspection_localhost_only",          "inspection_token",  "smtp_hostname",
     "smtp_port",         "smtp_security", "smtp_login",        "smtp_password",     "smtp_from",
     "smtp_to",           "smtp_ca_file",  "smtp_verify_tls",   "http_url",          "http_user",
     "http_password",     "signature",     "mac_address_pub_key", "grace_period_ms",   "smtp_rate_limit",
-    "http_rate_limit",   "alert_reminder_interval",            "log_max_mb_per_day",
-};
+    "http_rate_limit",   "alert_reminder_interval",            "log_max_mb_per_day", "standby",
+});
 
-constexpr std::array<std::string_view, 24> k_tunnel_keys = {
+constexpr auto k_tunnel_keys = std::to_array<std::string_view>({
     "tunnel_name",   "connector_name",  "server_host",    "server_port",    "port",
     "bind_address",  "remote_host",     "remote_port",    "username",       "keyfile",
     "server_key",    "keep_alive_time", "log_level",      "log_to_console", "max_connections",
     "local_forward", "dynamic_forward", "remote_forward", "socks_allow",    "socks_user",
-    "socks_password", "max_sessions", "min_sessions",   "open_timeout",
-};
+    "socks_password", "max_sessions",   "min_sessions",   "open_timeout",   "standby",
+});
 
 // Keys that take a list and may be written on several lines, each adding to
 // it (as LocalForward in ssh_config); every other key set twice warns.
@@ -598,6 +598,7 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
         f.integer("http_rate_limit", 60, 0, week, "seconds between two webhook calls about the same tunnel and event"));
     c.alert_reminder_interval = std::chrono::seconds(
         f.integer("alert_reminder_interval", 600, 1, week, "seconds between \"still down\" reminders"));
+    c.standby = f.boolean("standby", false);
 
     out.holds_secrets = !c.smtp_password.empty() || !c.http_password.empty() || !c.inspection_token.empty();
     return out;
@@ -675,6 +676,16 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
         "open_timeout", 10, 0, 3600, "the seconds the bastion gets to connect a forwarded connection (0: no limit)"));
     t.log_level = f.log_level("log_level", LogLevel::debug);
     t.log_to_console = f.boolean("log_to_console", false);
+    if (f.find("standby")) {
+        out.standby_set = true;
+        t.standby = f.boolean("standby", false);
+        if (t.standby && t.remote_host.empty() &&
+            std::none_of(t.forwards.begin(), t.forwards.end(), [](const ForwardSpec &spec) {
+                return std::holds_alternative<RemoteForward>(spec) || std::holds_alternative<RemoteDynamicForward>(spec);
+            }))
+            f.warning("standby", "no effect: the tunnel asks the bastion for no port (no remote_host, no "
+                                 "remote_forward), so there is nothing to wait for");
+    }
     return out;
 }
 

@@ -32,6 +32,7 @@ struct BuiltTunnel {
     int port_line = 0;
     std::vector<int> forward_lines; ///< where each of config.forwards was written
     int secret_line = 0;          ///< where socks_password is set, else 0
+    bool standby_set = false;     ///< the file sets standby; otherwise [pytun]'s applies
 };
 
 BuiltConnector build_connector(const RawSection &s, const std::filesystem::path &base_dir, Format format,

@@ -118,6 +118,7 @@ void Supervisor::attempt()
         // Called from inside the tunnel: drop it only after it has returned.
         asio::post(io_, [this, self, ec, message] { on_ended(ec, message); });
     };
+    handlers.standby = [this, self](const std::string &why) { on_standby(why); };
     handlers.probed = [this, self](std::chrono::microseconds rtt) {
         board_.update(options_.name, generation_, [rtt](TunnelStatus &s) { s.probe_rtt = rtt; });
     };
@@ -127,22 +128,45 @@ void Supervisor::attempt()
 
 void Supervisor::on_up(std::uint16_t port)
 {
-    up_since_ = std::chrono::steady_clock::now();
+    const auto now = std::chrono::steady_clock::now();
+    up_since_ = now;
     had_session_ = true;
     refused_in_row_ = 0;
-    board_.update(options_.name, generation_, [port](TunnelStatus &s) {
+    std::chrono::milliseconds standby_for{0};
+    if (standby_since_) {
+        // At least 1 ms: a non-zero standby_for is what marks the event a takeover.
+        standby_for = std::max(std::chrono::milliseconds(1),
+                               std::chrono::duration_cast<std::chrono::milliseconds>(now - *standby_since_));
+        standby_since_.reset();
+        log_->warn("standby took over: bastion {}:{} port {} after {:.1f} s in standby", options_.server_host,
+                   options_.server_port, port, static_cast<double>(standby_for.count()) / 1000.0);
+    }
+    board_.update(options_.name, generation_, [port, took_over = standby_for.count() > 0](TunnelStatus &s) {
         s.listen_port = port;
         s.port_held = false;
+        s.takeovers += took_over ? 1 : 0;
     });
     if (service_reachable_)
-        set_state(ManagedState::up);
+        set_state(ManagedState::up, {}, {}, standby_for);
     else
-        set_state(ManagedState::degraded, Errc::local_service_unreachable, service_error_);
+        set_state(ManagedState::degraded, Errc::local_service_unreachable, service_error_, standby_for);
+}
+
+// Another connector serves the port: not an error, so no error code (no alert).
+void Supervisor::on_standby(const std::string &why)
+{
+    const auto now = std::chrono::steady_clock::now();
+    up_since_ = now; // a long standby resets the backoff like a long up
+    if (!standby_since_)
+        standby_since_ = now;
+    board_.update(options_.name, generation_, [](TunnelStatus &s) { s.port_held = false; });
+    set_state(ManagedState::standby, {}, why);
 }
 
 void Supervisor::on_ended(std::error_code ec, const std::string &message)
 {
-    const bool was_up = state_ == ManagedState::up || state_ == ManagedState::degraded;
+    const bool was_up =
+        state_ == ManagedState::up || state_ == ManagedState::degraded || state_ == ManagedState::standby;
     tunnel_.reset();
     if (stopping_ || ec == Errc::stopped)
         return;
@@ -220,7 +244,8 @@ void Supervisor::service_health(bool reachable, const std::string &error)
         set_state(ManagedState::up);
 }
 
-void Supervisor::set_state(ManagedState state, std::error_code ec, const std::string &message)
+void Supervisor::set_state(ManagedState state, std::error_code ec, const std::string &message,
+                           std::chrono::milliseconds standby_for)
 {
     const ManagedState from = state_;
     state_ = state;
@@ -248,6 +273,7 @@ void Supervisor::set_state(ManagedState state, std::error_code ec, const std::st
     event.error = ec;
     event.message = message;
     event.when = now;
+    event.standby_for = standby_for;
     events_.call(event);
 }
 

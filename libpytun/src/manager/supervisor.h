@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -67,8 +68,10 @@ public:
 private:
     void attempt();
     void on_up(std::uint16_t port);
+    void on_standby(const std::string &why);
     void on_ended(std::error_code ec, const std::string &message);
-    void set_state(ManagedState state, std::error_code ec = {}, const std::string &message = {});
+    void set_state(ManagedState state, std::error_code ec = {}, const std::string &message = {},
+                   std::chrono::milliseconds standby_for = {});
 
     asio::io_context &io_;
     TunnelOptions options_;
@@ -80,7 +83,10 @@ private:
     std::shared_ptr<TunnelRun> tunnel_;
     asio::steady_timer retry_timer_;
     std::chrono::milliseconds backoff_;
-    std::chrono::steady_clock::time_point up_since_;
+    std::chrono::steady_clock::time_point up_since_;  ///< or in standby since: both are a working session
+    /// First entered standby and not served since (across runs): binding the
+    /// port then is a takeover.
+    std::optional<std::chrono::steady_clock::time_point> standby_since_;
     std::minstd_rand random_;
     ManagedState state_ = ManagedState::stopped;
     bool had_session_ = false;      ///< up at least once: a refused listen may be our old session's port

@@ -27,6 +27,7 @@ const char *to_string(ManagedState state)
     case ManagedState::degraded: return "degraded";
     case ManagedState::backing_off: return "backing off";
     case ManagedState::stopped: return "stopped";
+    case ManagedState::standby: return "standby";
     }
     return "unknown";
 }

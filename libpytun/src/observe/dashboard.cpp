@@ -24,7 +24,7 @@ constexpr std::string_view k_head = R"HTML(<!DOCTYPE html>
 <title>pytun</title>
 <style>
   :root { --bg:#f6f7f9; --fg:#1d2430; --muted:#687385; --line:#dde1e7; --card:#fff;
-          --up:#1f9d55; --degraded:#d69e2e; --connecting:#3182ce; --backing_off:#e53e3e; --stopped:#718096; }
+          --up:#1f9d55; --degraded:#d69e2e; --connecting:#3182ce; --backing_off:#e53e3e; --stopped:#718096; --standby:#805ad5; }
   * { box-sizing: border-box; }
   body { margin:0; font:14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; background:var(--bg); color:var(--fg); }
   header { display:flex; align-items:baseline; gap:16px; padding:16px 24px; background:var(--card); border-bottom:1px solid var(--line); }
@@ -54,11 +54,13 @@ constexpr std::string_view k_head = R"HTML(<!DOCTYPE html>
   tr[data-state="degraded"] .dot { background:var(--degraded); }
   tr[data-state="connecting"] .dot { background:var(--connecting); }
   tr[data-state="backing_off"] .dot { background:var(--backing_off); }
+  tr[data-state="standby"] .dot { background:var(--standby); }
   tr[data-state="up"] td:first-child { box-shadow: inset 4px 0 var(--up); }
   tr[data-state="degraded"] td:first-child { box-shadow: inset 4px 0 var(--degraded); }
   tr[data-state="connecting"] td:first-child { box-shadow: inset 4px 0 var(--connecting); }
   tr[data-state="backing_off"] td:first-child { box-shadow: inset 4px 0 var(--backing_off); }
   tr[data-state="stopped"] td:first-child { box-shadow: inset 4px 0 var(--stopped); }
+  tr[data-state="standby"] td:first-child { box-shadow: inset 4px 0 var(--standby); }
   .sub { color:var(--muted); font-size:12px; }
   .error { max-width:420px; word-break:break-word; }
   .error.current { color:#9b2c2c; }
@@ -87,9 +89,11 @@ constexpr std::string_view k_tail = R"HTML(</script>
 <script>
 "use strict";
 (function () {
-  const STATE_TEXT = { up: "up", degraded: "degraded", connecting: "connecting", backing_off: "backing off", stopped: "stopped" };
+  const STATE_TEXT = { up: "up", degraded: "degraded", connecting: "connecting", backing_off: "backing off", stopped: "stopped",
+                       standby: "standby" };
   // Problems first: the default order, and the order of the state column.
-  const SEVERITY = { backing_off: 0, degraded: 1, connecting: 2, stopped: 3, up: 4 };
+  // A standby is well (another connector serves the port): just before up.
+  const SEVERITY = { backing_off: 0, degraded: 1, connecting: 2, stopped: 3, standby: 4, up: 5 };
   const tbody = document.querySelector("#tunnels tbody");
   const statusLine = document.getElementById("status");
   const filterBox = document.getElementById("filter");
@@ -210,6 +214,10 @@ constexpr std::string_view k_tail = R"HTML(</script>
     state.appendChild(badge);
     if (t.state === "backing_off" && t.backoff_seconds !== null)
       state.appendChild(text("div", "retry in " + duration(t.backoff_seconds), "sub"));
+    if (t.state === "standby")
+      state.appendChild(text("div", "another connector serves the port", "sub"));
+    if (t.takeovers > 0)
+      state.appendChild(text("div", t.takeovers + " takeover" + (t.takeovers > 1 ? "s" : ""), "sub takeovers"));
     tr.appendChild(state);
     tr.appendChild(text("td", duration(t.uptime_seconds), "num uptime"));
     const conns = document.createElement("td");
@@ -252,6 +260,7 @@ constexpr std::string_view k_tail = R"HTML(</script>
   function show() {
     if (!latest) return;
     const data = latest;
+    // standby gets a pill only when a tunnel is in it (few connectors have standbys).
     const counts = { up: 0, degraded: 0, connecting: 0, backing_off: 0, stopped: 0 };
     for (const t of data.tunnels) counts[t.state] = (counts[t.state] || 0) + 1;
     const shown = data.tunnels.filter(matches).sort(compare);

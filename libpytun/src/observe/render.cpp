@@ -33,12 +33,13 @@ const char *state_key(ManagedState s)
     case ManagedState::degraded: return "degraded";
     case ManagedState::backing_off: return "backing_off";
     case ManagedState::stopped: return "stopped";
+    case ManagedState::standby: return "standby";
     }
     return "stopped";
 }
 
 constexpr ManagedState k_states[] = {ManagedState::connecting, ManagedState::up, ManagedState::degraded,
-                                     ManagedState::backing_off, ManagedState::stopped};
+                                     ManagedState::backing_off, ManagedState::stopped, ManagedState::standby};
 
 bool serving(ManagedState s)
 {
@@ -123,6 +124,7 @@ ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_
         j["last_error"] = nullptr;
     }
     j["port_held"] = t.port_held;
+    j["takeovers"] = t.takeovers;
     j["next_attempt"] = t.state == ManagedState::backing_off ? time_or_null(t.next_attempt) : ordered_json(nullptr);
     j["backoff_seconds"] = t.state == ManagedState::backing_off && is_set(t.next_attempt)
                                ? ordered_json(std::max(0.0, std::chrono::duration<double>(t.next_attempt - now).count()))
@@ -298,6 +300,10 @@ std::string render_status(const RenderContext &ctx, const Snapshot &snap)
         out += std::to_string(t.remote_port);
         out += ",\"status\":";
         out += well ? "true" : "false";
+        // The original had no standby; `status` keeps its meaning (the local
+        // service answers) and the key below tells a standby from the active.
+        if (t.state == ManagedState::standby)
+            out += ",\"state\":\"standby\"";
         out += '}';
     }
     out += ",\"tunnel_manager_id\":";
@@ -343,7 +349,7 @@ std::string render_readyz(const RenderContext &ctx, const Snapshot &snap, bool &
 {
     ordered_json not_up = ordered_json::array();
     for (const auto &t : snap.tunnels) {
-        if (t.state == ManagedState::up)
+        if (t.state == ManagedState::up || t.state == ManagedState::standby) // a standby is ready to take over
             continue;
         ordered_json e;
         e["name"] = t.name;
@@ -419,6 +425,9 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
     }
     per_tunnel("pytun_tunnel_state_change_timestamp_seconds", "gauge", "Unix time of the last state change.",
                [](const TunnelStatus &t) { return is_set(t.state_since) ? number(unix_seconds(t.state_since)) : ""; });
+    per_tunnel("pytun_tunnel_takeovers_total", "counter",
+               "Times this connector, as a standby (standby = true), bound the port another connector held.",
+               [](const TunnelStatus &t) { return number(t.takeovers); });
     per_tunnel("pytun_tunnel_starts_total", "counter", "Start attempts (the original's started_times).",
                [](const TunnelStatus &t) { return number(t.started_times); });
     per_tunnel("pytun_tunnel_restarts_total", "counter", "Start attempts after the first one.",

@@ -25,6 +25,10 @@ constexpr std::chrono::milliseconds k_close_deadline{500};
 // doubling up to the maximum.
 constexpr std::chrono::milliseconds k_forward_retry_initial{1000};
 constexpr std::chrono::milliseconds k_forward_retry_max{30000};
+// A standby asks the bastion for its port again after 1 to 2 s (jittered, so
+// two standbys of one port do not ask in lockstep).
+constexpr std::chrono::milliseconds k_standby_retry_min{1000};
+constexpr std::chrono::milliseconds k_standby_retry_max{2000};
 
 bool opens_channels(const ForwardSpec &spec)
 {
@@ -52,8 +56,8 @@ ConnectionOptions connection_options(const TunnelOptions &o)
 TunnelRun::TunnelRun(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
                      std::shared_ptr<RunStatus> status, Handlers handlers)
     : io_(io), options_(std::move(options)), specs_(all_forwards(options_)), log_(std::move(log)),
-      status_(std::move(status)), handlers_(std::move(handlers)), setup_timer_(io), grace_timer_(io),
-      close_deadline_(io)
+      status_(std::move(status)), handlers_(std::move(handlers)), standby_timer_(io),
+      random_(std::random_device{}()), setup_timer_(io), grace_timer_(io), close_deadline_(io)
 {
     forwards_.resize(specs_.size());
     states_.assign(specs_.size(), ForwardState::starting);
@@ -186,9 +190,13 @@ void TunnelRun::start_forward(std::size_t index)
     forwards_[index] = forward;
     auto self = shared_from_this();
     Forward::Handlers handlers;
-    handlers.ready = [this, self, index](std::uint16_t port) { on_forward_ready(index, port); };
-    handlers.failed = [this, self, index](std::error_code ec, const std::string &why) {
-        on_forward_failed(index, ec, why);
+    handlers.ready = [this, self, index, round = round_](std::uint16_t port) {
+        if (round == round_)
+            on_forward_ready(index, port);
+    };
+    handlers.failed = [this, self, index, round = round_](std::error_code ec, const std::string &why) {
+        if (round == round_)
+            on_forward_failed(index, ec, why);
     };
     forward->start(ForwardContext{*connection_, *pool_, *admission_}, std::move(handlers));
 }
@@ -218,6 +226,11 @@ void TunnelRun::on_forward_failed(std::size_t index, std::error_code ec, const s
         first_error_ = ec;
         first_error_message_ = message;
     }
+    if (ec == Errc::remote_port_refused && !port_refused_) {
+        port_refused_ = true;
+        first_error_ = ec; // what a standby waits for, and what ends the run otherwise
+        first_error_message_ = message;
+    }
     if (up_) {
         log_->warn("forward {} cannot serve: {}", describe(specs_[index]), message);
         schedule_retry(index);
@@ -232,12 +245,17 @@ void TunnelRun::check_started()
 {
     if (std::count(states_.begin(), states_.end(), ForwardState::starting) > 0)
         return;
+    if (port_refused_ && options_.standby && handlers_.standby) {
+        enter_standby();
+        return;
+    }
     const auto serving = std::find(states_.begin(), states_.end(), ForwardState::serving);
     if (serving == states_.end()) {
         finish(first_error_, first_error_message_);
         return;
     }
     up_ = true;
+    standby_ = false;
     setup_timer_.cancel();
     for (std::size_t i = 0; i < specs_.size(); ++i)
         if (states_[i] == ForwardState::failed) {
@@ -250,6 +268,41 @@ void TunnelRun::check_started()
     const std::uint16_t port = forwards[static_cast<std::size_t>(serving - states_.begin())].bound_port;
     if (handlers_.up)
         handlers_.up(port);
+}
+
+// Another connector holds a port of this connection: the active holds every
+// port, the standby none, so give back what this round got, keep the session
+// (no new login) and ask again in 1-2 s.
+void TunnelRun::enter_standby()
+{
+    for (std::size_t i = 0; i < forwards_.size(); ++i) {
+        if (forwards_[i])
+            forwards_[i]->stop_accepting([] {}); // it holds itself until the bastion has released the port
+        status_->set_failed(i, "standby: " + (states_[i] == ForwardState::failed ? status_->forwards()[i].error
+                                                                                  : std::string("given back while another connector holds a port of this connection")));
+    }
+    // Called from inside a forward: drop them only after it has returned.
+    asio::post(io_, [forwards = std::move(forwards_)] {});
+    forwards_.assign(specs_.size(), nullptr);
+    if (!standby_) {
+        standby_ = true;
+        setup_timer_.cancel();
+        connection_->start_health_checks(); // a standby notices a dead bastion like an active tunnel
+        log_->info("standby: {}; asking again every 1-2 s on this session", first_error_message_);
+        handlers_.standby(first_error_message_);
+    }
+    std::uniform_int_distribution<long long> jitter(k_standby_retry_min.count(), k_standby_retry_max.count());
+    standby_timer_.expires_after(std::chrono::milliseconds(jitter(random_)));
+    standby_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
+        if (ec || ended_ || stopping_)
+            return;
+        ++round_;
+        port_refused_ = false;
+        first_error_ = {};
+        first_error_message_.clear();
+        for (std::size_t i = 0; i < specs_.size() && !ended_; ++i)
+            start_forward(i);
+    });
 }
 
 void TunnelRun::schedule_retry(std::size_t index)
@@ -350,6 +403,7 @@ void TunnelRun::finish(std::error_code ec, const std::string &message)
         return;
     ended_ = true;
     setup_timer_.cancel();
+    standby_timer_.cancel();
     grace_timer_.cancel();
     close_deadline_.cancel();
     for (auto &timer : retry_timers_)

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -39,6 +40,11 @@ public:
         std::function<void(std::uint16_t listen_port)> up;               ///< forwards serve
         std::function<void(std::error_code, const std::string &)> ended; ///< once, after up or not
         std::function<void(std::chrono::microseconds rtt)> probed;        ///< a health probe answered
+        /// TunnelOptions::standby, and the bastion refused a reverse listen:
+        /// the run keeps its session, holds no port and asks again every
+        /// 1-2 s; `up` follows once the bastion grants every refused port.
+        /// Unset: a refused listen fails the run, standby or not.
+        std::function<void(const std::string &why)> standby;
     };
 
     /// `status` must have one row per forward of all_forwards(options).
@@ -67,6 +73,7 @@ private:
     void on_forward_ready(std::size_t index, std::uint16_t bound_port);
     void on_forward_failed(std::size_t index, std::error_code ec, const std::string &message);
     void check_started();
+    void enter_standby();
     void schedule_retry(std::size_t index);
     void on_connection_failed(std::error_code ec, const std::string &message);
     void on_grace_over();
@@ -89,12 +96,17 @@ private:
     std::vector<std::chrono::milliseconds> retry_delays_;
     std::error_code first_error_;
     std::string first_error_message_;
+    bool port_refused_ = false;   ///< this round: the bastion refused a reverse listen
+    std::uint64_t round_ = 0;     ///< standby: each retry is a new round; older forwards' calls are stale
+    asio::steady_timer standby_timer_;
+    std::minstd_rand random_;     ///< jitters the standby's retries
     asio::steady_timer setup_timer_;
     asio::steady_timer grace_timer_;
     asio::steady_timer close_deadline_;
     std::function<void()> stop_done_;
     std::size_t forwards_accepting_ = 0; ///< while stopping: not yet confirmed stopped
     bool up_ = false;
+    bool standby_ = false;
     bool ended_ = false;
     bool stopping_ = false;
     bool disconnecting_ = false;
