@@ -139,6 +139,27 @@ def case_kubernetes(binary):
     check(sorted(kust["resources"]) == sorted(files), "kustomization.yaml applies every manifest: %s"
           % kust["resources"])
 
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        # What `kubectl apply -k` would send: every resource in the namespace, the image named,
+        # and the Secret's mode read as octal (YAML 1.1), as the API server stores it.
+        import yaml
+        r = subprocess.run([kubectl, "kustomize", KUBE], capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, "kubectl kustomize deploy/kubernetes builds %s" % r.stderr.strip()[-300:])
+        built = list(yaml.safe_load_all(r.stdout))
+        check(all(d["metadata"].get("namespace") == kust["namespace"] for d in built if d["kind"] != "Namespace"),
+              "kustomize puts every resource in namespace %s" % kust["namespace"])
+        (dep,) = [d for d in built if d["kind"] == "Deployment"]
+        check(dep["spec"]["template"]["spec"]["containers"][0]["image"].startswith(kust["images"][0]["newName"]),
+              "kustomize names the image")
+        modes = [v["secret"]["defaultMode"] for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+        mine = [v["secret"]["defaultMode"] for v in kinds["Deployment"][0]["spec"]["template"]["spec"]["volumes"]
+                if "secret" in v]
+        check(modes == mine, "the Secret's defaultMode reaches the API as read here (octal: %s)"
+              % ["0%o" % m for m in modes])
+    else:
+        print("kubectl not installed: the kustomize rendering is not checked (the rest is)")
+
     deployment, configmap = kinds["Deployment"][0], kinds["ConfigMap"][0]
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
