@@ -129,6 +129,63 @@ def rewrite_ini(text, values, root, mount_paths):
     return "\n".join(out) + "\n"
 
 
+def check_kustomize(kust, deployment):
+    """What `kubectl apply -k` would send, where kubectl is installed: every resource in the
+    namespace, the image named, and the Secret's mode read as octal (YAML 1.1) as here."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        print("kubectl not installed: the kustomize rendering is not checked (the rest is)")
+        return
+    import yaml
+    r = subprocess.run([kubectl, "kustomize", KUBE], capture_output=True, text=True, timeout=60)
+    check(r.returncode == 0, "kubectl kustomize deploy/kubernetes builds %s" % r.stderr.strip()[-300:])
+    built = list(yaml.safe_load_all(r.stdout))
+    check(all(d["metadata"].get("namespace") == kust["namespace"] for d in built if d["kind"] != "Namespace"),
+          "kustomize puts every resource in namespace %s" % kust["namespace"])
+    (dep,) = [d for d in built if d["kind"] == "Deployment"]
+    check(dep["spec"]["template"]["spec"]["containers"][0]["image"].startswith(kust["images"][0]["newName"]),
+          "kustomize names the image")
+
+    def modes(d):
+        return [v["secret"]["defaultMode"] for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    check(modes(dep) == modes(deployment), "the Secret's defaultMode reaches the API as read here (octal: %s)"
+          % ["0%o" % m for m in modes(dep)])
+
+
+def check_alert_rules(rules, metrics):
+    """Every metric an alert uses is exported: by name in render.cpp, and live in `metrics` (the families
+    are listed there with HELP and TYPE even without samples); every reason and state is one pytun has."""
+    rendered = rendered_metric_names()
+    live_families = set(re.findall(r"^# TYPE (\S+) (\S+)", metrics, re.M))
+    live = {n for n, _ in live_families}
+    live |= {n + s for n, t in live_families if t == "histogram" for s in ("_bucket", "_sum", "_count")}
+    check(live <= rendered, "render.cpp's names cover every live family (%d)" % len(live))
+    check(len(rules) >= 8, "%d alerts" % len(rules))
+    used = set()
+    for rule in rules:
+        names = expression_metrics(rule["expr"])
+        check(names, "%s: its expression uses metrics: %s" % (rule["alert"], sorted(names)))
+        used |= names
+        for name in names:
+            if name in STANDBY_PENDING_METRICS:
+                print("expected until the standby branch lands: %s (%s)" % (name, rule["alert"]))
+                continue
+            check(name in rendered and name in live, "%s: %s is exported by /metrics" % (rule["alert"], name))
+        for reason in re.findall(r'reason=~?"([^"]*)"', rule["expr"]):
+            for code in reason.split("|"):
+                check(code in error_codes(), "%s: reason %s is a pytun error code" % (rule["alert"], code))
+        for state in re.findall(r'state=~?"([^"]*)"', rule["expr"]):
+            if state in STANDBY_PENDING_STATES and state not in rendered_states():
+                print("expected until the standby branch lands: state=%s (%s)" % (state, rule["alert"]))
+                continue
+            check(state in rendered_states(), "%s: state %s is one pytun_tunnel_state reports"
+                  % (rule["alert"], state))
+    for wanted in ("pytun_tunnel_up", "pytun_tunnel_state", "pytun_tunnel_restarts_total",
+                   "pytun_tunnel_takeovers_total", "pytun_tunnel_last_error", "pytun_descriptor_exhaustion_total",
+                   "pytun_alerts_failed_total"):
+        check(wanted in used, "an alert watches %s" % wanted)
+
+
 def case_kubernetes(binary):
     docs = load_manifests()
     kinds = {k: [d for _, d in v] for k, v in docs.items()}
@@ -139,26 +196,7 @@ def case_kubernetes(binary):
     check(sorted(kust["resources"]) == sorted(files), "kustomization.yaml applies every manifest: %s"
           % kust["resources"])
 
-    kubectl = shutil.which("kubectl")
-    if kubectl:
-        # What `kubectl apply -k` would send: every resource in the namespace, the image named,
-        # and the Secret's mode read as octal (YAML 1.1), as the API server stores it.
-        import yaml
-        r = subprocess.run([kubectl, "kustomize", KUBE], capture_output=True, text=True, timeout=60)
-        check(r.returncode == 0, "kubectl kustomize deploy/kubernetes builds %s" % r.stderr.strip()[-300:])
-        built = list(yaml.safe_load_all(r.stdout))
-        check(all(d["metadata"].get("namespace") == kust["namespace"] for d in built if d["kind"] != "Namespace"),
-              "kustomize puts every resource in namespace %s" % kust["namespace"])
-        (dep,) = [d for d in built if d["kind"] == "Deployment"]
-        check(dep["spec"]["template"]["spec"]["containers"][0]["image"].startswith(kust["images"][0]["newName"]),
-              "kustomize names the image")
-        modes = [v["secret"]["defaultMode"] for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v]
-        mine = [v["secret"]["defaultMode"] for v in kinds["Deployment"][0]["spec"]["template"]["spec"]["volumes"]
-                if "secret" in v]
-        check(modes == mine, "the Secret's defaultMode reaches the API as read here (octal: %s)"
-              % ["0%o" % m for m in modes])
-    else:
-        print("kubectl not installed: the kustomize rendering is not checked (the rest is)")
+    check_kustomize(kust, kinds["Deployment"][0])
 
     deployment, configmap = kinds["Deployment"][0], kinds["ConfigMap"][0]
     spec = deployment["spec"]
@@ -251,7 +289,9 @@ def case_kubernetes(binary):
                     os.chmod(os.path.join(target, item["path"]), item.get("mode", key_mode))
         check(len(tunnel_files) == len(configmap["data"]) - 1,
               "every tunnel file of the ConfigMap is mapped into the pod: %s" % tunnel_files)
-        tunnel = ini_sections(configmap["data"]["ldap.ini"])["tunnel"]
+        tunnel_keys = [i["key"] for v in volumes.values() if "configMap" in v for i in v["configMap"]["items"]
+                       if i["key"] != "connector.ini"]
+        tunnel = ini_sections(configmap["data"][tunnel_keys[0]])["tunnel"]
         for key in ("keyfile", "server_key"):
             check(os.path.isfile(root + tunnel[key]), "%s %s is a file of the Secret's volume" % (key, tunnel[key]))
         check(os.path.isdir(root + connector["log_path"]) and any(
@@ -288,37 +328,8 @@ def case_kubernetes(binary):
         check(json.loads(get(inspection, paths["readiness"])[1]).get("ready") is True, "readiness says ready")
         metrics = get(inspection, paths["scrape"])[1]
 
-        # Every metric an alert uses is exported: by name in render.cpp, and live where it has samples.
-        rendered = rendered_metric_names()
-        live_families = set(re.findall(r"^# TYPE (\S+) (\S+)", metrics, re.M))
-        live = {n for n, _ in live_families}
-        live |= {n + s for n, t in live_families if t == "histogram" for s in ("_bucket", "_sum", "_count")}
-        check(live <= rendered, "render.cpp's names cover every live family (%d)" % len(live))
         rules = [r for g in kinds["PrometheusRule"][0]["spec"]["groups"] for r in g["rules"]]
-        check(len(rules) >= 8, "%d alerts" % len(rules))
-        used = set()
-        for rule in rules:
-            names = expression_metrics(rule["expr"])
-            check(names, "%s: its expression uses metrics: %s" % (rule["alert"], sorted(names)))
-            used |= names
-            for name in names:
-                if name in STANDBY_PENDING_METRICS:
-                    print("expected until the standby branch lands: %s (%s)" % (name, rule["alert"]))
-                    continue
-                check(name in rendered and name in live, "%s: %s is exported by /metrics" % (rule["alert"], name))
-            for reason in re.findall(r'reason=~?"([^"]*)"', rule["expr"]):
-                for code in reason.split("|"):
-                    check(code in error_codes(), "%s: reason %s is a pytun error code" % (rule["alert"], code))
-            for state in re.findall(r'state=~?"([^"]*)"', rule["expr"]):
-                if state in STANDBY_PENDING_STATES and state not in rendered_states():
-                    print("expected until the standby branch lands: state=%s (%s)" % (state, rule["alert"]))
-                    continue
-                check(state in rendered_states(), "%s: state %s is one pytun_tunnel_state reports"
-                      % (rule["alert"], state))
-        for wanted in ("pytun_tunnel_up", "pytun_tunnel_state", "pytun_tunnel_restarts_total",
-                       "pytun_tunnel_takeovers_total", "pytun_tunnel_last_error", "pytun_descriptor_exhaustion_total",
-                       "pytun_alerts_failed_total"):
-            check(wanted in used, "an alert watches %s" % wanted)
+        check_alert_rules(rules, metrics)
 
         # A Secret rotated with the wrong host key: the authentication alert's series appears.
         kill_pid(proc.pid, signal.SIGTERM)
