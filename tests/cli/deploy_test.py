@@ -315,9 +315,14 @@ def case_kubernetes(binary):
               % (key_mode, unexpected))
 
         proc = env.start(args)
-        check(wait_until(lambda: get(inspection, paths["readiness"])[0] == 200, 30),
-              "readiness %s answers 200 once the tunnel is up: %s" % (paths["readiness"],
-                                                                    get(inspection, paths["readiness"])))
+
+        def ready():
+            # /readyz is 200 also in the moment between the status API's start and the tunnels'
+            # (no tunnel yet, none down): ready means with every tunnel counted.
+            status, body = get(inspection, paths["readiness"])
+            return status == 200 and json.loads(body).get("tunnels") == len(tunnel_files)
+        check(wait_until(ready, 30), "readiness %s answers 200 once the tunnel is up: %s"
+              % (paths["readiness"], get(inspection, paths["readiness"])))
         check(echo_roundtrip(bastion_port), "the ConfigMap's tunnel carries bytes from the bastion's port")
         for what, path in paths.items():
             status, body = get(inspection, path)
@@ -333,17 +338,21 @@ def case_kubernetes(binary):
 
         # A Secret rotated with the wrong host key: the authentication alert's series appears.
         kill_pid(proc.pid, signal.SIGTERM)
-        check(wait_until(lambda: proc.poll() is not None, 15), "pytun stopped on SIGTERM")
+        check(wait_until(lambda: proc.poll() is not None, 15) and proc.returncode == 0,
+              "pytun stopped on SIGTERM, exit 0 (%s)" % proc.returncode)
         known_hosts = root + tunnel["server_key"]
         os.chmod(known_hosts, 0o600)
         shutil.copyfile(info["known_hosts_changed"], known_hosts)
         os.chmod(known_hosts, key_mode)
-        env.start(args)
+        proc = env.start(args)
         series = 'pytun_tunnel_last_error{tunnel="%s",reason="host_key_changed"} 1' % tunnel["tunnel_name"]
         check(wait_until(lambda: series in get(inspection, paths["scrape"])[1], 30),
               "a changed host key shows as %s" % series)
         check(get(inspection, paths["readiness"])[0] == 503 and get(inspection, paths["liveness"])[0] == 200,
               "then the pod is live but not ready")
+        kill_pid(proc.pid, signal.SIGTERM)
+        check(wait_until(lambda: proc.poll() is not None, 15) and proc.returncode == 0,
+              "pytun stopped on SIGTERM, exit 0 (%s)" % proc.returncode)
 
 
 def case_systemd(binary):
