@@ -821,7 +821,9 @@ def run_contender_once(contender, kind, ports, args, lab):
     return res
 
 
-def measure_rss_tunnels(contender, echo_port, counts):
+def measure_rss_tunnels(contender, echo_port, counts, idle_seconds):
+    """Memory of N tunnels, and the CPU they take while idle (keepalives, health checks, timers)
+    over `idle_seconds`, in % of one core."""
     out = {}
     for n in counts:
         try:
@@ -839,7 +841,14 @@ def measure_rss_tunnels(contender, echo_port, counts):
             rss = sum(status_kib(p, "VmRSS") for p in pids) / 1024.0
             pss = sum(pss_kib(p) or 0 for p in pids) / 1024.0
             out[str(n)] = {"rss_mib": rss, "pss_mib": pss, "processes": len(pids)}
-            log("%s: %d tunnels: RSS %.1f MiB, PSS %.1f MiB in %d processes" % (contender.name, n, rss, pss, len(pids)))
+            if idle_seconds > 0:
+                cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.monotonic()
+                time.sleep(idle_seconds)
+                cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+                out[str(n)]["idle_cpu_percent"] = 100.0 * cpu / (time.monotonic() - t0)
+            log("%s: %d tunnels: RSS %.1f MiB, PSS %.1f MiB in %d processes, idle CPU %s %% of a core"
+                % (contender.name, n, rss, pss, len(pids), "%.2f" % out[str(n)]["idle_cpu_percent"]
+                   if "idle_cpu_percent" in out[str(n)] else "-"))
         finally:
             for t in tunnels:
                 t.stop()
@@ -1049,14 +1058,17 @@ def build_rows(results, args):
             row("%s %s" % (KIND_FLAG[kind], label), values, fmt, better)
     rss = results.get("rss_tunnels", {})
     for n in sorted({k for per in rss.values() for k in per}, key=int):
-        for what in ("rss_mib", "pss_mib"):
+        for what, label, fmt in (("rss_mib", "RSS MiB", "%.1f"), ("pss_mib", "PSS MiB", "%.1f"),
+                                 ("idle_cpu_percent", "idle CPU % of a core", "%.2f")):
             values = {}
             for name, per in rss.items():
                 v = per.get(n)
                 values["_" + name] = "n/a" if v is None else "failed"
-                if v is not None and "error" not in v:
+                if v is not None and "error" not in v and what in v:
                     values[name] = v[what]
-            row("-R %s MiB, %s tunnel(s)" % (what[:3].upper(), n), values, "%.1f", "lower")
+            if what == "idle_cpu_percent" and not any(name in values for name in rss):
+                continue  # not measured (--rss-idle 0)
+            row("-R %s, %s tunnel(s)" % (label, n), values, fmt, "lower")
     cmd = results.get("command_memory")
     if cmd is not None:
         ssh = results["kinds"]["R"]["contenders"].get("OpenSSH", {}).get("median", {})
@@ -1198,6 +1210,9 @@ def parse_args(argv):
                          "(0: do not wait; default 60)")
     ap.add_argument("--rss-tunnels", default="",
                     help="-R: also measure memory for N tunnels, e.g. 1,10,100 (OpenSSH: N ssh processes summed)")
+    ap.add_argument("--rss-idle", type=float, default=10.0,
+                    help="-R with --rss-tunnels: seconds over which the N tunnels' idle CPU is measured "
+                         "(0: not measured; default 10)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 64 MiB, 1 run, 50 latency samples, 100 concurrent, no waiting for the "
                          "bastion to shrink")
@@ -1320,7 +1335,8 @@ def main(argv=None):
             results["rss_tunnels"] = {}
             for c in contenders:
                 if c.name != "baseline":
-                    results["rss_tunnels"][c.name] = measure_rss_tunnels(c, ports["echo"], args.rss_tunnels)
+                    results["rss_tunnels"][c.name] = measure_rss_tunnels(c, ports["echo"], args.rss_tunnels,
+                                                                         args.rss_idle)
 
         for k in results["kinds"].values():
             for entry in k["contenders"].values():

@@ -232,6 +232,32 @@ TEST_CASE("metrics: strict line format, escaping, values")
     CHECK(text.find("pytun_tunnel_bytes_out_total") == std::string::npos);
 }
 
+TEST_CASE("metrics: pytun_tunnel_last_error names the code of a tunnel that does not serve, and only then")
+{
+    Snapshot snap = sample_snapshot();
+    // web backs off after bastion_unreachable; a third tunnel's bastion
+    // presents a changed host key; ldap serves, with an old error kept.
+    pytun::TunnelStatus changed = snap.tunnels[1];
+    changed.name = "crm";
+    changed.last_error = pytun::make_error_code(pytun::Errc::host_key_changed);
+    snap.tunnels.push_back(changed);
+    snap.tunnels[0].last_error = pytun::make_error_code(pytun::Errc::key_not_authorized);
+    const std::string text = render_metrics(sample_context(), snap, sample_process());
+    CHECK(h::bad_metrics_line(text) == "");
+    CHECK(text.find("# TYPE pytun_tunnel_last_error gauge\n") != std::string::npos);
+    CHECK(h::metric(text, "pytun_tunnel_last_error{tunnel=\"crm\",reason=\"host_key_changed\"}") == 1);
+    CHECK(h::metric(text, "pytun_tunnel_last_error{tunnel=\"web\",reason=\"bastion_unreachable\"}") == 1);
+    // A serving tunnel has no series, whatever its last error was.
+    CHECK(text.find("pytun_tunnel_last_error{tunnel=\"ldap") == std::string::npos);
+    // One series per tunnel: crm's reason is not also reported under another name.
+    CHECK(text.find("pytun_tunnel_last_error{tunnel=\"crm\",reason=\"bastion_unreachable\"}") == std::string::npos);
+    // Stopped on request is no failure; an error of another category has no stable name.
+    snap.tunnels[1].last_error = pytun::make_error_code(pytun::Errc::stopped);
+    snap.tunnels[2].last_error = std::make_error_code(std::errc::connection_refused);
+    const std::string quiet = render_metrics(sample_context(), snap, sample_process());
+    CHECK(quiet.find("pytun_tunnel_last_error{") == std::string::npos);
+}
+
 TEST_CASE("metrics: the connection set-up histogram is cumulative and ends in +Inf, _count and _sum")
 {
     const std::string text = render_metrics(sample_context(), sample_snapshot(), sample_process());

@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <pytun/error.h>
+
 namespace pytun::detail {
 
 namespace {
@@ -144,6 +146,38 @@ ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_
         forwards.push_back(forward_json(f));
     j["forwards"] = std::move(forwards);
     return j;
+}
+
+// The stable name of a pytun error code (the enumerator in <pytun/error.h>),
+// for a label value that alert rules can match; empty for codes of other
+// categories and for "stopped", which is no failure.
+const char *error_reason(const std::error_code &ec)
+{
+    if (ec.category() != error_category())
+        return "";
+    switch (static_cast<Errc>(ec.value())) {
+    case Errc::ok: return "";
+    case Errc::invalid_options: return "invalid_options";
+    case Errc::bastion_unresolved: return "bastion_unresolved";
+    case Errc::bastion_unreachable: return "bastion_unreachable";
+    case Errc::bastion_timeout: return "bastion_timeout";
+    case Errc::handshake_failed: return "handshake_failed";
+    case Errc::host_key_unknown: return "host_key_unknown";
+    case Errc::host_key_changed: return "host_key_changed";
+    case Errc::host_key_revoked: return "host_key_revoked";
+    case Errc::known_hosts_unreadable: return "known_hosts_unreadable";
+    case Errc::key_file_unreadable: return "key_file_unreadable";
+    case Errc::key_encrypted: return "key_encrypted";
+    case Errc::key_unsupported: return "key_unsupported";
+    case Errc::rsa_key_refused: return "rsa_key_refused";
+    case Errc::key_not_authorized: return "key_not_authorized";
+    case Errc::remote_port_refused: return "remote_port_refused";
+    case Errc::transport_lost: return "transport_lost";
+    case Errc::stopped: return "";
+    case Errc::local_service_unreachable: return "local_service_unreachable";
+    case Errc::local_port_unavailable: return "local_port_unavailable";
+    }
+    return "";
 }
 
 // Shortest text that reads back as the same double; Prometheus accepts it.
@@ -485,6 +519,19 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
                });
     per_tunnel("pytun_tunnel_port_held", "gauge", "1 while the bastion still holds the port for another session.",
                [](const TunnelStatus &t) { return std::string(t.port_held ? "1" : "0"); });
+    {
+        // Why a tunnel does not serve, as a label an alert can match (host-key
+        // and key errors need a human, a lost bastion does not); one series
+        // per tunnel at most, and none while it serves, so a fixed problem
+        // ends the alert at once.
+        Family f(out, "pytun_tunnel_last_error", "gauge",
+                 "1 while the tunnel does not serve, labelled with the code of its last error.");
+        for (const auto &t : snap.tunnels) {
+            const char *reason = error_reason(t.last_error);
+            if (!serving(t.state) && *reason)
+                f.sample(label("tunnel", t.name) + "," + label("reason", reason), "1");
+        }
+    }
     per_tunnel("pytun_tunnel_sessions", "gauge",
                "SSH connections to the bastion now (the tunnel's own, and extra ones for bursts of channel opens).",
                [](const TunnelStatus &t) { return number(std::uint64_t(t.sessions)); });
