@@ -374,6 +374,15 @@ def case_systemd(binary):
         raise Skip("systemd-analyze not installed (package systemd; scripts/setup installs it)")
     template = open(os.path.join(BUILD, "dist", "pytun@.service")).read()
     single = open(os.path.join(BUILD, "dist", "pytun.service")).read()
+    # deploy/systemd/pytun@.service is the template for a /usr install: the
+    # unit source with /usr's paths, every setting the same.
+    source = open(os.path.join(REPO, "dist", "systemd", "pytun.service.in")).read()
+    usr = {"BINDIR": "/usr/bin", "DOCDIR": "/usr/share/doc/pytun", "CONFIG_INI": "/etc/pytun/%i/connector.ini",
+           "DESCRIPTION": "pytun reverse SSH tunnel connector %i (/etc/pytun/%i)", "LOGS_DIRECTORY": "pytun/%i"}
+    settings = lambda text: [ln for ln in text.splitlines() if ln and not ln.startswith("#")]  # noqa: E731
+    committed = open(os.path.join(REPO, "deploy", "systemd", "pytun@.service")).read()
+    check(settings(committed) == settings(re.sub(r"@([A-Z_]+)@", lambda m: usr[m.group(1)], source)),
+          "deploy/systemd/pytun@.service is dist/systemd/pytun.service.in for /usr (regenerate it after a change)")
     # One source: the template differs from pytun.service only where an instance must.
     differ = {ln.split("=", 1)[0] for ln in set(template.splitlines()) ^ set(single.splitlines())
               if not ln.startswith("#")}
