@@ -64,6 +64,8 @@ struct AlertEvent {
         service_unreachable, ///< a forwarded connection could not reach `target`
         unauthorized,        ///< the device is not authorized (tunnel_name may be empty)
         test,                ///< a test alert, never rate limited
+        failed_over,         ///< a later bastion of the list serves now; `error` says from which to which
+        returned,            ///< the first bastion of the list serves again; `error` says so
     };
     std::string tunnel_name;  ///< empty: the whole connector
     Kind kind = Kind::down;
@@ -76,7 +78,10 @@ struct AlertEvent {
 /// One message as a channel receives it: the wording is already made, so a
 /// custom channel can send `subject` + `body` (or `message`) as they are.
 struct Alert {
-    enum class Event { down, still_down, recovered, flapping, degraded, service_unreachable, unauthorized, test };
+    enum class Event {
+        down, still_down, recovered, flapping, degraded, service_unreachable, unauthorized, test,
+        failed_over, returned, ///< the serving bastion changed (a failover list)
+    };
     Event event = Event::test;
     std::string tunnel_name;        ///< empty: the whole connector
     std::string tunnel_manager_id;

@@ -496,6 +496,12 @@ void Alerter::notify(const AlertEvent &event)
     case AlertEvent::Kind::test:
         d.emit(d.make(Alert::Event::test, event.tunnel_name, since, event.error));
         return;
+    case AlertEvent::Kind::failed_over:
+        d.emit(d.make(Alert::Event::failed_over, event.tunnel_name, since, event.error));
+        return;
+    case AlertEvent::Kind::returned:
+        d.emit(d.make(Alert::Event::returned, event.tunnel_name, since, event.error));
+        return;
     }
 }
 

@@ -118,6 +118,15 @@ void word_alert(Alert &a)
         a.message = "Connector down! The device where it is installed is not allowed to run it.";
         a.body = a.message + " " + id + "\n" + error_line(a);
         break;
+    case Alert::Event::failed_over:
+    case Alert::Event::returned:
+        // Serving all along (the tunnel was not down): the error says from which bastion to which.
+        a.state = "up";
+        a.message = a.event == Alert::Event::failed_over ? "Connector failed over to another bastion"
+                                                         : "Connector returned to its first bastion";
+        a.body = "This email is to let you know that " + who + " " + a.error + ". " + id + "\n\nSince: " + since +
+                 "\n";
+        break;
     case Alert::Event::test:
         a.state = "test";
         a.message = "Connector test notification";

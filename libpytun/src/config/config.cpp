@@ -227,8 +227,11 @@ LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> 
     if (!diag.has_errors() && main) {
         Config c;
         c.connector = std::move(main->config);
-        for (BuiltTunnel &t : tunnels)
+        for (BuiltTunnel &t : tunnels) {
+            if (!t.config.failback_after)
+                t.config.failback_after = c.connector.failback_after;
             c.tunnels.push_back(std::move(t.config));
+        }
         c.main_file = real_file ? real_file->string() : display;
         result.config = std::move(c);
     }
@@ -380,6 +383,8 @@ TunnelOptions to_tunnel_options(const TunnelConfig &tunnel)
     o.max_sessions = tunnel.max_sessions;
     o.open_timeout = tunnel.open_timeout;
     o.config_path = tunnel.source_file;
+    o.failover = tunnel.failover;
+    o.failback_after = tunnel.failback_after.value_or(ConnectorConfig{}.failback_after);
     return o;
 }
 
