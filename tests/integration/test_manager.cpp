@@ -273,6 +273,9 @@ TEST_CASE("port held after a lost session: port_held, three quick retries, then 
     mo.backoff_initial = 6000ms; // room for another session to take the port after ours is lost
     mo.backoff_max = 16000ms;
     mo.port_held_retry_max = 300ms;
+    // The bastion still listens: the reachability probe would retry the lost
+    // session at once, before the other session takes the port.
+    mo.reachability_probe = 0ms;
     pytun::TunnelManager manager(mo);
     std::mutex mutex;
     std::vector<std::pair<std::error_code, std::chrono::milliseconds>> failures; // why, and the delay chosen
