@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <pytun/alerter.h>
 #include <pytun/status_server.h>
 
 #include "../observe/http_util.h"
@@ -174,6 +175,26 @@ std::string get(std::uint16_t port, const std::string &path)
     return r.status == 200 ? r.body : std::string();
 }
 
+/// Keeps every alert the Alerter hands it.
+class RecordingChannel final : public pytun::AlertChannel {
+public:
+    struct Shared {
+        std::mutex mutex;
+        std::vector<pytun::Alert> alerts;
+    };
+    explicit RecordingChannel(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
+    std::string name() const override { return "recorder"; }
+    std::error_code send(const pytun::Alert &alert, std::string &) override
+    {
+        std::lock_guard lock(shared_->mutex);
+        shared_->alerts.push_back(alert);
+        return {};
+    }
+
+private:
+    std::shared_ptr<Shared> shared_;
+};
+
 std::string bastion_of(const pytun::TunnelManager &manager, const std::string &name)
 {
     auto s = status_of(manager, name);
@@ -183,7 +204,7 @@ std::string bastion_of(const pytun::TunnelManager &manager, const std::string &n
 } // namespace
 
 TEST_CASE("failover: first bastion killed, the second serves within 3 s; the first back: the tunnel returns after "
-          "the stable period without cutting a connection; status and metrics say which serves")
+          "the stable period without cutting a connection; status, metrics and alerts say which serves")
 {
     t::SshServer a;
     t::SshServer b;
@@ -213,6 +234,18 @@ TEST_CASE("failover: first bastion killed, the second serves within 3 s; the fir
     mo.grace_period = 10s; // the connection open through the second finishes inside it
     pytun::TunnelManager manager(mo);
     EventLog events(manager);
+    auto alerts = std::make_shared<RecordingChannel::Shared>();
+    pytun::Alerter alerter{pytun::ConnectorConfig{}};
+    alerter.add_channel(std::make_unique<RecordingChannel>(alerts));
+    REQUIRE_FALSE(alerter.start());
+    auto forwarding = pytun::forward_alerts(manager, alerter);
+    auto alerted = [&](pytun::Alert::Event kind, const std::string &words) {
+        std::lock_guard lock(alerts->mutex);
+        for (const auto &alert : alerts->alerts)
+            if (alert.event == kind && alert.tunnel_name == "failover" && alert.body.find(words) != std::string::npos)
+                return true;
+        return false;
+    };
     pytun::StatusServerOptions so;
     so.port = 0;
     so.tunnel_manager_id = "bastions-test";
@@ -261,6 +294,9 @@ TEST_CASE("failover: first bastion killed, the second serves within 3 s; the fir
         REQUIRE(failed_over);
     }
     MESSAGE("first bastion killed: the tunnel served through the second " << failover_ms << " ms later");
+    CHECK(t::wait_until([&] { return alerted(pytun::Alert::Event::failed_over, "failover failed over from bastion " +
+                                                                               first + " to " + second); }, 5s));
+    CHECK_FALSE(alerted(pytun::Alert::Event::down, "")); // it served all along
     CHECK(failover_ms <= 3000);
     CHECK(metrics_say(second, 1));
     CHECK(api_says(second));
@@ -288,6 +324,8 @@ TEST_CASE("failover: first bastion killed, the second serves within 3 s; the fir
     MESSAGE("first bastion back: the tunnel returned to it " << return_ms << " ms after it listened (failback_after "
                                                                "2 s)");
     CHECK(return_ms >= 1900); // not before it had answered for the stable period
+    CHECK(t::wait_until([&] { return alerted(pytun::Alert::Event::returned, "failover returned to bastion " + first +
+                                                                            " (from " + second + ")"); }, 5s));
     CHECK(listen_port() != second_port);
     CHECK(metrics_say(first, 0));
     CHECK(api_says(first));
@@ -309,4 +347,5 @@ TEST_CASE("failover: first bastion killed, the second serves within 3 s; the fir
     MESSAGE("the connection through the second bastion carried " << stream.verified()
                                                                   << " bytes intact across the return");
     manager.stop();
+    alerter.stop();
 }
