@@ -1121,3 +1121,55 @@ TEST_CASE("standby: [pytun] sets the default, a tunnel overrides it, a bad value
     CHECK(count(r, E, "<string>", 3, "standby", "boolean") == 1);
     CHECK(count(r, W, "<string>", 6, "standby", "no effect") == 1);
 }
+
+TEST_CASE("server_host lists: failover bastions in order, ports, IPv6 in brackets, failback_after; mistakes named")
+{
+    TempDir tmp;
+    const std::string host_key = " ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureHostKeyNotReal0000000000000000000\n";
+    write_file(tmp.path / "connector.ini", "[pytun]\ntunnel_manager_id = x\ntunnel_dirs = t\n"
+                                           "failback_after = 30\nreachability_probe_ms = 500\n");
+    write_file(tmp.path / "t/k", k_key);
+    write_file(tmp.path / "t/kh", "bastion" + host_key + "[b2]:2222" + host_key + "[::1]:2200" + host_key +
+                                      "[bastion]:2022" + host_key);
+    const std::string rest = "username = u\nkeyfile = k\nserver_key = kh\nremote_host = h\n";
+    write_file(tmp.path / "t/list.ini", "[tunnel]\nserver_host = bastion, b2:2222 ,[::1]:2200\n" + rest);
+    write_file(tmp.path / "t/one.ini", "[tunnel]\nserver_host = bastion\nserver_port = 2022\nport = 4001\n"
+                                       "failback_after = off\n" + rest);
+    LoadResult r = pytun::load_config((tmp.path / "connector.ini").string());
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(r.config->connector.reachability_probe_ms == std::chrono::milliseconds(500));
+    CHECK(r.config->connector.failback_after == std::chrono::seconds(30));
+    const pytun::TunnelOptions list = pytun::to_tunnel_options(r.config->tunnels[0]);
+    CHECK(list.server_host == "bastion");
+    CHECK(list.server_port == 22);
+    CHECK((list.failover == std::vector<pytun::Bastion>{{"b2", 2222}, {"::1", 2200}}));
+    CHECK(list.failback_after == std::chrono::seconds(30)); // [pytun]'s
+    CHECK(pytun::describe(pytun::all_bastions(list)[2]) == "[::1]:2200");
+    const pytun::TunnelOptions one = pytun::to_tunnel_options(r.config->tunnels[1]);
+    CHECK(one.server_host == "bastion"); // a single host exactly as before
+    CHECK(one.server_port == 2022);
+    CHECK(one.failover.empty());
+    CHECK(one.failback_after == std::chrono::seconds(0));
+
+    TempDir bad;
+    write_file(bad.path / "connector.ini", "[pytun]\ntunnel_manager_id = x\ntunnel_dirs = t\n"
+                                           "reachability_probe_ms = 10\n"  // 4
+                                           "failback_after = soon\n");     // 5
+    write_file(bad.path / "t/k", k_key);
+    write_file(bad.path / "t/kh", "a" + host_key);
+    write_file(bad.path / "t/bad.ini", "[tunnel]\n"
+                                       "server_host = a, , b:0, ::1, c:x, [::1\n" // 2
+                                       "failback_after = -3\n" + rest);          // 3
+    LoadResult e = pytun::load_config((bad.path / "connector.ini").string());
+    INFO(dump(e));
+    CHECK_FALSE(e.ok());
+    CHECK(count(e, E, "connector.ini", 4, "reachability_probe_ms", "0 (off) or at least 50") == 1);
+    CHECK(count(e, E, "connector.ini", 5, "failback_after", "'soon' is not a number") == 1);
+    CHECK(count(e, E, "/bad.ini", 2, "server_host", "entry 2 of the list is empty") == 1);
+    CHECK(count(e, E, "/bad.ini", 2, "server_host", "entry 3 of the list 'b:0': the port must be") == 1);
+    CHECK(count(e, E, "/bad.ini", 2, "server_host", "entry 4 of the list '::1' looks like an IPv6 address") == 1);
+    CHECK(count(e, E, "/bad.ini", 2, "server_host", "entry 5 of the list 'c:x': the port must be") == 1);
+    CHECK(count(e, E, "/bad.ini", 2, "server_host", "entry 6 of the list '[::1': write an IPv6 address") == 1);
+    CHECK(count(e, E, "/bad.ini", 3, "failback_after", "from 0 to 86400") == 1);
+}

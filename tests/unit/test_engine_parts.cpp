@@ -1,12 +1,20 @@
 // SPDX-License-Identifier: MIT
 // Unit tests of the engine's parts that need no network: the relay ring
 // buffer, private key inspection, RSA keys and their SHA-2 signatures, the
-// SSH wire format, known_hosts parsing.
+// SSH wire format, known_hosts parsing; the shared reachability probe (against
+// a listener on loopback).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +29,8 @@
 
 #include "ssh/ring_buffer.h"
 #include "log.h"
+#include "loop/event_loop.h"
+#include "manager/reachability.h"
 #include "ssh/key_file.h"
 #include "ssh/known_hosts.h"
 #include "ssh/rsa_key.h"
@@ -356,4 +366,78 @@ TEST_CASE("fingerprints are printed the way ssh-keygen -l prints them")
     std::string bits_field, expected;
     fp >> bits_field >> expected;
     CHECK(pytun::detail::KnownHosts::fingerprint(blob.data(), blob.size()) == expected);
+}
+
+TEST_CASE("reachability probes: one probe per address however many watch it; results reach every watcher; "
+          "the probe stops when the last leaves")
+{
+    using namespace std::chrono_literals;
+    // A listener on loopback that counts the connections it accepts.
+    int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(listener >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    REQUIRE(::bind(listener, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
+    REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
+    REQUIRE(::listen(listener, 64) == 0);
+    const std::uint16_t port = ntohs(addr.sin_port);
+    std::atomic<int> accepted{0};
+    std::atomic<bool> done{false};
+    std::thread acceptor([&] {
+        while (!done) {
+            pollfd p{listener, POLLIN, 0};
+            if (::poll(&p, 1, 20) > 0) {
+                int fd = ::accept(listener, nullptr, nullptr);
+                if (fd >= 0) {
+                    ++accepted;
+                    ::close(fd);
+                }
+            }
+        }
+    });
+
+    pytun::detail::EventLoop loop;
+    pytun::detail::ReachabilityProbes probes(loop.io(), 100ms);
+    constexpr int k_watchers = 10;
+    std::atomic<int> results{0}, reachable{0};
+    std::vector<pytun::detail::ReachabilityProbes::Id> ids;
+    for (int i = 0; i < k_watchers; ++i)
+        ids.push_back(probes.watch("127.0.0.1", port, [&](bool ok) {
+            ++results;
+            if (ok)
+                ++reachable;
+        }));
+    // A closed port: its watcher hears "unreachable".
+    std::atomic<int> unreachable{0};
+    const auto closed = probes.watch("127.0.0.1", 1, [&](bool ok) {
+        if (!ok)
+            ++unreachable;
+    });
+    std::this_thread::sleep_for(1000ms);
+    for (auto id : ids)
+        probes.unwatch(id);
+    probes.unwatch(closed);
+    const auto sent = probes.probes_sent("127.0.0.1", port);
+    const int seen = accepted.load();
+    MESSAGE(k_watchers << " watchers, 1 s at 100 ms: " << sent << " probes, " << seen << " connections accepted, "
+                       << results.load() << " results delivered");
+    CHECK(sent >= 5);
+    CHECK(sent <= 14); // one probe per interval (±25 %), not one per watcher
+    CHECK(seen >= static_cast<int>(sent) - 1);
+    CHECK(seen <= static_cast<int>(sent));
+    CHECK(reachable.load() >= k_watchers * (static_cast<int>(sent) - 1));
+    CHECK(reachable.load() == results.load());
+    CHECK(unreachable.load() >= 3);
+    // Nobody watches: the probe stops.
+    std::this_thread::sleep_for(300ms);
+    const int after_leave = accepted.load();
+    std::this_thread::sleep_for(500ms);
+    CHECK(accepted.load() == after_leave);
+    CHECK(probes.probes_sent("127.0.0.1", port) <= sent + 1);
+    loop.stop();
+    done = true;
+    acceptor.join();
+    ::close(listener);
 }

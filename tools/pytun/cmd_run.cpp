@@ -84,6 +84,11 @@ const char *state_event(ManagedState s)
 // Manager events become log lines in the tunnel's file (alerts: forward_alerts).
 void log_event(Logging &logging, const TunnelEvent &e)
 {
+    if (!e.bastion_to.empty()) {
+        logging.log(e.name, LogLevel::warning, e.message,
+                    {e.bastion_returned ? "bastion_returned" : "bastion_failover", e.bastion_from});
+        return;
+    }
     const std::string line = std::string("state: ") + to_string(e.from) + " -> " + to_string(e.to);
     const bool bad = e.to == ManagedState::backing_off || e.to == ManagedState::degraded;
     logging.log(e.name, bad ? LogLevel::warning : LogLevel::info, line, {state_event(e.to), e.message});
@@ -202,6 +207,7 @@ int run_connector(const std::string &config_path, const LogFlags &log_flags)
 
     ManagerOptions mo;
     mo.grace_period = c.grace_period_ms;
+    mo.reachability_probe = c.reachability_probe_ms;
     TunnelManager manager(mo);
     Subscription events = manager.subscribe([&logging](const TunnelEvent &e) { log_event(logging, e); });
     Subscription alerts = forward_alerts(manager, alerter);

@@ -65,6 +65,8 @@ struct AlertEvent {
         unauthorized,        ///< the device is not authorized (tunnel_name may be empty)
         test,                ///< a test alert, never rate limited
         took_over,           ///< a standby (TunnelOptions::standby) bound the port: it serves now
+        failed_over,         ///< a later bastion of the list serves now; `error` says from which to which
+        returned,            ///< the first bastion of the list serves again; `error` says so
     };
     std::string tunnel_name;  ///< empty: the whole connector
     Kind kind = Kind::down;
@@ -81,7 +83,8 @@ struct AlertEvent {
 /// custom channel can send `subject` + `body` (or `message`) as they are.
 struct Alert {
     enum class Event {
-        down, still_down, recovered, flapping, degraded, service_unreachable, unauthorized, test, took_over
+        down, still_down, recovered, flapping, degraded, service_unreachable, unauthorized, test, took_over,
+        failed_over, returned, ///< the serving bastion changed (a failover list)
     };
     Event event = Event::test;
     std::string tunnel_name;        ///< empty: the whole connector

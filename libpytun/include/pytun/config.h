@@ -25,8 +25,12 @@ namespace pytun {
 /// `local_forward`, `dynamic_forward` and `remote_forward`.
 struct TunnelConfig {
     std::string tunnel_name;                ///< default: the tunnel file's path
-    std::string server_host;                ///< required
+    std::string server_host;                ///< required; the first entry of a failover list
     std::uint16_t server_port = 22;
+    std::vector<Bastion> failover;          ///< server_host's later entries, in order
+    /// Seconds the first bastion must answer before a tunnel served by a later
+    /// one returns to it; 0: never. Unset in the file: [pytun]'s.
+    std::optional<std::chrono::seconds> failback_after;
     std::uint16_t port = 4000;              ///< port the bastion listens on
     std::string bind_address;               ///< address the bastion binds; empty: its default
     std::string remote_host;                ///< required unless the tunnel declares forwards; empty: no reverse tunnel

@@ -48,6 +48,8 @@ struct ConnectorConfig {
     std::string signature;                  ///< device authorization blob; empty: authorized
     std::string mac_address_pub_key;        ///< PEM public key that checks `signature`
     std::chrono::milliseconds grace_period_ms{5000}; ///< drain time for connections on stop/reload
+    std::chrono::milliseconds reachability_probe_ms{300}; ///< ManagerOptions::reachability_probe; 0: off
+    std::chrono::seconds failback_after{60}; ///< for tunnels that do not set their own; 0: never
     /// At most one e-mail per tunnel and kind of alert in this window; what is
     /// held back is summarised ("flapping") when it ends. 0: no limit.
     std::chrono::seconds smtp_rate_limit{600};

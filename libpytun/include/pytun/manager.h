@@ -61,6 +61,13 @@ struct TunnelStatus {
     TunnelStats traffic;                 ///< of the current run, every forward summed
     std::vector<ForwardStatus> forwards; ///< of the current run, in all_forwards() order
     unsigned sessions = 0;               ///< SSH connections to the bastion now (extra ones carry channel opens)
+
+    /// The bastion ("host:port") that serves, or served last; empty before
+    /// the first time up. With a failover list it may be a later entry than
+    /// server_host:server_port (which stay the first, as configured).
+    std::string bastion;
+    std::chrono::system_clock::time_point bastion_since; ///< when `bastion` began serving
+    std::vector<std::string> bastions;   ///< the failover list in order ("host:port"); empty: one bastion
 };
 
 /// A state change, as published to subscribers.
@@ -74,6 +81,11 @@ struct TunnelEvent {
     /// A standby bound the port (to is up or degraded): how long it waited,
     /// over every session it had meanwhile. 0 for any other change.
     std::chrono::milliseconds standby_for{0};
+    /// Set when the serving bastion changed ("host:port" each; from and to
+    /// are then both `up` or `degraded`): failed over from bastion_from to a
+    /// later one, or returned to the first.
+    std::string bastion_from, bastion_to;
+    bool bastion_returned = false;       ///< bastion_to is the first of the list (a failback)
 };
 
 struct ManagerOptions {
@@ -83,6 +95,12 @@ struct ManagerOptions {
     std::chrono::milliseconds stable_after{30000};         ///< up this long resets the backoff
     std::chrono::milliseconds port_held_retry_max{5000};   ///< retry cap while the bastion holds the port
     std::chrono::milliseconds grace_period{5000};          ///< for open connections when stopping
+    /// While a tunnel backs off because its bastion could not be reached, a
+    /// TCP connect to the bastion's SSH port this often (jittered; shared by
+    /// every tunnel of that bastion) ends the wait as soon as it answers.
+    /// 0: off (wait for the backoff only; failback, TunnelOptions::
+    /// failback_after, still probes the first bastion, every 300 ms).
+    std::chrono::milliseconds reachability_probe{300};
 };
 
 /// What apply() did, by tunnel name.

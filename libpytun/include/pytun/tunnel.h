@@ -88,6 +88,13 @@ PYTUN_EXPORT std::optional<ForwardSpec> parse_forward(char kind, std::string_vie
 /// mask must be 0-32") when it is not. The syntax: docs/destinations.md.
 PYTUN_EXPORT bool check_destination(std::string_view rule, std::string &error);
 
+/// One bastion of a tunnel's failover list.
+struct Bastion {
+    std::string host;                      ///< name or address (an IPv6 address without brackets)
+    std::uint16_t port = 22;
+    friend bool operator==(const Bastion &, const Bastion &) = default;
+};
+
 /// Everything one tunnel needs: the SSH connection, and what it carries.
 /// Only the configured key is used (no agent, no key discovery) and the
 /// bastion's host key is always verified against known_hosts_file.
@@ -135,8 +142,23 @@ struct TunnelOptions {
     /// every 1-2 s until the bastion grants it. false: a refused listen fails.
     bool standby = false;
 
+    /// More bastions, in order of preference after server_host:server_port
+    /// (the first): a TunnelManager moves to the next when the current one
+    /// fails, and backs off only after the whole list has failed. Each is
+    /// checked against known_hosts_file. pytun::Tunnel uses the first only.
+    std::vector<Bastion> failover;
+    /// While a later bastion serves, a TunnelManager returns to the first once
+    /// it has answered TCP for this long (the new session serves before the
+    /// old one stops). 0: never (stay until the serving bastion fails).
+    std::chrono::seconds failback_after{60};
+
     friend bool operator==(const TunnelOptions &, const TunnelOptions &) = default;
 };
+
+/// The bastions of `options` in order: server_host:server_port, then `failover`.
+PYTUN_EXPORT std::vector<Bastion> all_bastions(const TunnelOptions &options);
+/// "host:port", "[::1]:2222": for logs and status.
+PYTUN_EXPORT std::string describe(const Bastion &bastion);
 
 /// Every forward of `options`: the reverse tunnel (when remote_host is set)
 /// first, then `forwards`.

@@ -84,6 +84,8 @@ std::string_view to_string(Alert::Event event) noexcept
     case Alert::Event::unauthorized: return "unauthorized";
     case Alert::Event::test: return "test";
     case Alert::Event::took_over: return "took_over";
+    case Alert::Event::failed_over: return "failed_over";
+    case Alert::Event::returned: return "returned";
     }
     return "unknown";
 }

@@ -505,6 +505,12 @@ void Alerter::notify(const AlertEvent &event)
         d.emit(std::move(a));
         return;
     }
+    case AlertEvent::Kind::failed_over:
+        d.emit(d.make(Alert::Event::failed_over, event.tunnel_name, since, event.error));
+        return;
+    case AlertEvent::Kind::returned:
+        d.emit(d.make(Alert::Event::returned, event.tunnel_name, since, event.error));
+        return;
     }
 }
 

@@ -31,6 +31,13 @@ Subscription forward_alerts(TunnelManager &manager, Alerter &alerter)
         AlertEvent alert;
         alert.tunnel_name = event.name;
         alert.since = event.when;
+        if (!event.bastion_to.empty()) {
+            // The serving bastion changed; the state did not.
+            alert.kind = event.bastion_returned ? AlertEvent::Kind::returned : AlertEvent::Kind::failed_over;
+            alert.error = event.message;
+            alerter.notify(alert);
+            return;
+        }
         switch (event.to) {
         case ManagedState::backing_off:
             alert.kind = AlertEvent::Kind::down;

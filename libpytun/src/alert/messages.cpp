@@ -126,6 +126,15 @@ void word_alert(Alert &a)
                  duration_words(a.standby_for) + " in standby (the connector that held the port went away). " + id +
                  "\n\nUp since: " + since + "\n";
         break;
+    case Alert::Event::failed_over:
+    case Alert::Event::returned:
+        // Serving all along (the tunnel was not down): the error says from which bastion to which.
+        a.state = "up";
+        a.message = a.event == Alert::Event::failed_over ? "Connector failed over to another bastion"
+                                                         : "Connector returned to its first bastion";
+        a.body = "This email is to let you know that " + who + " " + a.error + ". " + id + "\n\nSince: " + since +
+                 "\n";
+        break;
     case Alert::Event::test:
         a.state = "test";
         a.message = "Connector test notification";

@@ -230,6 +230,8 @@ LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> 
         for (BuiltTunnel &t : tunnels) {
             if (!t.standby_set)
                 t.config.standby = c.connector.standby;
+            if (!t.config.failback_after)
+                t.config.failback_after = c.connector.failback_after;
             c.tunnels.push_back(std::move(t.config));
         }
         c.main_file = real_file ? real_file->string() : display;
@@ -385,6 +387,8 @@ TunnelOptions to_tunnel_options(const TunnelConfig &tunnel)
     o.open_timeout = tunnel.open_timeout;
     o.standby = tunnel.standby;
     o.config_path = tunnel.source_file;
+    o.failover = tunnel.failover;
+    o.failback_after = tunnel.failback_after.value_or(ConnectorConfig{}.failback_after);
     return o;
 }
 

@@ -33,6 +33,7 @@ constexpr auto k_main_keys = std::to_array<std::string_view>({
     "smtp_to",           "smtp_ca_file",  "smtp_verify_tls",   "http_url",          "http_user",
     "http_password",     "signature",     "mac_address_pub_key", "grace_period_ms",   "smtp_rate_limit",
     "http_rate_limit",   "alert_reminder_interval",            "log_max_mb_per_day", "standby",
+    "reachability_probe_ms", "failback_after",
 });
 
 constexpr auto k_tunnel_keys = std::to_array<std::string_view>({
@@ -41,6 +42,7 @@ constexpr auto k_tunnel_keys = std::to_array<std::string_view>({
     "server_key",    "keep_alive_time", "log_level",      "log_to_console", "max_connections",
     "local_forward", "dynamic_forward", "remote_forward", "socks_allow",    "socks_user",
     "socks_password", "max_sessions",   "min_sessions",   "open_timeout",   "standby",
+    "failback_after",
 });
 
 // Keys that take a list and may be written on several lines, each adding to
@@ -486,6 +488,110 @@ bool valid_email(std::string_view a)
     return true;
 }
 
+namespace {
+
+/// failback_after: seconds, or 0 / "off" / "never" for never.
+std::chrono::seconds failback_seconds(const Fields &f, std::chrono::seconds fallback)
+{
+    if (const RawValue *v = f.find("failback_after"); v && v->kind == RawValue::Kind::text) {
+        const std::string w = to_lower(v->text);
+        if (w == "off" || w == "never")
+            return std::chrono::seconds(0);
+    }
+    return std::chrono::seconds(f.integer("failback_after", fallback.count(), 0, 86400,
+                                          "the seconds the first bastion must answer before a tunnel returns to it "
+                                          "(0 or off: never)"));
+}
+
+/// server_host: one host as always, or a comma-separated failover list
+/// "a.example.com, b.example.com:2222, [2001:db8::1]:22" (an entry without a
+/// port uses server_port). The first entry goes to server_host/server_port.
+void read_bastions(const Fields &f, const std::string &text, TunnelConfig &t)
+{
+    if (text.empty())
+        return;
+    const int line = f.line("server_host");
+    const std::string key = f.written("server_host");
+    // One host as always, a bare IPv6 address included; "host:port" and
+    // "[address]:port" go through the list's parser.
+    const auto colons = std::count(text.begin(), text.end(), ':');
+    if (text.find(',') == std::string::npos && text.front() != '[' && colons != 1) {
+        t.server_host = text;
+        return;
+    }
+    std::vector<Bastion> list;
+    std::size_t start = 0, index = 0;
+    for (;;) {
+        const auto comma = text.find(',', start);
+        std::string entry = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        ++index;
+        const auto b = entry.find_first_not_of(" \t");
+        entry = b == std::string::npos ? std::string() : entry.substr(b, entry.find_last_not_of(" \t") - b + 1);
+        const std::string which = "entry " + std::to_string(index) + " of the list";
+        Bastion bastion;
+        bastion.port = t.server_port;
+        std::string port;
+        bool ok = true;
+        if (entry.empty()) {
+            f.error_at(line, key, which + " is empty: write host[:port] entries separated by commas");
+            ok = false;
+        } else if (entry.front() == '[') {
+            const auto close = entry.find(']');
+            if (close == std::string::npos || close == 1 ||
+                (close + 1 < entry.size() && entry[close + 1] != ':')) {
+                f.error_at(line, key, which + " " + quote_value(key, entry) +
+                                          ": write an IPv6 address as [address] or [address]:port");
+                ok = false;
+            } else {
+                bastion.host = entry.substr(1, close - 1);
+                if (close + 1 < entry.size())
+                    port = entry.substr(close + 2);
+                if (close + 1 < entry.size() && port.empty())
+                    port = "-";
+            }
+        } else if (std::count(entry.begin(), entry.end(), ':') > 1) {
+            f.error_at(line, key, which + " " + quote_value(key, entry) +
+                                      " looks like an IPv6 address: write it in brackets, [address] or "
+                                      "[address]:port");
+            ok = false;
+        } else if (const auto colon = entry.find(':'); colon != std::string::npos) {
+            bastion.host = entry.substr(0, colon);
+            port = entry.substr(colon + 1);
+            if (port.empty())
+                port = "-";
+            if (bastion.host.empty()) {
+                f.error_at(line, key, which + " " + quote_value(key, entry) + " has no host: write host[:port]");
+                ok = false;
+            }
+        } else {
+            bastion.host = entry;
+        }
+        if (ok && !port.empty()) {
+            unsigned n = 0;
+            auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+            if (ec != std::errc{} || p != port.data() + port.size() || n < 1 || n > 65535) {
+                f.error_at(line, key, which + " " + quote_value(key, entry) +
+                                          ": the port must be a whole number from 1 to 65535");
+                ok = false;
+            } else {
+                bastion.port = static_cast<std::uint16_t>(n);
+            }
+        }
+        if (ok)
+            list.push_back(std::move(bastion));
+        if (comma == std::string::npos)
+            break;
+        start = comma + 1;
+    }
+    if (list.empty())
+        return;
+    t.server_host = list.front().host;
+    t.server_port = list.front().port;
+    t.failover.assign(list.begin() + 1, list.end());
+}
+
+} // namespace
+
 BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Format format, Diagnostics &diag)
 {
     Fields f(s, k_main_keys.data(), k_main_keys.size(), diag);
@@ -591,6 +697,13 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
                 "mac_address_pub_key = <path>");
     c.grace_period_ms = std::chrono::milliseconds(
         f.integer("grace_period_ms", 5000, 0, 3'600'000, "milliseconds connections get to finish on stop"));
+    c.reachability_probe_ms = std::chrono::milliseconds(f.integer(
+        "reachability_probe_ms", 300, 0, 60'000,
+        "milliseconds between TCP probes of an unreachable bastion (0: off)"));
+    if (c.reachability_probe_ms.count() > 0 && c.reachability_probe_ms.count() < 50)
+        f.error("reachability_probe_ms", "must be 0 (off) or at least 50: a probe every few milliseconds would "
+                                         "flood the bastion with connections; 300 is the default");
+    c.failback_after = failback_seconds(f, std::chrono::seconds(60));
     constexpr std::int64_t week = 7 * 86400;
     c.smtp_rate_limit = std::chrono::seconds(
         f.integer("smtp_rate_limit", 600, 0, week, "seconds between two e-mails about the same tunnel and event"));
@@ -616,8 +729,10 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
     if (t.tunnel_name.empty())
         t.tunnel_name = std::move(default_name);
     out.name_line = f.line("tunnel_name");
-    t.server_host = f.required("server_host", "the SSH bastion's host name");
     t.server_port = f.port("server_port", 22, "the bastion's SSH port");
+    read_bastions(f, f.required("server_host", "the SSH bastion's host name (or several: a, b:2222)"), t);
+    if (f.find("failback_after"))
+        t.failback_after = failback_seconds(f, std::chrono::seconds(60));
     t.port = f.port("port", 4000, "the port the bastion listens on");
     out.port_line = f.line("port");
     t.bind_address = f.string("bind_address");
@@ -647,8 +762,13 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
     t.server_key = f.path("server_key", base_dir, "");
     if (!t.server_key.empty()) {
         if (check_readable(f, "server_key", t.server_key, "create it with " + keyscan + " > known_hosts"))
+        {
             check_known_hosts_content(t.server_key, t.server_host, t.server_port, s.file, f.line("server_key"),
                                       "server_key", diag);
+            for (const Bastion &b : t.failover)
+                check_known_hosts_content(t.server_key, b.host, b.port, s.file, f.line("server_key"), "server_key",
+                                          diag);
+        }
     }
     else
         f.warning("server_key", "not set: every host key of the bastion will be refused; set server_key to a "

@@ -14,6 +14,7 @@
 
 #include "log.h"
 #include "loop/event_loop.h"
+#include "manager/reachability.h"
 #include "manager/supervisor.h"
 #include "util/fd_budget.h"
 
@@ -57,6 +58,9 @@ struct TunnelManager::Impl {
         std::size_t loop = 0;
         std::uint64_t generation = 0;
     };
+    /// The bastions' reachability probes, on the first loop; freed after the
+    /// loops stop and before they are destroyed (its sockets belong to one).
+    std::unique_ptr<detail::ReachabilityProbes> probes;
     std::mutex mutex; ///< guards `entries` and `generation`
     std::map<std::string, Entry> entries;
     std::uint64_t generation = 0;
@@ -76,7 +80,7 @@ struct TunnelManager::Impl {
         entry.generation = ++generation;
         entry.options = std::move(tunnel);
         entry.supervisor = std::make_shared<detail::Supervisor>(loops[entry.loop]->io(), entry.options, options,
-                                                                board, events, entry.generation);
+                                                                board, events, entry.generation, probes.get());
         return entry;
     }
 
@@ -105,6 +109,10 @@ TunnelManager::TunnelManager(ManagerOptions options) : impl_(std::make_unique<Im
     for (unsigned i = 0; i < threads; ++i)
         d.loops.push_back(std::make_unique<detail::EventLoop>());
     d.load.assign(threads, 0);
+    // Failback probes the first bastion even when the backoff's probe is off.
+    const auto interval = options.reachability_probe.count() > 0 ? options.reachability_probe
+                                                                 : ManagerOptions{}.reachability_probe;
+    d.probes = std::make_unique<detail::ReachabilityProbes>(d.loops.front()->io(), interval);
     d.health_subscription = d.health.on_change([&d](const std::string &name, const ServiceHealth &health) {
         std::lock_guard lock(d.mutex);
         auto it = d.entries.find(name);
@@ -229,6 +237,7 @@ void TunnelManager::stop()
     for (auto &loop : d.loops)
         loop->stop();
     d.entries.clear(); // supervisors and their tunnels are freed on this thread, loops idle
+    d.probes.reset();
     d.loops.clear();
 }
 

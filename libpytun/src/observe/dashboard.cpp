@@ -175,7 +175,7 @@ constexpr std::string_view k_tail = R"HTML(</script>
   function matches(t) {
     if (view.state && t.state !== view.state) return false;
     if (!view.q) return true;
-    const hay = [t.name, t.server_host + ":" + t.listen_port, t.remote_host + ":" + t.remote_port,
+    const hay = [t.name, t.server_host + ":" + t.listen_port, t.bastion || "", t.remote_host + ":" + t.remote_port,
                  t.last_error ? t.last_error.message : ""]
                 .concat(t.forwards.map((f) => f.description + "\n" + (f.error || ""))).join("\n").toLowerCase();
     return hay.includes(view.q.toLowerCase());
@@ -187,11 +187,14 @@ constexpr std::string_view k_tail = R"HTML(</script>
     tr.dataset.state = t.state;
     const name = document.createElement("td");
     name.appendChild(text("div", t.name));
+    // The bastion that serves (or served last: a failover list names
+    // several), else the configured one.
     if (t.remote_host) {
-      const bastion = t.server_host + ":" + (t.listen_port ? t.listen_port : "…");
+      const host = t.bastion ? t.bastion.slice(0, t.bastion.lastIndexOf(":")) : t.server_host;
+      const bastion = host + ":" + (t.listen_port ? t.listen_port : "…");
       name.appendChild(text("div", bastion + " → " + t.remote_host + ":" + t.remote_port, "sub"));
     } else {
-      name.appendChild(text("div", "via " + t.server_host + ":" + t.server_port, "sub"));
+      name.appendChild(text("div", "via " + (t.bastion || t.server_host + ":" + t.server_port), "sub"));
     }
     // The forwards, unless the reverse tunnel of the line above is the only one.
     if (t.forwards.length > (t.remote_host ? 1 : 0)) {

@@ -96,6 +96,13 @@ bool all_serving(const TunnelStatus &t)
                                            [](const ForwardStatus &f) { return f.serving; });
 }
 
+/// Which bastion serves (or served last) and since when; null before the first time up.
+void add_bastion(ordered_json &j, const TunnelStatus &t)
+{
+    j["bastion"] = t.bastion.empty() ? ordered_json(nullptr) : ordered_json(t.bastion);
+    j["bastion_since"] = t.bastion.empty() ? ordered_json(nullptr) : time_or_null(t.bastion_since);
+}
+
 ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_point now)
 {
     ordered_json j;
@@ -109,6 +116,9 @@ ordered_json tunnel_json(const TunnelStatus &t, std::chrono::system_clock::time_
                               : ordered_json(nullptr);
     j["server_host"] = t.server_host;
     j["server_port"] = t.server_port;
+    add_bastion(j, t);
+    j["bastions"] = t.bastions.empty() ? ordered_json::array({describe(Bastion{t.server_host, t.server_port})})
+                                       : ordered_json(t.bastions);
     j["listen_port"] = t.listen_port;
     j["remote_host"] = t.remote_host;
     j["remote_port"] = t.remote_port;
@@ -338,6 +348,15 @@ std::string render_status(const RenderContext &ctx, const Snapshot &snap)
         // service answers) and the key below tells a standby from the active.
         if (t.state == ManagedState::standby)
             out += ",\"state\":\"standby\"";
+        if (!t.bastions.empty()) {
+            // Only with a failover list: a single bastion's entry stays the original's.
+            ordered_json b;
+            add_bastion(b, t);
+            out += ",\"bastion\":";
+            out += dump(b["bastion"]);
+            out += ",\"bastion_since\":";
+            out += dump(b["bastion_since"]);
+        }
         out += '}';
     }
     out += ",\"tunnel_manager_id\":";
@@ -457,6 +476,25 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
             for (auto s : k_states)
                 f.sample(label("tunnel", t.name) + "," + label("state", state_key(s)), t.state == s ? "1" : "0");
     }
+    {
+        Family f(out, "pytun_tunnel_bastion_info", "gauge",
+                 "1 for the bastion that serves the tunnel (or served it last), by its place in the tunnel's list "
+                 "(0: the first).");
+        for (const auto &t : snap.tunnels) {
+            if (t.bastion.empty())
+                continue;
+            const auto at = std::find(t.bastions.begin(), t.bastions.end(), t.bastion);
+            const auto index = at == t.bastions.end() ? 0 : at - t.bastions.begin();
+            f.sample(label("tunnel", t.name) + "," + label("bastion", t.bastion) + "," +
+                         label("index", std::to_string(index)),
+                     "1");
+        }
+    }
+    per_tunnel("pytun_tunnel_bastion_change_timestamp_seconds", "gauge",
+               "Unix time the serving bastion last changed (or first served).",
+               [](const TunnelStatus &t) {
+                   return !t.bastion.empty() && is_set(t.bastion_since) ? number(unix_seconds(t.bastion_since)) : "";
+               });
     per_tunnel("pytun_tunnel_state_change_timestamp_seconds", "gauge", "Unix time of the last state change.",
                [](const TunnelStatus &t) { return is_set(t.state_since) ? number(unix_seconds(t.state_since)) : ""; });
     per_tunnel("pytun_tunnel_takeovers_total", "counter",

@@ -100,6 +100,19 @@ std::string describe(const ForwardSpec &forward)
     return std::visit(Text{}, forward);
 }
 
+std::vector<Bastion> all_bastions(const TunnelOptions &options)
+{
+    std::vector<Bastion> out{Bastion{options.server_host, options.server_port}};
+    out.insert(out.end(), options.failover.begin(), options.failover.end());
+    return out;
+}
+
+std::string describe(const Bastion &bastion)
+{
+    const bool v6 = bastion.host.find(':') != std::string::npos;
+    return (v6 ? "[" + bastion.host + "]" : bastion.host) + ":" + std::to_string(bastion.port);
+}
+
 std::vector<ForwardSpec> all_forwards(const TunnelOptions &options)
 {
     std::vector<ForwardSpec> out;
