@@ -53,6 +53,10 @@ struct ConnectorConfig {
     std::chrono::seconds smtp_rate_limit{600};
     std::chrono::seconds http_rate_limit{60}; ///< the same for webhook alerts
     std::chrono::seconds alert_reminder_interval{600}; ///< "still down" reminders while a tunnel stays down
+    /// Proxy URL for every tunnel that names none (http://, socks5://), or
+    /// "none"; empty: not set (the pytun command then reads https_proxy /
+    /// all_proxy). May hold a password: never print it (describe()).
+    std::string proxy;
 
     friend bool operator==(const ConnectorConfig &, const ConnectorConfig &) = default;
 };
