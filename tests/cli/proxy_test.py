@@ -44,6 +44,12 @@ def sshd_log(info):
         return f.read()
 
 
+def login(info, address):
+    """What sshd logs when the fixture's user logs in from `address` (a connection alone is not a login:
+    the fixture's readiness check connects too)."""
+    return "Accepted publickey for %s from %s port" % (info["user"], address)
+
+
 def second_sshd(env, name="jump"):
     """Another sshd (the jump host), stopped with the test."""
     try:
@@ -101,8 +107,8 @@ def case_config(binary):
         check("CONNECT 127.0.0.1:%d" % bastion["port"] in proxy_log(http) or
               "127.0.0.1:%d" % bastion["port"] in proxy_log(http), "tinyproxy carried a connection to the bastion")
         log = sshd_log(bastion)
-        check("Connection from 127.0.0.3 port" in log and "Connection from 127.0.0.1 port" in log,
-              "sshd saw the proxied tunnel (from tinyproxy's 127.0.0.3) and the direct one (127.0.0.1)")
+        check(login(bastion, "127.0.0.3") in log and login(bastion, "127.0.0.1") in log,
+              "sshd saw the proxied tunnel log in from tinyproxy's 127.0.0.3, the direct one from 127.0.0.1")
         check("through the proxy http://%s@127.0.0.1:%d" % (USER, http["port"]) in env.log("proxied"),
               "the tunnel's log says how it connects")
 
@@ -149,16 +155,16 @@ def case_environment(binary):
               "--check: the environment's proxy: %s" % r.stdout)
         proc = env.start(["--config_ini", "connector.ini"], env=via)
         check(wait_until(lambda: echo_roundtrip(port), 30), "the tunnel serves through https_proxy")
-        check("Connection from 127.0.0.3 port" in sshd_log(bastion), "by way of tinyproxy")
+        check(login(bastion, "127.0.0.3") in sshd_log(bastion), "by way of tinyproxy")
         kill_pid(proc.pid, signal.SIGTERM)
         check(proc.wait(20) == 0, "SIGTERM: exit 0")
 
-        carried = sshd_log(bastion).count("Connection from 127.0.0.3 port")
+        carried = sshd_log(bastion).count(login(bastion, "127.0.0.3"))
         exempt = dict(via, no_proxy="localhost, 127.0.0.0/8")
         r = env.run(["--config_ini", "connector.ini", "--test_tunnels"], env=exempt)
         check(r.returncode == 0 and "ok     LDAP" in r.stdout and "through the proxy" not in r.stdout,
               "no_proxy 127.0.0.0/8: --test_tunnels connects directly: %s" % r.stdout)
-        check(sshd_log(bastion).count("Connection from 127.0.0.3 port") == carried, "tinyproxy carried nothing")
+        check(sshd_log(bastion).count(login(bastion, "127.0.0.3")) == carried, "tinyproxy carried nothing")
 
         bad = dict(base, all_proxy="ftp://127.0.0.1:21")
         r = env.run(["--config_ini", "connector.ini"], env=bad, timeout=30)
@@ -195,14 +201,16 @@ def case_forward(binary):
         err = open(env.path("forward.stderr"), "ab")
         proc = env.start(args, stderr=err)
         check(wait_until(lambda: echo_roundtrip(local), 30), "-L serves through the jump host")
-        with open(env.path("forward.stderr"), errors="replace") as f:
-            out = f.read()
-        check("connected to %s through the jump host %s@%s (reached through the proxy socks5://%s@127.0.0.1:%d)"
-              % (remote, bastion["user"], hop, USER, socks["port"]) in out, "the route is printed: %s" % out)
-        check(PASSWORD not in out, "never the password")
-        check("Connection from 127.0.0.4 port" in sshd_log(jump), "microsocks carried the jump connection")
-        check("Connection from 127.0.0.1 port" in sshd_log(bastion)
-              and "Connection from 127.0.0.4" not in sshd_log(bastion),
+
+        def output():
+            with open(env.path("forward.stderr"), errors="replace") as f:
+                return f.read()
+        connected = ("connected to %s through the jump host %s@%s (reached through the proxy socks5://%s@127.0.0.1:%d)"
+                     % (remote, bastion["user"], hop, USER, socks["port"]))
+        check(wait_until(lambda: connected in output(), 20), "the route is printed: %s" % output())
+        check(PASSWORD not in output(), "never the password")
+        check(login(jump, "127.0.0.4") in sshd_log(jump), "microsocks carried the jump connection")
+        check(login(bastion, "127.0.0.1") in sshd_log(bastion) and "127.0.0.4" not in sshd_log(bastion),
               "the bastion was reached from the jump host, not through the proxy")
         kill_pid(proc.pid, signal.SIGTERM)
         check(proc.wait(20) == 0, "SIGTERM: exit 0")
