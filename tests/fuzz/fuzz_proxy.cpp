@@ -34,7 +34,8 @@ struct Outcome {
 
 Outcome run(std::string_view answer, std::uint8_t seed, bool split)
 {
-    HttpConnectHandshake h("bastion.example", 22, "user", "password");
+    constexpr std::string_view secret = "Zq9-proxy-pw";
+    HttpConnectHandshake h("bastion.example", 22, "user", std::string(secret));
     check(!h.request().empty());
     Outcome out;
     std::uint32_t state = seed * 2654435761u + 1;
@@ -54,7 +55,8 @@ Outcome run(std::string_view answer, std::uint8_t seed, bool split)
         if (answer.empty())
             break;
     }
-    check(out.reason.find("password") == std::string::npos);
+    // Our password never shows; the proxy's own words may hold anything.
+    check(out.reason.find(secret) == std::string::npos || answer.find(secret) != std::string_view::npos);
     if (out.kind == HttpConnectHandshake::Step::Kind::complete)
         check(answer.ends_with(out.early));
     return out;
@@ -77,6 +79,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     case 2: {
         // The same text as a password inside a URL: it must not leak.
         const std::string secret = "Zq9secret";
+        if (text.find(secret) != std::string_view::npos)
+            break; // the text may show itself where it is no password
         std::string error;
         for (const std::string url : {std::string(text), "http://u:" + secret + std::string(text),
                                       "socks5://u:" + secret + "@" + std::string(text)}) {
