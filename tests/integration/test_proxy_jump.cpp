@@ -91,9 +91,25 @@ pytun::TunnelOptions echo_forward(const t::SshServer &server, const t::EchoServi
     return o;
 }
 
-std::error_code start_failing(pytun::TunnelOptions o, std::string &message)
+/// Takes connections and reads them, never answering: a proxy that hangs.
+class MuteService final : public t::TcpService {
+public:
+    MuteService() { start(); }
+    ~MuteService() override { stop(); }
+
+protected:
+    void serve(int fd) override
+    {
+        char buffer[4096];
+        while (::read(fd, buffer, sizeof buffer) > 0) {
+        }
+    }
+};
+
+std::error_code start_failing(pytun::TunnelOptions o, std::string &message,
+                              std::chrono::milliseconds timeout = 10s)
 {
-    o.connect_timeout = 10s;
+    o.connect_timeout = timeout;
     pytun::Tunnel tunnel(std::move(o));
     const std::error_code ec = tunnel.start();
     message = tunnel.last_error_message();
@@ -195,6 +211,15 @@ TEST_CASE("HTTP CONNECT proxy: refusals are clear errors naming the proxy, never
         proxy.stop();
         CHECK(start_failing(o, message) == Errc::proxy_failed);
         CHECK(message.find("cannot connect to the proxy http://pxuser@" + where) != std::string::npos);
+    }
+    SUBCASE("a proxy that never answers: connect_timeout covers its handshake")
+    {
+        MuteService mute;
+        o.proxy = proxy_of("http://127.0.0.1:" + std::to_string(mute.port()));
+        CHECK(start_failing(o, message, 2s) == Errc::proxy_failed);
+        CHECK(message.find("the proxy http://127.0.0.1:" + std::to_string(mute.port()) + " did not answer") !=
+              std::string::npos);
+        CHECK(mute.accepted() == 1);
     }
     SUBCASE("something that is no proxy: the bastion itself")
     {

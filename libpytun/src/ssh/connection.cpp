@@ -85,9 +85,10 @@ void SshConnection::start()
     if (options_.setup_timeout.count() > 0) {
         setup_timer_.expires_after(options_.setup_timeout);
         setup_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
-            if (!ec && !ended_)
-                fail(Errc::bastion_timeout, "SSH set-up with " + where() + route() + " did not finish within " +
-                                                std::to_string(options_.setup_timeout.count()) + " ms");
+            if (!ec && !ended_) {
+                const auto [code, why] = overdue(options_.setup_timeout);
+                fail(code, why);
+            }
         });
     }
     log_->debug("connecting to {}{}", where(), route());
@@ -119,8 +120,10 @@ void SshConnection::connect_direct()
                     on_transport(SshSession::Socket(std::move(socket_)));
                     return;
                 }
+                proxying_ = true;
                 proxy_handshake(socket_, options_.proxy, options_.server_host, options_.server_port, deadline,
                                 [this, self](std::error_code ec, const std::string &message) {
+                                    proxying_ = false;
                                     if (ended_)
                                         return;
                                     if (ec) {
@@ -150,6 +153,15 @@ void SshConnection::connect_direct()
                 return;
             }
         });
+}
+
+std::pair<std::error_code, std::string> SshConnection::overdue(std::chrono::milliseconds limit) const
+{
+    const std::string within = " within " + std::to_string(limit.count()) + " ms";
+    if (proxying_)
+        return {Errc::proxy_failed, "the proxy " + describe(options_.proxy) + " did not answer the request for " +
+                                        where() + within + " (connect_timeout)"};
+    return {Errc::bastion_timeout, "SSH set-up with " + where() + route() + " did not finish" + within};
 }
 
 void SshConnection::connect_via()

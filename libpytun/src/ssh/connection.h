@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <system_error>
+#include <utility>
 
 #include <asio.hpp>
 #include <spdlog/logger.h>
@@ -95,6 +96,10 @@ public:
     /// How the bastion is reached, for messages: "", " through the proxy
     /// http://p:3128", " through the jump host user@j:22".
     const std::string &route() const { return options_.route; }
+    /// Why set-up is not done after `limit`, naming the step that hangs: the
+    /// proxy's handshake (Errc::proxy_failed), else the SSH set-up
+    /// (Errc::bastion_timeout).
+    std::pair<std::error_code, std::string> overdue(std::chrono::milliseconds limit) const;
 
     /// From now on every keep_alive: an SSH keepalive and an end-to-end probe
     /// (plus TCP keepalive and TCP_USER_TIMEOUT on the socket). A probe not
@@ -139,6 +144,7 @@ private:
     KnownHosts known_hosts_;
     bool ended_ = false;
     bool checking_health_ = false;
+    bool proxying_ = false; ///< in the proxy's handshake
 };
 
 } // namespace pytun::detail

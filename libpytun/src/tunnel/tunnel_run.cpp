@@ -161,10 +161,10 @@ void TunnelRun::start()
                                              [status = status_] { return status->total().connections_active; });
     setup_timer_.expires_after(options_.connect_timeout);
     setup_timer_.async_wait([this, self](const asio::error_code &ec) {
-        if (!ec && !up_)
-            finish(Errc::bastion_timeout, "SSH set-up with " + connection_->where() + connection_->route() +
-                                              " did not finish within " +
-                                              std::to_string(options_.connect_timeout.count()) + " ms");
+        if (!ec && !up_) {
+            const auto [code, message] = connection_->overdue(options_.connect_timeout);
+            finish(code, message);
+        }
     });
     connection_->start();
 }
