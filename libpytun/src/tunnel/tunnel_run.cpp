@@ -162,8 +162,8 @@ void TunnelRun::start()
     setup_timer_.expires_after(options_.connect_timeout);
     setup_timer_.async_wait([this, self](const asio::error_code &ec) {
         if (!ec && !up_) {
-            const auto [code, message] = connection_->overdue(options_.connect_timeout);
-            finish(code, message);
+            const auto [code, why] = connection_->overdue(options_.connect_timeout);
+            finish(code, why);
         }
     });
     connection_->start();
