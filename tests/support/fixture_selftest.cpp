@@ -59,7 +59,6 @@ int ssh_true(const SshServer &server, const std::string &key, const std::string 
                server.dir() + "/selftest-ssh.log");
 }
 
-
 std::string as_string(const std::vector<std::uint8_t> &v) { return {v.begin(), v.end()}; }
 
 } // namespace
