@@ -60,6 +60,13 @@ public:
         case Errc::local_port_unavailable:
             return "cannot listen on the forward's local address: another program uses the port, or the address "
                    "is not one of this machine's; choose another port or stop the other program";
+        case Errc::proxy_failed:
+            return "the proxy (proxy, or https_proxy/all_proxy) could not be used: it is unreachable, refused "
+                   "to connect to the SSH host, or is not an HTTP CONNECT or SOCKS5 proxy; the message says "
+                   "what it answered";
+        case Errc::proxy_auth_failed:
+            return "the proxy did not accept the user name and password in its URL, or asks for some: write "
+                   "them into it as SCHEME://USER:PASSWORD@HOST:PORT";
         }
         return "unknown pytun error " + std::to_string(code);
     }

@@ -77,6 +77,34 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+/// A real proxy on 127.0.0.1 (tests/support/proxy_fixture.py): tinyproxy
+/// for HTTP CONNECT, microsocks for SOCKS5, each with its own files in a
+/// temporary directory. With a user it asks for the user and password; with
+/// `bind` it connects onward from that loopback address (so sshd's log shows
+/// which connections it carried). Stopped by PID. Skips the test (77) when
+/// the program is not installed.
+class ProxyServer {
+public:
+    enum class Kind { http, socks5 };
+    explicit ProxyServer(Kind kind, std::string user = {}, std::string password = {}, std::string bind = {});
+    ~ProxyServer();
+    ProxyServer(const ProxyServer &) = delete;
+    ProxyServer &operator=(const ProxyServer &) = delete;
+
+    std::uint16_t port() const;
+    /// "http://user:password@127.0.0.1:PORT" (socks5:// for SOCKS5).
+    std::string url() const;
+    std::string log() const;  ///< what the proxy logged so far
+    void stop();              ///< SIGTERM by PID, reaped
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+/// A port of 127.0.0.1 that was free a moment ago.
+std::uint16_t free_port();
+
 /// SIGTERM then, after a short wait, SIGKILL a process we started; reaps it.
 void end_process(pid_t pid);
 

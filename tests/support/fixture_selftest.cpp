@@ -59,20 +59,6 @@ int ssh_true(const SshServer &server, const std::string &key, const std::string 
                server.dir() + "/selftest-ssh.log");
 }
 
-/// A port that was free a moment ago.
-std::uint16_t free_port()
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr);
-    socklen_t len = sizeof addr;
-    getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
-    close(fd);
-    return ntohs(addr.sin_port);
-}
-
 std::string as_string(const std::vector<std::uint8_t> &v) { return {v.begin(), v.end()}; }
 
 } // namespace

@@ -44,6 +44,7 @@ bool is_permanent(const std::error_code &ec)
     case Errc::rsa_key_refused:
     case Errc::key_not_authorized:
     case Errc::local_port_unavailable: // every forward: one that fails beside others is retried
+    case Errc::proxy_auth_failed:
         return true;
     default:
         return false;
@@ -258,6 +259,23 @@ int run_forward(const ForwardArgs &args)
     if (args.min_sessions > args.max_sessions)
         return usage("--min-sessions " + std::to_string(args.min_sessions) + " is more than --max-sessions " +
                      std::to_string(args.max_sessions) + "; lower it or raise --max-sessions");
+    if (!args.jump.empty()) {
+        auto jump = parse_jump(args.jump, error);
+        if (!jump)
+            return usage("-J " + error);
+        o.jump = std::move(*jump); // with the key of -i and the known_hosts of --known-hosts
+    }
+    if (!args.proxy.empty()) {
+        auto proxy = parse_proxy(args.proxy, error);
+        if (!proxy)
+            return usage("--proxy: " + error);
+        o.proxy = std::move(*proxy);
+    } else {
+        const EnvironmentProxy environment = environment_proxy();
+        if (!environment.error.empty())
+            return usage(environment.error + " (or give --proxy none)");
+        environment.apply(o);
+    }
     o.name = o.username + "@" + host_port(o.server_host, o.server_port);
     o.key_file = args.key_file;
     o.known_hosts_file = args.known_hosts;
@@ -332,7 +350,8 @@ int run_forward(const ForwardArgs &args)
         if (now_up) {
             auto key = serving_key(status[0].forwards);
             if (!up) {
-                std::cerr << "pytun forward: connected to " << o.name
+                const std::string route = describe_route(o);
+                std::cerr << "pytun forward: connected to " << o.name << (route.empty() ? "" : " " + route)
                           << forwards_text(o.forwards, status[0].forwards) << "\n";
                 notifier.ready("connected to " + o.name);
             } else if (key != shown) {

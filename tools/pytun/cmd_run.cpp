@@ -23,11 +23,11 @@
 namespace pytun::cli {
 namespace {
 
-std::vector<TunnelOptions> tunnel_options(const Config &config)
+std::vector<TunnelOptions> tunnel_options(const Config &config, const EnvironmentProxy &environment)
 {
     std::vector<TunnelOptions> out;
     for (const auto &t : config.tunnels)
-        out.push_back(to_tunnel_options(t));
+        out.push_back(tunnel_options(t, environment));
     return out;
 }
 
@@ -101,6 +101,7 @@ bool connector_changed(ConnectorConfig a, const ConnectorConfig &b)
     a.log_level = b.log_level;
     a.log_to_console = b.log_to_console;
     a.tunnel_dirs = b.tunnel_dirs;
+    a.proxy = b.proxy; // reaches the tunnels, which restart with it
     return !(a == b);
 }
 
@@ -157,6 +158,11 @@ int run_connector(const std::string &config_path, const LogFlags &log_flags)
         return k_exit_failed;
     Config config = std::move(*loaded);
     const ConnectorConfig &c = config.connector;
+    const EnvironmentProxy environment = environment_proxy(config);
+    if (!environment.error.empty()) {
+        std::cerr << "pytun: " << environment.error << "\n";
+        return k_exit_failed;
+    }
 
     LoggingOptions log_options = logging_options(c);
     log_options.level = log_flags.level.value_or(log_options.level);
@@ -177,6 +183,12 @@ int run_connector(const std::string &config_path, const LogFlags &log_flags)
                 {"starting", {}});
     for (const auto &w : warnings)
         logging.log({}, LogLevel::warning, w.to_string(), {"config_warning", {}});
+    if (environment.proxy)
+        logging.log({}, LogLevel::info,
+                    "tunnels that set no proxy go through " + describe(*environment.proxy) + " (from " +
+                        environment.variable + ")" +
+                        (environment.no_proxy.empty() ? "" : ", except hosts in no_proxy (" + environment.no_proxy + ")"),
+                    {"environment_proxy", {}});
     // Every connection is a descriptor and pytun uses no select(): take
     // all the kernel allows (systemd gives services a soft limit of 1024).
     const DescriptorLimit fds = raise_descriptor_limit(message);
@@ -232,7 +244,7 @@ int run_connector(const std::string &config_path, const LogFlags &log_flags)
                 "status API on http://" + so.bind_address + ":" + std::to_string(server.port()) + "/status",
                 {"status_api", {}});
 
-    ApplyResult applied = manager.apply(tunnel_options(config));
+    ApplyResult applied = manager.apply(tunnel_options(config, environment));
     if (applied.error) {
         logging.log({}, LogLevel::critical, "cannot start the tunnels", {"start_failed", applied.message});
         std::cerr << "pytun: cannot start the tunnels: " << applied.message << "\n";
@@ -279,7 +291,7 @@ int run_connector(const std::string &config_path, const LogFlags &log_flags)
                                 {"reload_needs_restart", {}});
                 if (logging.set_targets(log_targets(*next.config, log_flags), message))
                     logging.log({}, LogLevel::error, "cannot open a tunnel's log file", {"log_file_failed", message});
-                ApplyResult r = manager.apply(tunnel_options(*next.config));
+                ApplyResult r = manager.apply(tunnel_options(*next.config, environment));
                 if (r.error) {
                     logging.log({}, LogLevel::error, "reload rejected", {"reload_rejected", r.message});
                     logging.set_targets(log_targets(config, log_flags), message);

@@ -103,9 +103,14 @@ std::string check_forward(const Tunnel &tunnel, std::size_t index, const Forward
 
 int test_tunnels(const Config &config, std::ostream &out)
 {
+    const EnvironmentProxy environment = environment_proxy(config);
+    if (!environment.error.empty()) {
+        out << "  FAILED " << environment.error << "\n";
+        return k_exit_tunnels_failed;
+    }
     int failed = 0;
     for (const auto &t : config.tunnels) {
-        const TunnelOptions options = to_tunnel_options(t);
+        const TunnelOptions options = tunnel_options(t, environment);
         Tunnel tunnel(options);
         std::error_code ec = tunnel.start();
         const std::uint16_t bound = tunnel.listen_port();
@@ -134,6 +139,8 @@ int test_tunnels(const Config &config, std::ostream &out)
             << t.server_host << ":" << t.server_port;
         if (!t.remote_host.empty())
             out << " port " << (ec ? t.port : bound);
+        if (const std::string route = describe_route(options); !route.empty())
+            out << " (" << route << ")";
         if (ec)
             out << ": " << (why.empty() ? ec.message() : why);
         out << "\n" << details;

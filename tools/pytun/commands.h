@@ -33,6 +33,29 @@ std::optional<LogLevel> parse_log_level(std::string name);
 /// Console-only logging for the modes that write no log files.
 LoggingOptions console_logging(const LogFlags &flags);
 
+/// The proxy the environment names for tunnels whose configuration names
+/// none: https_proxy, else all_proxy (lower case first, then upper case, as
+/// curl reads them; a value without a scheme is http://), minus the hosts
+/// no_proxy exempts (docs/configuration.md).
+struct EnvironmentProxy {
+    std::optional<ProxyOptions> proxy; ///< empty: no variable set
+    std::string variable;              ///< the one read ("https_proxy", ...)
+    std::string no_proxy;
+    std::string error;                 ///< the variable does not parse (its value is not shown)
+    /// Sets options.proxy for its first hop (the jump host, else the
+    /// bastion), unless no_proxy exempts that host.
+    void apply(TunnelOptions &options) const;
+};
+EnvironmentProxy environment_proxy();
+/// The same for `config`'s tunnels: nothing when each of them sets `proxy`
+/// (or [pytun] does), so that a variable that does not parse is an error
+/// only when a tunnel would use it.
+EnvironmentProxy environment_proxy(const Config &config);
+
+/// to_tunnel_options(), plus the environment's proxy when neither the
+/// tunnel nor [pytun] sets `proxy` (`proxy = none` keeps it off).
+TunnelOptions tunnel_options(const TunnelConfig &tunnel, const EnvironmentProxy &environment);
+
 /// Load the configuration; print every diagnostic to stderr (warnings too).
 /// Empty when there was an error. With `warnings`, the warnings of a valid
 /// configuration are handed back instead of printed (run mode logs them).
@@ -42,6 +65,8 @@ std::optional<Config> load_or_report(const std::string &path, const LoadOptions 
 /// `pytun forward` (docs/cli.md): its command line.
 struct ForwardArgs {
     std::string remote;       ///< -r [USER@]HOST[:PORT]
+    std::string jump;         ///< -J [USER@]HOST[:PORT]
+    std::string proxy;        ///< --proxy URL (or none); empty: the environment's
     std::string key_file;     ///< -i
     std::string known_hosts;  ///< --known-hosts
     std::vector<std::string> local, dynamic, reverse; ///< -L, -D, -R

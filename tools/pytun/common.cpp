@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <iostream>
 
 namespace pytun::cli {
@@ -33,6 +34,57 @@ LoggingOptions console_logging(const LogFlags &flags)
     o.to_console = true;
     o.level = flags.level.value_or(LogLevel::info);
     o.format = flags.format;
+    return o;
+}
+
+void EnvironmentProxy::apply(TunnelOptions &options) const
+{
+    const bool jump = !options.jump.host.empty();
+    if (proxy && !no_proxy_matches(no_proxy, jump ? options.jump.host : options.server_host,
+                                   jump ? options.jump.port : options.server_port))
+        options.proxy = *proxy;
+}
+
+EnvironmentProxy environment_proxy()
+{
+    auto first_set = [](std::initializer_list<const char *> names) -> std::pair<std::string, std::string> {
+        for (const char *name : names)
+            if (const char *value = std::getenv(name); value && *value)
+                return {name, value};
+        return {};
+    };
+    EnvironmentProxy env;
+    auto [variable, value] = first_set({"https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"});
+    env.no_proxy = first_set({"no_proxy", "NO_PROXY"}).second;
+    if (variable.empty())
+        return env;
+    env.variable = variable;
+    if (value.find("://") == std::string::npos) // curl's reading: host:port is an HTTP proxy
+        value = "http://" + value;
+    std::string error;
+    env.proxy = parse_proxy(value, error);
+    if (!env.proxy)
+        env.error = "the environment variable " + variable + " is not a usable proxy: " + error +
+                    "; fix or unset it, or set proxy = none in [pytun]";
+    else if (env.proxy->kind == ProxyOptions::Kind::none)
+        env.proxy.reset();
+    return env;
+}
+
+EnvironmentProxy environment_proxy(const Config &config)
+{
+    EnvironmentProxy env = environment_proxy();
+    if (std::none_of(config.tunnels.begin(), config.tunnels.end(),
+                     [](const TunnelConfig &t) { return t.proxy.empty(); }))
+        env = {}; // every tunnel names its proxy (or none): the environment is not read
+    return env;
+}
+
+TunnelOptions tunnel_options(const TunnelConfig &tunnel, const EnvironmentProxy &environment)
+{
+    TunnelOptions o = to_tunnel_options(tunnel);
+    if (tunnel.proxy.empty()) // neither the tunnel nor [pytun] names one
+        environment.apply(o);
     return o;
 }
 

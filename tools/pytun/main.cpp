@@ -96,6 +96,13 @@ int main(int argc, char **argv)
     forward->add_option("-r,--remote", fwd.remote, "the bastion (an IPv6 address in brackets when a port follows)")
         ->type_name("[USER@]HOST[:PORT]")
         ->required();
+    forward->add_option("-J,--jump", fwd.jump,
+                        "reach the bastion through this SSH host, like ssh -J (same key and known_hosts file)")
+        ->type_name("[USER@]HOST[:PORT]");
+    forward->add_option("--proxy", fwd.proxy,
+                        "reach the first SSH host through this proxy (default: https_proxy or all_proxy, minus "
+                        "no_proxy; none: no proxy)")
+        ->type_name("URL");
     forward->add_option("-i,--identity", fwd.key_file, "private key (OpenSSH or PEM)")->type_name("KEYFILE")->required();
     forward->add_option("--known-hosts", fwd.known_hosts, "known_hosts file with the bastion's host key")
         ->type_name("FILE")
@@ -144,6 +151,9 @@ int main(int argc, char **argv)
                     "  the bastion's clients reach LDAP and SMTP here through reverse SOCKS on its port 1080:\n"
                     "    pytun forward -r tunnel@[2001:db8::1]:2222 -i key --known-hosts kh -R 1080 \\\n"
                     "        --allow 10.0.0.0/8:389 --allow smtp.corp.example:25\n"
+                    "  the bastion behind a jump host, reached through an HTTP proxy:\n"
+                    "    pytun forward -r tunnel@bastion.internal -J jump@gw.example.com -i key --known-hosts kh \\\n"
+                    "        --proxy http://proxy.corp:3128 -L 5432:db.internal:5432\n"
                     "More: man pytun; " PYTUN_DOCDIR "/docs/cli.md");
 
     try {

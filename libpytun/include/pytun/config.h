@@ -55,6 +55,12 @@ struct TunnelConfig {
     bool standby = false;
     LogLevel log_level = LogLevel::debug;
     bool log_to_console = false;
+    /// Proxy URL, this tunnel's or else [pytun]'s; "none": no proxy, whatever
+    /// the environment says; empty: not set. May hold a password.
+    std::string proxy;
+    std::string jump;                       ///< [USER@]HOST[:PORT]; empty: none
+    std::string jump_keyfile;               ///< absolute; empty: keyfile
+    std::string jump_server_key;            ///< absolute; empty: server_key
     std::string source_file;                ///< absolute path of the file that defined it
     std::string source_name;                ///< base name for the tunnel's log file
 };
@@ -108,7 +114,9 @@ PYTUN_EXPORT LoadResult load_config_from_string(std::string_view text, std::stri
                                                 std::string base_dir);
 
 /// The engine's options for a tunnel read from a file (name, paths, ports,
-/// keep_alive_time, forwards; config_path is the file it came from).
+/// keep_alive_time, proxy and jump host; config_path is the file it came
+/// from). An unset proxy stays Kind::none: the environment is the
+/// program's to read (see the pytun command).
 PYTUN_EXPORT TunnelOptions to_tunnel_options(const TunnelConfig &tunnel);
 
 } // namespace pytun

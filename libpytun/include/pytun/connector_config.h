@@ -58,6 +58,10 @@ struct ConnectorConfig {
     /// Default of every tunnel's `standby` (TunnelConfig::standby): this
     /// connector is one of several for the same bastion ports.
     bool standby = false;
+    /// Proxy URL for every tunnel that names none (http://, socks5://), or
+    /// "none"; empty: not set (the pytun command then reads https_proxy /
+    /// all_proxy). May hold a password: never print it (describe()).
+    std::string proxy;
 
     friend bool operator==(const ConnectorConfig &, const ConnectorConfig &) = default;
 };

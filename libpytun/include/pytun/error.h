@@ -33,6 +33,8 @@ enum class Errc {
     stopped = 17,                 ///< stopped on request
     local_service_unreachable = 18, ///< remote_host:remote_port refused or timed out
     local_port_unavailable = 19,  ///< pytun cannot listen on a forward's local address and port
+    proxy_failed = 20,            ///< the proxy is unreachable, refused the bastion or is no proxy
+    proxy_auth_failed = 21,       ///< the proxy did not accept its user name and password, or wants some
 };
 
 /// The "pytun" error category.

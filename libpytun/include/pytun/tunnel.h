@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <pytun/export.h>
+#include <pytun/route.h>
 
 namespace pytun {
 
@@ -106,8 +107,17 @@ struct TunnelOptions {
     std::string key_file;                  ///< private key (OpenSSH or PEM format)
     std::string key_passphrase;            ///< empty: the key must not be encrypted
     std::string known_hosts_file;          ///< OpenSSH known_hosts; an unknown or changed key is refused
-    std::chrono::milliseconds connect_timeout{10000};      ///< resolve + TCP connect + SSH set-up
+    /// Resolve + TCP connect + SSH set-up, through the proxy and the jump
+    /// host when there are (the whole chain within this time).
+    std::chrono::milliseconds connect_timeout{10000};
     std::chrono::seconds keep_alive{30};   ///< health interval (keep_alive_time); 0: no checks
+    /// Reach the first SSH hop (the jump host, else the bastion) through this
+    /// proxy (Kind::none: directly). The library reads no environment
+    /// variable: the pytun command turns https_proxy/all_proxy into this.
+    ProxyOptions proxy;
+    /// Reach the bastion through this SSH host, like ssh -J (host empty: no
+    /// jump host). Both hosts' keys are verified.
+    JumpHost jump;
 
     // The original connector's reverse tunnel, used when remote_host is set:
     // the first forward, RemoteForward{bind_address, listen_port, remote_host,
@@ -163,6 +173,11 @@ PYTUN_EXPORT std::string describe(const Bastion &bastion);
 /// Every forward of `options`: the reverse tunnel (when remote_host is set)
 /// first, then `forwards`.
 PYTUN_EXPORT std::vector<ForwardSpec> all_forwards(const TunnelOptions &options);
+
+/// How the tunnel reaches its bastion, for logs and reports: "" (directly),
+/// "through the proxy http://p:3128", "through the jump host u@j:22
+/// (reached through the proxy socks5://p:1080)". Never a password.
+PYTUN_EXPORT std::string describe_route(const TunnelOptions &options);
 
 enum class TunnelState {
     stopped,     ///< not started, or stopped on request

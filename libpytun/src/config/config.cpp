@@ -185,7 +185,7 @@ bool load_tunnel_dir(const BuiltConnector &main, const std::string &main_file, D
         }
         BuiltTunnel t = build_tunnel(*tunnel, path.parent_path(), file, diag);
         if (t.secret_line)
-            check_private_mode(path, file, t.secret_line, "socks_password", "holds a password", diag);
+            check_private_mode(path, file, t.secret_line, t.secret_key, "holds a password", diag);
         t.config.source_file = file;
         t.config.source_name = path.stem().string();
         out.push_back(std::move(t));
@@ -202,13 +202,18 @@ LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> 
     if (options.check_runtime && main && main_section)
         check_runtime_needs(*main_section, main->config.log_path, !main->config.smtp_hostname.empty(),
                             !main->config.http_url.empty(), diag);
-    // The main file's first secret: its own, else a TOML tunnel's socks_password.
+    if (main && !main->config.proxy.empty()) // [pytun]'s proxy serves every tunnel that names none
+        for (BuiltTunnel &t : tunnels)
+            if (t.config.proxy.empty())
+                t.config.proxy = main->config.proxy;
+    // The main file's first secret: its own, else a TOML tunnel's socks_password or proxy password.
     int secret_line = 0;
     std::string secret_key;
     if (main && main->holds_secrets && main_section) {
         for (const RawValue &v : main_section->entries) {
-            if ((v.key == "smtp_password" || v.key == "http_password" || v.key == "inspection_token") &&
-                !(v.kind == RawValue::Kind::text && v.text.empty())) {
+            if (((v.key == "smtp_password" || v.key == "http_password" || v.key == "inspection_token") &&
+                 !(v.kind == RawValue::Kind::text && v.text.empty())) ||
+                (v.key == "proxy" && v.line == main->proxy_password_line)) {
                 secret_line = v.line;
                 secret_key = v.key;
                 break;
@@ -218,7 +223,7 @@ LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> 
     for (const BuiltTunnel &t : tunnels) {
         if (!secret_line && t.secret_line && t.file == display) {
             secret_line = t.secret_line;
-            secret_key = "socks_password";
+            secret_key = t.secret_key;
         }
     }
     if (secret_line && real_file)
@@ -389,6 +394,14 @@ TunnelOptions to_tunnel_options(const TunnelConfig &tunnel)
     o.config_path = tunnel.source_file;
     o.failover = tunnel.failover;
     o.failback_after = tunnel.failback_after.value_or(ConnectorConfig{}.failback_after);
+    std::string ignored; // validated when loaded
+    if (!tunnel.proxy.empty())
+        o.proxy = parse_proxy(tunnel.proxy, ignored).value_or(ProxyOptions{});
+    if (!tunnel.jump.empty()) {
+        o.jump = parse_jump(tunnel.jump, ignored).value_or(JumpHost{});
+        o.jump.key_file = tunnel.jump_keyfile;
+        o.jump.known_hosts_file = tunnel.jump_server_key;
+    }
     return o;
 }
 

@@ -16,6 +16,8 @@
 #include <utility>
 #include <variant>
 
+#include <pytun/route.h>
+
 #include "config/file_checks.h"
 #include "forward/destination.h"
 #include "util/text.h"
@@ -33,7 +35,7 @@ constexpr auto k_main_keys = std::to_array<std::string_view>({
     "smtp_to",           "smtp_ca_file",  "smtp_verify_tls",   "http_url",          "http_user",
     "http_password",     "signature",     "mac_address_pub_key", "grace_period_ms",   "smtp_rate_limit",
     "http_rate_limit",   "alert_reminder_interval",            "log_max_mb_per_day", "standby",
-    "reachability_probe_ms", "failback_after",
+    "reachability_probe_ms", "failback_after", "proxy",
 });
 
 constexpr auto k_tunnel_keys = std::to_array<std::string_view>({
@@ -43,6 +45,8 @@ constexpr auto k_tunnel_keys = std::to_array<std::string_view>({
     "local_forward", "dynamic_forward", "remote_forward", "socks_allow",    "socks_user",
     "socks_password", "max_sessions",   "min_sessions",   "open_timeout",   "standby",
     "failback_after",
+    // bastions behind a proxy or a jump host (docs/operations.md)
+    "proxy",         "jump",            "jump_keyfile",   "jump_server_key",
 });
 
 // Keys that take a list and may be written on several lines, each adding to
@@ -431,6 +435,19 @@ bool read_forwards(const Fields &f, BuiltTunnel &out)
     return declared;
 }
 
+/// `proxy`: a proxy URL or none. The value is never quoted: it may hold a
+/// password. Returns whether it holds one.
+bool check_proxy(const Fields &f, const std::string &value)
+{
+    std::string error;
+    const auto proxy = parse_proxy(value, error);
+    if (!proxy) {
+        f.error("proxy", error);
+        return false;
+    }
+    return !proxy->password.empty();
+}
+
 } // namespace
 
 bool is_known_key(std::string_view key)
@@ -713,9 +730,54 @@ BuiltConnector build_connector(const RawSection &s, const fs::path &base_dir, Fo
         f.integer("alert_reminder_interval", 600, 1, week, "seconds between \"still down\" reminders"));
     c.standby = f.boolean("standby", false);
 
-    out.holds_secrets = !c.smtp_password.empty() || !c.http_password.empty() || !c.inspection_token.empty();
+    c.proxy = f.string("proxy");
+    if (!c.proxy.empty() && check_proxy(f, c.proxy))
+        out.proxy_password_line = f.line("proxy");
+
+    out.holds_secrets = !c.smtp_password.empty() || !c.http_password.empty() || !c.inspection_token.empty() ||
+                        out.proxy_password_line;
     return out;
 }
+
+namespace {
+
+// proxy, jump, jump_keyfile, jump_server_key: how the bastion is reached.
+void build_route(const Fields &f, const RawSection &s, const fs::path &base_dir, BuiltTunnel &out, Diagnostics &diag)
+{
+    TunnelConfig &t = out.config;
+    t.proxy = f.string("proxy");
+    if (!t.proxy.empty() && check_proxy(f, t.proxy) && !out.secret_line) {
+        out.secret_line = f.line("proxy");
+        out.secret_key = "proxy";
+    }
+    t.jump = f.string("jump");
+    std::optional<JumpHost> jump;
+    if (!t.jump.empty()) {
+        std::string error;
+        jump = parse_jump(t.jump, error);
+        if (!jump)
+            f.error("jump", error);
+    }
+    t.jump_keyfile = f.path("jump_keyfile", base_dir, "");
+    t.jump_server_key = f.path("jump_server_key", base_dir, "");
+    for (const char *key : {"jump_keyfile", "jump_server_key"})
+        if (f.find(key) && t.jump.empty())
+            f.warning(key, "set but jump is not: ignored (set jump = [USER@]HOST[:PORT] to reach the bastion "
+                           "through a jump host)");
+    if (!t.jump_keyfile.empty() &&
+        check_readable(f, "jump_keyfile", t.jump_keyfile, "put the jump host's private key there or fix jump_keyfile")) {
+        check_key_content(t.jump_keyfile, s.file, f.line("jump_keyfile"), f.written("jump_keyfile"), diag);
+        check_private_mode(t.jump_keyfile, s.file, f.line("jump_keyfile"), "jump_keyfile", "is a private key", diag);
+    }
+    if (!t.jump_server_key.empty() &&
+        check_readable(f, "jump_server_key", t.jump_server_key,
+                       "create it with ssh-keyscan -p PORT JUMPHOST > known_hosts, or leave it out to use server_key") &&
+        jump)
+        check_known_hosts_content(t.jump_server_key, jump->host, jump->port, s.file, f.line("jump_server_key"),
+                                  "jump_server_key", diag);
+}
+
+} // namespace
 
 BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::string default_name, Diagnostics &diag)
 {
@@ -806,6 +868,7 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
             f.warning("standby", "no effect: the tunnel asks the bastion for no port (no remote_host, no "
                                  "remote_forward), so there is nothing to wait for");
     }
+    build_route(f, s, base_dir, out, diag);
     return out;
 }
 
@@ -846,7 +909,9 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
         const TunnelConfig &c = t.config;
         if (c.server_host.empty() || port == 0)
             return;
-        std::string bind = to_lower(c.server_host) + ":" + std::to_string(c.server_port) + ":" + std::to_string(port);
+        // Behind different jump hosts, one name may be two bastions.
+        std::string bind = to_lower(c.jump) + ">" + to_lower(c.server_host) + ":" + std::to_string(c.server_port) +
+                           ":" + std::to_string(port);
         if (auto [it, fresh] = binds.try_emplace(bind, place); !fresh)
             diag.error(t.file, place.line, place.key,
                        "port " + std::to_string(port) + " on " + c.server_host + ":" + std::to_string(c.server_port) +

@@ -22,6 +22,7 @@ struct BuiltConnector {
     int tunnel_dirs_line = 0;     ///< where tunnel_dirs was set, else the section header
     bool tunnel_dirs_set = false;
     bool holds_secrets = false;   ///< passwords or the API token: the file must be private
+    int proxy_password_line = 0;  ///< where `proxy` holds a password (the file must be private), else 0
 };
 
 struct BuiltTunnel {
@@ -31,7 +32,8 @@ struct BuiltTunnel {
     int name_line = 0;
     int port_line = 0;
     std::vector<int> forward_lines; ///< where each of config.forwards was written
-    int secret_line = 0;          ///< where socks_password is set, else 0
+    int secret_line = 0;          ///< where a password is first set (secret_key), else 0
+    std::string secret_key = "socks_password"; ///< socks_password, or proxy when its URL holds one
     bool standby_set = false;     ///< the file sets standby; otherwise [pytun]'s applies
 };
 

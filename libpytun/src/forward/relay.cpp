@@ -33,9 +33,14 @@ void Relay::dial(const std::string &host, std::uint16_t port, std::chrono::milli
 {
     target_ = host + ":" + std::to_string(port);
     connect_timeout_ = timeout;
+    dialing_ = std::make_unique<asio::ip::tcp::socket>(socket_.get_executor());
     connect_with_deadline(
-        socket_, host, port, timeout,
-        [this, self = shared_from_this()](const ConnectOutcome &outcome) { on_connected(outcome); },
+        *dialing_, host, port, timeout,
+        [this, self = shared_from_this()](const ConnectOutcome &outcome) {
+            if (outcome)
+                socket_ = Socket(std::move(*dialing_));
+            on_connected(outcome);
+        },
         std::move(allowed));
 }
 
@@ -102,7 +107,7 @@ void Relay::refuse_channel()
     local_shut();
 }
 
-void Relay::start(asio::ip::tcp::socket socket, std::string_view early_data)
+void Relay::start(Socket socket, std::string_view early_data)
 {
     socket_ = std::move(socket);
     // At most a few hundred bytes (what a SOCKS client sent after its
@@ -264,7 +269,7 @@ void Relay::write_local()
     }
     if (download_ended()) {
         asio::error_code ignored;
-        socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+        socket_.shutdown(asio::socket_base::shutdown_send, ignored);
         local_shut();
     }
 }
@@ -274,7 +279,7 @@ void Relay::arm_read()
     if (reading_)
         return;
     reading_ = true;
-    socket_.async_wait(asio::ip::tcp::socket::wait_read,
+    socket_.async_wait(asio::socket_base::wait_read,
                        [this, self = shared_from_this()](const asio::error_code &ec) {
                            reading_ = false;
                            if (!ec)
@@ -287,7 +292,7 @@ void Relay::arm_write()
     if (writing_)
         return;
     writing_ = true;
-    socket_.async_wait(asio::ip::tcp::socket::wait_write,
+    socket_.async_wait(asio::socket_base::wait_write,
                        [this, self = shared_from_this()](const asio::error_code &ec) {
                            writing_ = false;
                            if (!ec)
@@ -322,7 +327,9 @@ void Relay::refuse(const std::string &why)
 void Relay::close_local()
 {
     asio::error_code ignored;
-    socket_.close(ignored); // also ends a connect in progress
+    socket_.close(ignored);
+    if (dialing_)
+        dialing_->close(ignored); // ends a connect in progress
     lease_.release();
     connected_ = false;
 }

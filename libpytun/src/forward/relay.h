@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
-// Relay: a channel stream whose other end is a local TCP socket. It owns the
-// socket: either it dials the target itself (a connection the bastion
-// forwarded to us) or it is given one already connected (a local client of a
-// forward that opens channels). Backpressure both ways: the socket is read
+// Relay: a channel stream whose other end is a local stream socket. It owns
+// the socket: either it dials the target itself over TCP (a connection the
+// bastion forwarded to us) or it is given one already connected (a local
+// client of a forward that opens channels, or the far end of a socketpair
+// whose near end carries an SSH session through a jump host: tunnel/jump.h).
+// Backpressure both ways: the socket is read
 // only while the upload buffer has room, the channel only while the download
 // buffer has room (ssh/channel_stream.h).
 #pragma once
@@ -12,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -26,6 +29,9 @@ namespace pytun::detail {
 
 class Relay final : public ChannelStream {
 public:
+    /// TCP, or a local (AF_UNIX) socket: the relay only reads, writes and waits.
+    using Socket = asio::generic::stream_protocol::socket;
+
     /// `io` is the loop of the session the stream will be bound to.
     Relay(asio::io_context &io, std::shared_ptr<spdlog::logger> log, std::shared_ptr<TrafficCounters> counters);
     ~Relay() override;
@@ -62,14 +68,14 @@ public:
     /// The local end is a connected socket (a client of this forward);
     /// `early_data` is what it sent before the relay took over (it goes out
     /// first). Local bytes wait in the buffer until the channel is open.
-    void start(asio::ip::tcp::socket socket, std::string_view early_data = {});
+    void start(Socket socket, std::string_view early_data = {});
 
     /// What the local end is told of the channel's open: `opened` bytes are
     /// written to it before anything from the channel (e.g. a SOCKS
     /// success reply); `refused(socket, why)` runs when the open failed or
     /// took longer than `timeout`, before the socket is closed (e.g. a SOCKS
     /// error reply, or a reset). Call before start().
-    using Refused = std::function<void(asio::ip::tcp::socket &, OpenError)>;
+    using Refused = std::function<void(Socket &, OpenError)>;
     void on_open(std::string opened, Refused refused, std::chrono::milliseconds timeout);
 
 private:
@@ -95,7 +101,8 @@ private:
     void on_closed(OpenError error) override;
 
     std::shared_ptr<TrafficCounters> counters_;
-    asio::ip::tcp::socket socket_;
+    Socket socket_;
+    std::unique_ptr<asio::ip::tcp::socket> dialing_; ///< dial(): connecting; socket_ once connected
     std::string target_;
     std::string local_first_; ///< written to the local end before channel bytes
     Refused refused_;

@@ -448,6 +448,7 @@ std::optional<std::size_t> Socks5ClientHandshake::parse(std::string_view in, std
             send += credentials_->password;
             phase_ = Phase::auth;
         } else if (method == k_no_acceptable_method) {
+            credentials_refused_ = true;
             return fail(credentials_ ? "the SOCKS5 proxy accepts none of our authentication methods"
                                      : "the SOCKS5 proxy accepts none of our authentication methods (does it "
                                        "need a user name and password?)");
@@ -462,8 +463,10 @@ std::optional<std::size_t> Socks5ClientHandshake::parse(std::string_view in, std
             return std::nullopt;
         if (byte_at(in, 0) != k_auth_version)
             return fail("the SOCKS5 proxy answered user name/password with version " + hex(byte_at(in, 0)));
-        if (byte_at(in, 1) != 0x00)
+        if (byte_at(in, 1) != 0x00) {
+            credentials_refused_ = true;
             return fail("the SOCKS5 proxy refused our user name or password");
+        }
         send += connect_request();
         phase_ = Phase::connect;
         return 2;

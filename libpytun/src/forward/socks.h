@@ -151,6 +151,8 @@ public:
     SocksStep start();
     /// The proxy's reply code to CONNECT, once it answered.
     std::optional<SocksReply> proxy_reply() const { return proxy_reply_; }
+    /// The proxy turned down our credentials, or wants some we did not give.
+    bool credentials_refused() const { return credentials_refused_; }
 
 private:
     enum class Phase : std::uint8_t { start, method, auth, connect };
@@ -162,6 +164,7 @@ private:
     std::optional<SocksCredentials> credentials_;
     Phase phase_ = Phase::start;
     std::optional<SocksReply> proxy_reply_;
+    bool credentials_refused_ = false;
 };
 
 } // namespace pytun::detail

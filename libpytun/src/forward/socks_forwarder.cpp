@@ -216,7 +216,7 @@ void SocksForwarder::on_request(std::shared_ptr<Client> client)
     }
     relay->on_open(
         client->handshake.reply(SocksReply::succeeded),
-        [client](asio::ip::tcp::socket &socket, OpenError error) {
+        [client](Relay::Socket &socket, OpenError error) {
             asio::error_code ignored; // best effort: a few bytes into a fresh socket
             asio::write(socket, asio::buffer(client->handshake.reply(reply_for(error))), ignored);
         },

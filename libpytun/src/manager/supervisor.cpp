@@ -326,9 +326,17 @@ bool Supervisor::unreachable(std::error_code ec, bool was_up) const
     return false;
 }
 
+// The probe is a direct TCP connect: it says nothing about a bastion reached
+// through a proxy or a jump host, and must not go around them. Such tunnels
+// wait out their backoff and do not fail back by themselves.
+bool Supervisor::direct_route() const
+{
+    return options_.proxy.kind == ProxyOptions::Kind::none && options_.jump.host.empty();
+}
+
 void Supervisor::wait_for_bastions()
 {
-    if (!probes_ || manager_.reachability_probe.count() <= 0 || stopping_)
+    if (!probes_ || manager_.reachability_probe.count() <= 0 || stopping_ || !direct_route())
         return;
     const std::uint64_t wait = ++probe_generation_;
     for (std::size_t i = 0; i < bastions_.size(); ++i) {
@@ -366,7 +374,8 @@ void Supervisor::stop_waiting_for_bastion()
 
 void Supervisor::watch_preferred()
 {
-    if (serving_ == 0 || failback_watch_ || options_.failback_after.count() <= 0 || !probes_ || stopping_)
+    if (serving_ == 0 || failback_watch_ || options_.failback_after.count() <= 0 || !probes_ || stopping_ ||
+        !direct_route())
         return;
     const std::uint64_t watch = ++failback_generation_;
     answering_since_.reset();

@@ -84,6 +84,8 @@ private:
     bool unreachable(std::error_code ec, bool was_up) const;
     /// While backing off: attempt at once when a bastion that could not be reached answers.
     void wait_for_bastions();
+    /// Neither proxy nor jump host: the reachability probe can see the bastion.
+    bool direct_route() const;
     void stop_waiting_for_bastion();
     // Failback (a later bastion serves): probe the first, and once it has
     // answered for failback_after, bring a second run up there, then retire

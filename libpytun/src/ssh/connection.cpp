@@ -9,6 +9,7 @@
 #include <pytun/error.h>
 
 #include "loop/connect.h"
+#include "ssh/proxy.h"
 #include "ssh/session.h"
 #include "ssh/user_auth.h"
 
@@ -49,7 +50,7 @@ bool probe_answered(int rc)
 SshConnection::SshConnection(asio::io_context &io, ConnectionOptions options, std::shared_ptr<spdlog::logger> log,
                              Handlers handlers)
     : io_(io), options_(std::move(options)), log_(std::move(log)), handlers_(std::move(handlers)), socket_(io),
-      health_timer_(io), probe_deadline_(io)
+      setup_timer_(io), health_timer_(io), probe_deadline_(io)
 {
 }
 
@@ -81,42 +82,111 @@ void SshConnection::start()
         fail(ec, message);
         return;
     }
-    log_->debug("connecting to {}", where());
-    connect_with_deadline(socket_, options_.server_host, options_.server_port, options_.connect_timeout,
-                          [this, self = shared_from_this()](const ConnectOutcome &outcome) {
-                              if (ended_)
-                                  return;
-                              using Failure = ConnectOutcome::Failure;
-                              switch (outcome.failure) {
-                              case Failure::none:
-                                  log_->debug("TCP connected to {}:{}", outcome.endpoint.address().to_string(),
-                                              outcome.endpoint.port());
-                                  on_tcp_connected(std::move(socket_));
-                                  return;
-                              case Failure::resolve:
-                                  fail(Errc::bastion_unresolved, "cannot resolve bastion host '" +
-                                                                     options_.server_host +
-                                                                     "': " + outcome.error.message());
-                                  return;
-                              case Failure::connect:
-                                  fail(Errc::bastion_unreachable,
-                                       "cannot connect to " + where() + ": " + outcome.error.message());
-                                  return;
-                              case Failure::timeout:
-                                  fail(Errc::bastion_timeout,
-                                       "no answer from " + where() + " within " +
-                                           std::to_string(options_.connect_timeout.count()) + " ms");
-                                  return;
-                              }
-                          });
+    if (options_.setup_timeout.count() > 0) {
+        setup_timer_.expires_after(options_.setup_timeout);
+        setup_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
+            if (!ec && !ended_) {
+                const auto [code, why] = overdue(options_.setup_timeout);
+                fail(code, why);
+            }
+        });
+    }
+    log_->debug("connecting to {}{}", where(), route());
+    if (options_.via)
+        connect_via();
+    else
+        connect_direct();
 }
 
-void SshConnection::on_tcp_connected(asio::ip::tcp::socket socket)
+// A TCP connect to the bastion, or to the proxy and through it. The connect
+// deadline covers the proxy's handshake too.
+void SshConnection::connect_direct()
+{
+    const bool proxied = options_.proxy.kind != ProxyOptions::Kind::none;
+    const std::string &host = proxied ? options_.proxy.host : options_.server_host;
+    const std::uint16_t port = proxied ? options_.proxy.port : options_.server_port;
+    const std::string first_hop = proxied ? "the proxy " + describe(options_.proxy) : where();
+    const auto deadline = std::chrono::steady_clock::now() + options_.connect_timeout;
+    connect_with_deadline(
+        socket_, host, port, options_.connect_timeout,
+        [this, self = shared_from_this(), proxied, first_hop, deadline](const ConnectOutcome &outcome) {
+            if (ended_)
+                return;
+            using Failure = ConnectOutcome::Failure;
+            switch (outcome.failure) {
+            case Failure::none:
+                log_->debug("TCP connected to {}:{}", outcome.endpoint.address().to_string(), outcome.endpoint.port());
+                if (!proxied) {
+                    on_transport(SshSession::Socket(std::move(socket_)));
+                    return;
+                }
+                proxying_ = true;
+                proxy_handshake(socket_, options_.proxy, options_.server_host, options_.server_port, deadline,
+                                [this, self](std::error_code ec, const std::string &message) {
+                                    proxying_ = false;
+                                    if (ended_)
+                                        return;
+                                    if (ec) {
+                                        fail(ec, message);
+                                        return;
+                                    }
+                                    log_->debug("the proxy {} connected us to {}", describe(options_.proxy), where());
+                                    on_transport(SshSession::Socket(std::move(socket_)));
+                                });
+                return;
+            case Failure::resolve:
+                if (proxied)
+                    fail(Errc::proxy_failed, "cannot resolve the proxy's host '" + options_.proxy.host +
+                                                 "': " + outcome.error.message());
+                else
+                    fail(Errc::bastion_unresolved, "cannot resolve " + options_.role + " host '" + options_.server_host +
+                                                       "': " + outcome.error.message());
+                return;
+            case Failure::connect:
+                fail(proxied ? Errc::proxy_failed : Errc::bastion_unreachable,
+                     "cannot connect to " + first_hop + ": " + outcome.error.message());
+                return;
+            case Failure::timeout:
+                fail(proxied ? Errc::proxy_failed : Errc::bastion_timeout,
+                     "no answer from " + first_hop + " within " + std::to_string(options_.connect_timeout.count()) +
+                         " ms");
+                return;
+            }
+        });
+}
+
+std::pair<std::error_code, std::string> SshConnection::overdue(std::chrono::milliseconds limit) const
+{
+    const std::string within = " within " + std::to_string(limit.count()) + " ms";
+    if (proxying_)
+        return {Errc::proxy_failed, "the proxy " + describe(options_.proxy) + " did not answer the request for " +
+                                        where() + within + " (connect_timeout)"};
+    return {Errc::bastion_timeout, "SSH set-up with " + where() + route() + " did not finish" + within};
+}
+
+void SshConnection::connect_via()
+{
+    transport_ = options_.via(io_, log_);
+    auto self = shared_from_this();
+    transport_->start(
+        [this, self](std::error_code ec, const std::string &message, SshSession::Socket socket) {
+            if (ended_)
+                return;
+            if (ec) {
+                fail(ec, message);
+                return;
+            }
+            on_transport(std::move(socket));
+        },
+        [this, self](std::error_code ec, const std::string &message) { fail(ec, message); });
+}
+
+void SshConnection::on_transport(SshSession::Socket socket)
 {
     session_ = std::make_shared<SshSession>(std::move(socket), log_);
     auto self = shared_from_this();
     session_->on_failure([this, self](std::error_code ec, const std::string &why) {
-        fail(ec, "connection to the bastion " + where() + " lost: " + why);
+        fail(ec, "connection to the " + options_.role + " " + where() + route() + " lost: " + why);
     });
     std::string message;
     const std::string preference = known_hosts_.hostkey_preference();
@@ -141,7 +211,7 @@ void SshConnection::on_handshake(int rc)
         std::string hint;
         const std::string preference = known_hosts_.hostkey_preference();
         if ((rc == LIBSSH2_ERROR_KEX_FAILURE || rc == LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE) && !preference.empty())
-            hint = "; the bastion may offer none of the host key types known_hosts holds for it (" + preference +
+            hint = "; the " + options_.role + " may offer none of the host key types known_hosts holds for it (" + preference +
                    "): its keys may have changed";
         fail(Errc::handshake_failed,
              "SSH handshake with " + where() + " failed: " + session_->last_error_text() + hint);
@@ -175,6 +245,7 @@ void SshConnection::on_authenticated(int rc)
         open_anchor();
         return;
     }
+    setup_timer_.cancel();
     if (handlers_.ready)
         handlers_.ready();
 }
@@ -196,9 +267,10 @@ void SshConnection::open_anchor()
             if (*channel)
                 session_->set_anchor(*channel);
             else // e.g. MaxSessions 0: streams' channels read instead, probes open channels
-                log_->info("the bastion {} refused an idle session channel ({}); going on without one", where(),
+                log_->info("the {} {} refused an idle session channel ({}); going on without one", options_.role, where(),
                            session_->last_error_text());
             (void)rc;
+            setup_timer_.cancel();
             if (handlers_.ready)
                 handlers_.ready();
         },
@@ -210,7 +282,8 @@ void SshConnection::start_health_checks()
     if (options_.keep_alive.count() <= 0 || !session_ || checking_health_)
         return;
     checking_health_ = true;
-    set_tcp_liveness(session_->socket_fd(), options_.keep_alive);
+    if (session_->is_tcp()) // else the transport's own connection watches the network
+        set_tcp_liveness(session_->socket_fd(), options_.keep_alive);
     schedule_health_check();
 }
 
@@ -257,7 +330,7 @@ void SshConnection::run_health_check()
             probe_deadline_.expires_after(k_probe_grace);
             probe_deadline_.async_wait([this, self](const asio::error_code &ec) {
                 if (!ec && !ended_ && checking_health_)
-                    fail(Errc::transport_lost, "the bastion " + where() + " did not answer a health probe within " +
+                    fail(Errc::transport_lost, "the " + options_.role + " " + where() + " did not answer a health probe within " +
                                                    std::to_string(k_probe_grace.count()) +
                                                    " s: the connection is dead or the network drops packets");
             });
@@ -356,10 +429,13 @@ void SshConnection::close()
         return;
     ended_ = true;
     stop_health_checks();
+    setup_timer_.cancel();
     asio::error_code ignored;
     socket_.close(ignored);
     if (session_)
         session_->close();
+    if (transport_)
+        transport_->close();
     // The handlers hold their owner: release them.
     handlers_ = {};
 }

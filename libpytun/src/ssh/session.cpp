@@ -51,9 +51,20 @@ constexpr ssize_t k_small_read = 4096;
 
 } // namespace
 
-SshSession::SshSession(asio::ip::tcp::socket socket, Logger log)
+namespace {
+
+bool is_tcp_socket(int fd)
+{
+    int domain = 0;
+    socklen_t len = sizeof(domain);
+    return ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && (domain == AF_INET || domain == AF_INET6);
+}
+
+} // namespace
+
+SshSession::SshSession(Socket socket, Logger log)
     : io_(static_cast<asio::io_context &>(socket.get_executor().context())), log_(std::move(log)),
-      socket_(std::move(socket)), housekeeping_timer_(io_)
+      socket_(std::move(socket)), tcp_(is_tcp_socket(socket_.native_handle())), housekeeping_timer_(io_)
 {
 }
 
@@ -68,7 +79,7 @@ ssize_t SshSession::send_callback(libssh2_socket_t fd, const void *buffer, std::
     auto *self = static_cast<SshSession *>(*abstract);
     if (self->closed_)
         return -EPIPE; // close(): let libssh2 free everything without touching the network
-    if (self->batching_sends_) {
+    if (self->batching_sends_ && self->tcp_) {
         flags |= MSG_MORE;
         self->sends_held_ = true;
     }
@@ -105,7 +116,7 @@ ssize_t SshSession::recv_callback(libssh2_socket_t fd, void *buffer, std::size_t
             // so the bastion never waits for a delayed ACK (its Nagle + our
             // delayed ACK would add up to 40 ms to small exchanges). Bulk
             // transfers are ACKed promptly anyway and skip the syscall.
-            if (n < k_small_read) {
+            if (n < k_small_read && self->tcp_) {
                 int one = 1;
                 ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
             }
@@ -142,11 +153,13 @@ std::error_code SshSession::begin(const std::string &hostkey_preference, std::st
         return Errc::handshake_failed;
     }
     asio::error_code ec;
-    socket_.set_option(asio::ip::tcp::no_delay(true), ec);
     socket_.non_blocking(true, ec);
-    int fd = socket_.native_handle();
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    if (tcp_) {
+        const int fd = socket_.native_handle();
+        const int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    }
 
     libssh2_session_set_blocking(ssh_, 0);
     // want_reply=0: replies to keepalives are never consumed by libssh2 and
@@ -183,7 +196,7 @@ bool SshSession::keepalive_fits() const
 {
     if (outbound_partial_)
         return false;
-    const int fd = const_cast<asio::ip::tcp::socket &>(socket_).native_handle();
+    const int fd = const_cast<Socket &>(socket_).native_handle();
     int queued = 0;
     int sndbuf = 0;
     socklen_t len = sizeof(sndbuf);
@@ -423,7 +436,7 @@ void SshSession::arm()
     auto self = shared_from_this();
     if (!read_armed_) {
         read_armed_ = true;
-        socket_.async_wait(asio::ip::tcp::socket::wait_read, [this, self](const asio::error_code &ec) {
+        socket_.async_wait(asio::socket_base::wait_read, [this, self](const asio::error_code &ec) {
             read_armed_ = false;
             transport_readable_ = true;
             if (!ec)
@@ -432,7 +445,7 @@ void SshSession::arm()
     }
     if (outbound_partial_ && !write_armed_) {
         write_armed_ = true;
-        socket_.async_wait(asio::ip::tcp::socket::wait_write, [this, self](const asio::error_code &ec) {
+        socket_.async_wait(asio::socket_base::wait_write, [this, self](const asio::error_code &ec) {
             write_armed_ = false;
             if (!ec)
                 service();

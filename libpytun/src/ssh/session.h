@@ -32,11 +32,15 @@ enum class OpenError;
 class SshSession : public std::enable_shared_from_this<SshSession> {
 public:
     using Logger = std::shared_ptr<spdlog::logger>;
+    /// The transport: a TCP socket to the bastion (or to a proxy that
+    /// connected it), or a local stream socket whose other end is relayed
+    /// into a jump host's channel (tunnel/jump.h).
+    using Socket = asio::generic::stream_protocol::socket;
     /// Completion of a step that can fail with a pytun error and a message.
     using Done = std::function<void(std::error_code, std::string)>;
 
-    /// Takes a connected TCP socket to the bastion.
-    SshSession(asio::ip::tcp::socket socket, Logger log);
+    /// Takes a connected stream socket that leads to the bastion's sshd.
+    SshSession(Socket socket, Logger log);
     ~SshSession();
     SshSession(const SshSession &) = delete;
     SshSession &operator=(const SshSession &) = delete;
@@ -121,8 +125,10 @@ public:
     void close();
 
     LIBSSH2_SESSION *raw() const { return ssh_; }
-    /// The TCP socket's descriptor (libssh2_session_handshake, socket options).
+    /// The socket's descriptor (libssh2_session_handshake, socket options).
     int socket_fd() { return socket_.native_handle(); }
+    /// Whether the socket is TCP (it carries TCP's options and liveness).
+    bool is_tcp() const { return tcp_; }
     asio::io_context &io() { return io_; }
     spdlog::logger &log() { return *log_; }
     /// libssh2's text for its last error on this session.
@@ -189,7 +195,8 @@ private:
 
     asio::io_context &io_;
     Logger log_;
-    asio::ip::tcp::socket socket_;
+    Socket socket_;
+    bool tcp_;
     asio::steady_timer housekeeping_timer_;
     LIBSSH2_SESSION *ssh_ = nullptr;
 

@@ -24,6 +24,9 @@ SessionPool::SessionPool(asio::io_context &io, ConnectionOptions extra, std::sha
       reap_timer_(io)
 {
     extra_.anchor = true; // an idle extra session still reads the transport and answers probes
+    // Nobody else bounds an extra connection's set-up (through a jump host
+    // too): a stalled one would hold a place among those connecting.
+    extra_.setup_timeout = extra_.connect_timeout;
 }
 
 SessionPool::~SessionPool()

@@ -12,6 +12,7 @@
 #include "forward/socks_forwarder.h"
 #include "ssh/connection.h"
 #include "ssh/session.h"
+#include "tunnel/jump.h"
 #include "tunnel/run_status.h"
 #include "tunnel/session_pool.h"
 
@@ -48,6 +49,30 @@ ConnectionOptions connection_options(const TunnelOptions &o)
     c.keep_alive = o.keep_alive;
     const auto forwards = all_forwards(o);
     c.anchor = std::any_of(forwards.begin(), forwards.end(), opens_channels);
+    const std::string route = describe_route(o);
+    c.route = route.empty() ? route : " " + route;
+    if (o.jump.host.empty()) {
+        c.proxy = o.proxy;
+        return c;
+    }
+    // ssh -J: the proxy, if any, leads to the jump host; the jump host's
+    // key, user and known_hosts default to the tunnel's.
+    const bool own_key = !o.jump.key_file.empty();
+    ConnectionOptions j;
+    j.server_host = o.jump.host;
+    j.server_port = o.jump.port;
+    j.username = o.jump.username.empty() ? o.username : o.jump.username;
+    j.key_file = own_key ? o.jump.key_file : o.key_file;
+    j.key_passphrase = own_key ? o.jump.key_passphrase : o.key_passphrase;
+    j.known_hosts_file = o.jump.known_hosts_file.empty() ? o.known_hosts_file : o.jump.known_hosts_file;
+    j.connect_timeout = o.connect_timeout;
+    j.setup_timeout = o.connect_timeout;
+    j.keep_alive = o.keep_alive;
+    j.proxy = o.proxy;
+    j.role = "jump host";
+    if (o.proxy.kind != ProxyOptions::Kind::none)
+        j.route = " through the proxy " + describe(o.proxy);
+    c.via = JumpTransport::factory(std::move(j), o.server_host, o.server_port);
     return c;
 }
 
@@ -91,6 +116,14 @@ std::error_code TunnelRun::check_options(const TunnelOptions &options, std::stri
     }
     if (options.server_port == 0 || (!options.remote_host.empty() && options.remote_port == 0)) {
         message = "server_port and remote_port must be between 1 and 65535";
+        return Errc::invalid_options;
+    }
+    if (options.proxy.kind != ProxyOptions::Kind::none && (options.proxy.host.empty() || options.proxy.port == 0)) {
+        message = "the proxy needs a host and a port from 1 to 65535";
+        return Errc::invalid_options;
+    }
+    if (!options.jump.host.empty() && options.jump.port == 0) {
+        message = "the jump host's port must be between 1 and 65535";
         return Errc::invalid_options;
     }
     for (const auto &spec : options.forwards) {
@@ -137,9 +170,10 @@ void TunnelRun::start()
                                              [status = status_] { return status->total().connections_active; });
     setup_timer_.expires_after(options_.connect_timeout);
     setup_timer_.async_wait([this, self](const asio::error_code &ec) {
-        if (!ec && !up_)
-            finish(Errc::bastion_timeout, "SSH set-up with " + connection_->where() + " did not finish within " +
-                                              std::to_string(options_.connect_timeout.count()) + " ms");
+        if (!ec && !up_) {
+            const auto [code, why] = connection_->overdue(options_.connect_timeout);
+            finish(code, why);
+        }
     });
     connection_->start();
 }
