@@ -186,6 +186,8 @@ const char *error_reason(const std::error_code &ec)
     case Errc::stopped: return "";
     case Errc::local_service_unreachable: return "local_service_unreachable";
     case Errc::local_port_unavailable: return "local_port_unavailable";
+    case Errc::proxy_failed: return "proxy_failed";
+    case Errc::proxy_auth_failed: return "proxy_auth_failed";
     }
     return "";
 }
