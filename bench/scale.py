@@ -170,6 +170,7 @@ def main(argv=None):
     ap.add_argument("--idle", type=float, default=30, help="seconds of idle CPU measurement (default 30)")
     ap.add_argument("--binary", default=str(REPO_ROOT / "build" / "bench" / "many_tunnels"))
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the work directory (sshd's and pytun's logs)")
     args = ap.parse_args(argv)
     if not os.access(args.binary, os.X_OK):
         print("no %s: build it first (ninja -C build)" % args.binary, file=sys.stderr)
@@ -180,6 +181,9 @@ def main(argv=None):
 
     res = {"count": args.count, "outage_s": args.outage}
     with tempfile.TemporaryDirectory(prefix="pytun-scale-") as tmp:
+        if args.keep_tmp:
+            tmp = tempfile.mkdtemp(prefix="pytun-scale-kept-")
+            log("work directory kept: %s" % tmp)
         info = sshd_fixture.prepare(os.path.join(tmp, "sshd"))
         cfg = Path(info["sshd_config"])
         # sshd uses the first value it reads: raise the limits in front.

@@ -130,7 +130,9 @@ std::shared_ptr<TunnelRun> Supervisor::make_run(std::size_t bastion, std::shared
 void Supervisor::attempt()
 {
     stop_waiting_for_bastion();
-    if (stopping_)
+    // One run at a time: a second would hold the bastion port of the first,
+    // which nothing would stop any more.
+    if (stopping_ || tunnel_)
         return;
     auto run = std::make_shared<RunStatus>(all_forwards(options_));
     board_.set_run(options_.name, generation_, run);
@@ -303,7 +305,9 @@ void Supervisor::on_ended(std::uint64_t id, std::error_code ec, const std::strin
     set_state(ManagedState::backing_off, ec, why);
     retry_timer_.expires_after(delay);
     retry_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &timer_ec) {
-        if (!timer_ec)
+        // cancel() cannot take back a wait that had already expired: the
+        // probe may have started the attempt meanwhile.
+        if (!timer_ec && state_ == ManagedState::backing_off)
             attempt();
     });
     wait_for_bastions();
