@@ -67,6 +67,9 @@ public:
         case Errc::proxy_auth_failed:
             return "the proxy did not accept the user name and password in its URL, or asks for some: write "
                    "them into it as SCHEME://USER:PASSWORD@HOST:PORT";
+        case Errc::capture_failed:
+            return "the VPN capture's firewall rules cannot be installed: pytun needs root or CAP_NET_ADMIN, and "
+                   "nft (Debian package nftables) or iptables";
         }
         return "unknown pytun error " + std::to_string(code);
     }

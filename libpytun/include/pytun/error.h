@@ -35,6 +35,7 @@ enum class Errc {
     local_port_unavailable = 19,  ///< pytun cannot listen on a forward's local address and port
     proxy_failed = 20,            ///< the proxy is unreachable, refused the bastion or is no proxy
     proxy_auth_failed = 21,       ///< the proxy did not accept its user name and password, or wants some
+    capture_failed = 22,          ///< the VPN capture's firewall rules cannot be installed
 };
 
 /// The "pytun" error category.

@@ -70,10 +70,47 @@ struct RemoteDynamicForward {
     friend bool operator==(const RemoteDynamicForward &, const RemoteDynamicForward &) = default;
 };
 
-using ForwardSpec = std::variant<RemoteForward, LocalForward, DynamicForward, RemoteDynamicForward>;
+/// How a transparent forward installs its capture: nftables (`nft -f -`,
+/// one transaction per change) or iptables' nat table; automatic: nft when
+/// it is installed, else iptables.
+enum class CaptureMethod { automatic, nft, nat };
+
+/// pytun vpn, sshuttle's transparent proxy over standard SSH channels
+/// (docs/vpn.md): firewall rules capture new TCP connections to `subnets`
+/// made on this machine (and, with a listen address of 0.0.0.0 or ::, those
+/// it routes for its LAN), and each goes through the bastion to its original
+/// destination in a direct-tcpip channel. UDP and other traffic to the
+/// subnets is blocked, not leaked. Needs root or CAP_NET_ADMIN. The rules
+/// stay while the tunnel reconnects (captured connections are reset
+/// meanwhile) unless `fail_open`, and are removed when it stops; a journal
+/// under $RUNTIME_DIRECTORY or /run/pytun lets a later start remove what a
+/// crashed one left.
+struct TransparentForward {
+    /// Captured: CIDR[:PORT[-PORT]], an address, a host name (all its
+    /// addresses), 0/0, ::/0 (destinations.md).
+    std::vector<std::string> subnets;
+    std::vector<std::string> exclude;          ///< never captured; the same syntax
+    bool auto_nets = false;                    ///< also the bastion's own routes (sshuttle's -N)
+    /// 127.0.0.1 or ::1: this machine's connections; 0.0.0.0 or ::: also
+    /// those it forwards (router mode).
+    std::string listen_address = "127.0.0.1";
+    std::uint16_t listen_port = 0;             ///< 0: the first free from 12300 down
+    CaptureMethod method = CaptureMethod::automatic;
+    bool ipv6 = true;                          ///< false (--disable-ipv6): IPv6 subnets are blocked, not carried
+    bool fail_open = false;                    ///< lift the capture while the tunnel is down
+    bool dns = false;                          ///< carry DNS (UDP and TCP port 53) to `nameservers`
+    /// Whose DNS is captured; empty: this machine's (/etc/resolv.conf and
+    /// systemd-resolved's upstreams). Setting them implies `dns`.
+    std::vector<std::string> nameservers;
+    std::string to_ns;                         ///< the resolver reached from the bastion, IP[:PORT]; empty: its resolv.conf's
+    friend bool operator==(const TransparentForward &, const TransparentForward &) = default;
+};
+
+using ForwardSpec = std::variant<RemoteForward, LocalForward, DynamicForward, RemoteDynamicForward, TransparentForward>;
 
 /// "R 127.0.0.1:4000 -> ldap.local:389", "L 127.0.0.1:8080 -> db:5432",
-/// "D 127.0.0.1:1080", "R 0.0.0.0:1080 (SOCKS)": for logs and status.
+/// "D 127.0.0.1:1080", "R 0.0.0.0:1080 (SOCKS)", "VPN 10.0.0.0/8 -x
+/// 10.1.0.0/16 (DNS)": for logs and status.
 PYTUN_EXPORT std::string describe(const ForwardSpec &forward);
 
 /// A forward written as for ssh: `kind` 'L' "[BIND:]PORT:HOST:HOSTPORT",

@@ -14,6 +14,8 @@
 #include <memory>
 #include <string>
 #include <system_error>
+#include <utility>
+#include <vector>
 
 namespace pytun::detail {
 
@@ -35,11 +37,40 @@ public:
                                    std::uint16_t origin_port) = 0;
 };
 
+/// What a forward keeps from one run of its tunnel to the next while the
+/// tunnel reconnects: the VPN capture (its firewall rules and listener stay
+/// in place, so nothing leaks during an outage). The forward makes it on its
+/// first start; whoever restarts the tunnel (the manager's supervisor) holds
+/// it across runs and close()s it on the loop thread when the tunnel stops
+/// for good (stop, reload, removal).
+class ForwardKeep {
+public:
+    virtual ~ForwardKeep() = default;
+    /// Release what is kept (the firewall rules); idempotent.
+    virtual void close() = 0;
+};
+
+/// A tunnel's keeps, one slot per forward in all_forwards() order (empty
+/// until a forward fills it).
+struct ForwardKeeps {
+    explicit ForwardKeeps(std::size_t forwards) : slots(forwards) {}
+    ~ForwardKeeps() { close(); }
+    /// Close and drop every keep.
+    void close()
+    {
+        for (auto &slot : slots)
+            if (auto keep = std::exchange(slot, nullptr))
+                keep->close();
+    }
+    std::vector<std::shared_ptr<ForwardKeep>> slots;
+};
+
 /// What a forward works with, lent by its tunnel run for the forward's life.
 struct ForwardContext {
     SshConnection &connection; ///< authenticated
     ChannelOpener &opener;     ///< for channels the forward opens
     Admission &admission;      ///< every new connection passes it
+    std::shared_ptr<ForwardKeep> &keep; ///< this forward's slot in the tunnel's ForwardKeeps
 };
 
 class Forward {

@@ -13,13 +13,14 @@ namespace pytun::detail {
 
 // --- LocalListener -----------------------------------------------------------
 
-bool LocalListener::open(const std::string &bind, std::uint16_t port, std::string &message)
+bool LocalListener::open(const std::string &bind, std::uint16_t port, std::string &message, bool v6_only)
 {
     const std::string where = (bind.find(':') != std::string::npos ? "[" + bind + "]" : bind) + ":" +
                               std::to_string(port);
     asio::error_code ec;
     const auto address = asio::ip::make_address(bind, ec);
     if (ec) {
+        open_error_ = asio::error::invalid_argument;
         message = "cannot listen on " + where + ": '" + bind + "' is not an IP address";
         return false;
     }
@@ -27,10 +28,13 @@ bool LocalListener::open(const std::string &bind, std::uint16_t port, std::strin
     acceptor_.open(endpoint.protocol(), ec);
     if (!ec)
         acceptor_.set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
+    if (!ec && v6_only && address.is_v6())
+        acceptor_.set_option(asio::ip::v6_only(true), ec);
     if (!ec)
         acceptor_.bind(endpoint, ec);
     if (!ec)
         acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    open_error_ = ec;
     if (ec) {
         asio::error_code ignored;
         acceptor_.close(ignored);

@@ -23,8 +23,11 @@ class LocalListener : public std::enable_shared_from_this<LocalListener> {
 public:
     explicit LocalListener(asio::io_context &io) : acceptor_(io), pause_(io) {}
     /// Opens the listening socket; false and a message naming the address
-    /// and port when it cannot.
-    bool open(const std::string &bind, std::uint16_t port, std::string &message);
+    /// and port when it cannot. `v6_only`: an IPv6 wildcard takes no IPv4
+    /// (so 0.0.0.0 can listen on the same port).
+    bool open(const std::string &bind, std::uint16_t port, std::string &message, bool v6_only = false);
+    /// Why the last open() failed.
+    asio::error_code open_error() const { return open_error_; }
     std::uint16_t port() const;
     void accept(std::function<void(asio::ip::tcp::socket)> on_client);
     void close();
@@ -34,6 +37,7 @@ private:
 
     asio::ip::tcp::acceptor acceptor_;
     asio::steady_timer pause_;
+    asio::error_code open_error_;
     std::function<void(asio::ip::tcp::socket)> on_client_;
 };
 

@@ -112,7 +112,9 @@ void Relay::start(Socket socket, std::string_view early_data)
     socket_ = std::move(socket);
     // At most a few hundred bytes (what a SOCKS client sent after its
     // request): they fit the empty buffer.
-    counters_->bytes_from_service.fetch_add(queue_upload(early_data), std::memory_order_relaxed);
+    const std::size_t early = queue_upload(early_data);
+    counters_->bytes_from_service.fetch_add(early, std::memory_order_relaxed);
+    bytes_out_ += early;
     if (open_timeout_.count() > 0 && phase() == Phase::opening) {
         open_timer_.expires_after(open_timeout_);
         open_timer_.async_wait([this, self = shared_from_this()](const asio::error_code &ec) {
@@ -229,6 +231,7 @@ void Relay::read_local()
         }
         uploaded(n);
         counters_->bytes_from_service.fetch_add(n, std::memory_order_relaxed);
+        bytes_out_ += n;
         progress = true;
     }
     if (progress)
@@ -265,6 +268,7 @@ void Relay::write_local()
             return;
         }
         counters_->bytes_to_service.fetch_add(n, std::memory_order_relaxed);
+        bytes_in_ += n;
         delivered(n);
     }
     if (download_ended()) {
@@ -312,6 +316,11 @@ void Relay::on_closed(OpenError error)
         log().debug("connection #{}: channel not opened: {}", id(), to_string(error));
         if (refused_ && socket_.is_open())
             refused_(socket_, error);
+    } else if (log().should_log(spdlog::level::debug)) {
+        const std::chrono::duration<double> lasted = std::chrono::steady_clock::now() - arrived_;
+        const char *why = close_reason();
+        log().debug("connection #{}: ended after {:.3f} s ({}): {} bytes out, {} bytes in", id(), lasted.count(),
+                    *why ? why : "the SSH connection closed", bytes_out_, bytes_in_);
     }
     close_local();
 }

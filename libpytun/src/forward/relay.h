@@ -117,6 +117,8 @@ private:
     /// client): its set-up time runs until both ends are connected.
     std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
     bool setup_recorded_ = false;
+    std::uint64_t bytes_out_ = 0; ///< local end -> channel, for the closing log line
+    std::uint64_t bytes_in_ = 0;  ///< channel -> local end
     bool connected_ = false;
     bool opened_ = false;  ///< the channel has been open (what we write goes through)
     bool reading_ = false; ///< async_wait(read) outstanding

@@ -2,7 +2,11 @@
 // A TCP connect that races a deadline.
 #include "loop/connect.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <memory>
+#include <vector>
 
 namespace pytun::detail {
 
@@ -23,17 +27,26 @@ std::string ConnectOutcome::describe(std::chrono::milliseconds timeout) const
 
 void connect_with_deadline(asio::ip::tcp::socket &socket, const std::string &host, std::uint16_t port,
                            std::chrono::milliseconds timeout, std::function<void(const ConnectOutcome &)> done,
-                           std::function<bool(const asio::ip::address &)> allowed)
+                           std::function<bool(const asio::ip::address &)> allowed, std::uint32_t mark)
 {
-    struct Attempt {
+    // Each address in turn, as asio::async_connect does, but the socket is
+    // opened here so that it can be marked before it connects.
+    struct Attempt : std::enable_shared_from_this<Attempt> {
         asio::ip::tcp::socket &socket;
         asio::ip::tcp::resolver resolver;
         asio::steady_timer timer;
         std::function<void(const ConnectOutcome &)> done;
+        std::function<bool(const asio::ip::address &)> allowed;
+        std::uint32_t mark;
+        std::vector<asio::ip::tcp::endpoint> endpoints;
+        std::size_t next = 0;
+        asio::error_code last_error = asio::error::access_denied; ///< if no address is allowed
         bool finished = false;
 
-        Attempt(asio::ip::tcp::socket &s, std::function<void(const ConnectOutcome &)> d)
-            : socket(s), resolver(s.get_executor()), timer(s.get_executor()), done(std::move(d))
+        Attempt(asio::ip::tcp::socket &s, std::function<void(const ConnectOutcome &)> d,
+                std::function<bool(const asio::ip::address &)> a, std::uint32_t m)
+            : socket(s), resolver(s.get_executor()), timer(s.get_executor()), done(std::move(d)),
+              allowed(std::move(a)), mark(m)
         {
         }
         void finish(ConnectOutcome::Failure failure, const asio::error_code &ec,
@@ -46,12 +59,42 @@ void connect_with_deadline(asio::ip::tcp::socket &socket, const std::string &hos
             resolver.cancel();
             done(ConnectOutcome{failure, ec, endpoint});
         }
-        void connected(const asio::error_code &ec, const asio::ip::tcp::endpoint &endpoint)
+        void try_next()
         {
-            finish(ec ? ConnectOutcome::Failure::connect : ConnectOutcome::Failure::none, ec, endpoint);
+            if (finished)
+                return;
+            while (next < endpoints.size() && allowed && !allowed(endpoints[next].address()))
+                ++next;
+            if (next == endpoints.size()) {
+                finish(ConnectOutcome::Failure::connect, last_error, endpoints.empty() ? asio::ip::tcp::endpoint{}
+                                                                                        : endpoints.back());
+                return;
+            }
+            const asio::ip::tcp::endpoint endpoint = endpoints[next++];
+            asio::error_code ec;
+            socket.close(ec);
+            socket.open(endpoint.protocol(), ec);
+            if (!ec && mark != 0 &&
+                ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+                ec = asio::error_code(errno, asio::error::get_system_category());
+            if (ec) {
+                last_error = ec;
+                asio::post(socket.get_executor(), [self = shared_from_this()] { self->try_next(); });
+                return;
+            }
+            socket.async_connect(endpoint, [self = shared_from_this(), endpoint](const asio::error_code &cec) {
+                if (self->finished)
+                    return;
+                if (!cec) {
+                    self->finish(ConnectOutcome::Failure::none, cec, endpoint);
+                    return;
+                }
+                self->last_error = cec;
+                self->try_next();
+            });
         }
     };
-    auto attempt = std::make_shared<Attempt>(socket, std::move(done));
+    auto attempt = std::make_shared<Attempt>(socket, std::move(done), std::move(allowed), mark);
     attempt->timer.expires_after(timeout);
     attempt->timer.async_wait([attempt](const asio::error_code &ec) {
         if (ec || attempt->finished)
@@ -64,38 +107,20 @@ void connect_with_deadline(asio::ip::tcp::socket &socket, const std::string &hos
     asio::error_code parse_error;
     const auto address = asio::ip::make_address(host, parse_error);
     if (!parse_error) {
-        const asio::ip::tcp::endpoint endpoint(address, port);
-        if (allowed && !allowed(address)) {
-            asio::post(socket.get_executor(), [attempt, endpoint] {
-                attempt->finish(ConnectOutcome::Failure::connect, asio::error::access_denied, endpoint);
-            });
-            return;
-        }
-        attempt->socket.async_connect(
-            endpoint, [attempt, endpoint](const asio::error_code &ec) { attempt->connected(ec, endpoint); });
+        attempt->endpoints.emplace_back(address, port);
+        asio::post(socket.get_executor(), [attempt] { attempt->try_next(); }); // `done` never runs in here
         return;
     }
-    attempt->resolver.async_resolve(
-        host, std::to_string(port),
-        [attempt, allowed = std::move(allowed)](const asio::error_code &ec,
-                                                asio::ip::tcp::resolver::results_type results) {
-            if (ec) {
-                attempt->finish(ConnectOutcome::Failure::resolve, ec);
-                return;
-            }
-            auto on_connect = [attempt](const asio::error_code &cec, const asio::ip::tcp::endpoint &endpoint) {
-                attempt->connected(cec == asio::error::not_found ? asio::error::access_denied : cec, endpoint);
-            };
-            if (!allowed) {
-                asio::async_connect(attempt->socket, results, on_connect);
-                return;
-            }
-            // not_found: every address was refused by `allowed`.
-            asio::async_connect(
-                attempt->socket, results,
-                [allowed](const asio::error_code &, const asio::ip::tcp::endpoint &e) { return allowed(e.address()); },
-                on_connect);
-        });
+    attempt->resolver.async_resolve(host, std::to_string(port),
+                                    [attempt](const asio::error_code &ec, asio::ip::tcp::resolver::results_type results) {
+                                        if (ec) {
+                                            attempt->finish(ConnectOutcome::Failure::resolve, ec);
+                                            return;
+                                        }
+                                        for (const auto &entry : results)
+                                            attempt->endpoints.push_back(entry.endpoint());
+                                        attempt->try_next();
+                                    });
 }
 
 } // namespace pytun::detail

@@ -31,9 +31,13 @@ struct ConnectOutcome {
 /// keeps `socket` alive until `done` runs (hold its owner in `done`).
 /// `allowed`, when given, is asked about every address before it is tried;
 /// when it allows none the outcome is a connect failure with
-/// asio::error::access_denied.
+/// asio::error::access_denied. A non-zero `mark` is set as SO_MARK on the
+/// socket before each attempt (needs CAP_NET_ADMIN): firewall rules can
+/// then tell pytun's own connections apart (the VPN capture lets the
+/// bastion connection through by it).
 void connect_with_deadline(asio::ip::tcp::socket &socket, const std::string &host, std::uint16_t port,
                            std::chrono::milliseconds timeout, std::function<void(const ConnectOutcome &)> done,
-                           std::function<bool(const asio::ip::address &)> allowed = nullptr);
+                           std::function<bool(const asio::ip::address &)> allowed = nullptr,
+                           std::uint32_t mark = 0);
 
 } // namespace pytun::detail

@@ -4,6 +4,7 @@
 
 #include <pytun/error.h>
 
+#include "forward/forward.h"
 #include "log.h"
 #include "manager/reachability.h"
 #include "tunnel/run_status.h"
@@ -73,7 +74,8 @@ std::vector<TunnelStatus> StatusBoard::snapshot() const
 Supervisor::Supervisor(asio::io_context &io, TunnelOptions options, const ManagerOptions &manager,
                        StatusBoard &board, EventList &events, std::uint64_t generation, ReachabilityProbes *probes)
     : io_(io), options_(std::move(options)), manager_(manager), board_(board), events_(events),
-      generation_(generation), log_(make_logger(options_.name)), retry_timer_(io),
+      generation_(generation), log_(make_logger(options_.name)),
+      keeps_(std::make_shared<ForwardKeeps>(all_forwards(options_).size())), retry_timer_(io),
       backoff_(manager.backoff_initial), random_(static_cast<unsigned>(generation * 7919 + 17)), probes_(probes),
       bastions_(all_bastions(options_)), reach_failed_(bastions_.size(), false)
 {
@@ -475,6 +477,7 @@ void Supervisor::stop(std::function<void()> done)
     stop_waiting_for_bastion();
     stop_failback();
     auto finish = [this, self = shared_from_this(), done] {
+        keeps_->close(); // e.g. the VPN capture's rules: the tunnel stops for good
         set_state(ManagedState::stopped);
         done();
     };

@@ -26,6 +26,7 @@
 namespace pytun::detail {
 
 class ReachabilityProbes;
+struct ForwardKeeps;
 class RunStatus;
 class TunnelRun;
 
@@ -106,6 +107,9 @@ private:
     std::shared_ptr<TunnelRun> tunnel_;
     std::uint64_t run_id_ = 0;      ///< of tunnel_: events of other runs are told apart by it
     std::uint64_t next_run_id_ = 0;
+    /// What forwards keep from run to run (the VPN capture); closed when the
+    /// tunnel stops for good.
+    std::shared_ptr<ForwardKeeps> keeps_;
     asio::steady_timer retry_timer_;
     std::chrono::milliseconds backoff_;
     std::chrono::steady_clock::time_point up_since_;  ///< or in standby since: both are a working session

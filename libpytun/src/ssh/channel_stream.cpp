@@ -84,8 +84,10 @@ void ChannelStream::eof_sent()
 void ChannelStream::channel_failed(int rc)
 {
     log().debug("connection #{}: channel error {}", id_, rc);
-    if (phase_ == Phase::open || phase_ == Phase::opening)
+    if (phase_ == Phase::open || phase_ == Phase::opening) {
         phase_ = Phase::closing;
+        close_reason_ = "channel error";
+    }
 }
 
 void ChannelStream::channel_freed()
@@ -112,6 +114,7 @@ void ChannelStream::begin_close(const char *why)
     // An open still in flight completes first; the driver then closes the
     // channel it brings (see attach()).
     phase_ = Phase::closing;
+    close_reason_ = why;
     log().trace("connection #{}: closing ({})", id_, why);
     wake();
 }

@@ -64,6 +64,9 @@ public:
     bool finished() const { return phase_ == Phase::closed; }
     /// Graceful stop or a local error: close the channel when possible.
     void begin_close(const char *why);
+    /// Why the stream closes, for the log ("both directions finished",
+    /// "channel error", the reason given to begin_close); "" while open.
+    const char *close_reason() const { return close_reason_; }
 
     // --- the driver's side (ssh/session.cpp only) ------------------------
     void bind(SshSession &session) { session_ = &session; }
@@ -141,6 +144,7 @@ private:
     RingBuffer upload_;
     RingBuffer download_;
     bool pinned_ = false;
+    const char *close_reason_ = "";
 };
 
 } // namespace pytun::detail

@@ -152,7 +152,8 @@ void SshConnection::connect_direct()
                          " ms");
                 return;
             }
-        });
+        },
+        nullptr, options_.socket_mark);
 }
 
 std::pair<std::error_code, std::string> SshConnection::overdue(std::chrono::milliseconds limit) const

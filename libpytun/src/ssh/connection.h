@@ -70,6 +70,10 @@ struct ConnectionOptions {
     /// connections that open channels themselves and may have no listener.
     /// Probes then are requests on it, which no pending open can hold up.
     bool anchor = false;
+    /// Non-zero: SO_MARK of the socket to the bastion, set before it
+    /// connects (the VPN capture returns packets with this mark first, so it
+    /// never captures its own connection, a reconnect's included).
+    std::uint32_t socket_mark = 0;
 };
 
 class SshConnection : public std::enable_shared_from_this<SshConnection> {

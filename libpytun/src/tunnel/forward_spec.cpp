@@ -96,6 +96,19 @@ std::string describe(const ForwardSpec &forward)
         {
             return "R " + bind_text(f.bind_address, f.listen_port) + " (SOCKS)";
         }
+        std::string operator()(const TransparentForward &f) const
+        {
+            std::string out = "VPN";
+            for (const auto &subnet : f.subnets)
+                out += " " + subnet;
+            if (f.auto_nets)
+                out += " -N";
+            for (const auto &excluded : f.exclude)
+                out += " -x " + excluded;
+            if (f.dns || !f.nameservers.empty())
+                out += " (DNS)";
+            return out;
+        }
     };
     return std::visit(Text{}, forward);
 }

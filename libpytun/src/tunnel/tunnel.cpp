@@ -7,6 +7,7 @@
 
 #include <pytun/error.h>
 
+#include "forward/forward.h"
 #include "log.h"
 #include "loop/event_loop.h"
 #include "tunnel/run_status.h"
@@ -35,12 +36,18 @@ struct Tunnel::Impl {
 
     std::unique_ptr<detail::EventLoop> loop;
     std::shared_ptr<detail::TunnelRun> tunnel;
+    /// What forwards keep (the VPN capture): a Tunnel does not restart, so
+    /// it lasts one run and is closed when the tunnel is stopped.
+    std::shared_ptr<detail::ForwardKeeps> keeps;
 
     void join()
     {
         if (loop)
             loop->stop();
         tunnel.reset();
+        if (keeps) // the loop no longer runs: closing here races nothing
+            keeps->close();
+        keeps.reset();
         loop.reset(); // destroys what is still queued, on this thread
     }
 };
@@ -98,8 +105,9 @@ std::error_code Tunnel::start()
         d.running = false;
         d.changed.notify_all();
     };
-    d.tunnel = std::make_shared<detail::TunnelRun>(d.loop->io(), d.options, d.log, d.run,
-                                                       std::move(handlers));
+    d.keeps = std::make_shared<detail::ForwardKeeps>(all_forwards(d.options).size());
+    d.tunnel = std::make_shared<detail::TunnelRun>(d.loop->io(), d.options, d.log, d.run, d.keeps,
+                                                   std::move(handlers));
     asio::post(d.loop->io(), [tunnel = d.tunnel] { tunnel->start(); });
     d.changed.wait(lock, [&d] { return d.state != TunnelState::connecting; });
     return d.state == TunnelState::up ? std::error_code{} : d.error;

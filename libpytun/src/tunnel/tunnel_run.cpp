@@ -15,6 +15,8 @@
 #include "tunnel/jump.h"
 #include "tunnel/run_status.h"
 #include "tunnel/session_pool.h"
+#include "vpn/capture_rules.h"
+#include "vpn/transparent_forwarder.h"
 
 namespace pytun::detail {
 namespace {
@@ -33,7 +35,8 @@ constexpr std::chrono::milliseconds k_standby_retry_max{2000};
 
 bool opens_channels(const ForwardSpec &spec)
 {
-    return std::holds_alternative<LocalForward>(spec) || std::holds_alternative<DynamicForward>(spec);
+    return std::holds_alternative<LocalForward>(spec) || std::holds_alternative<DynamicForward>(spec) ||
+           std::holds_alternative<TransparentForward>(spec);
 }
 
 ConnectionOptions connection_options(const TunnelOptions &o)
@@ -49,6 +52,9 @@ ConnectionOptions connection_options(const TunnelOptions &o)
     c.keep_alive = o.keep_alive;
     const auto forwards = all_forwards(o);
     c.anchor = std::any_of(forwards.begin(), forwards.end(), opens_channels);
+    if (std::any_of(forwards.begin(), forwards.end(),
+                    [](const ForwardSpec &f) { return std::holds_alternative<TransparentForward>(f); }))
+        c.socket_mark = k_capture_mark; // the capture must let the bastion connections through
     const std::string route = describe_route(o);
     c.route = route.empty() ? route : " " + route;
     if (o.jump.host.empty()) {
@@ -70,6 +76,7 @@ ConnectionOptions connection_options(const TunnelOptions &o)
     j.keep_alive = o.keep_alive;
     j.proxy = o.proxy;
     j.role = "jump host";
+    j.socket_mark = c.socket_mark;
     if (o.proxy.kind != ProxyOptions::Kind::none)
         j.route = " through the proxy " + describe(o.proxy);
     c.via = JumpTransport::factory(std::move(j), o.server_host, o.server_port);
@@ -79,9 +86,9 @@ ConnectionOptions connection_options(const TunnelOptions &o)
 } // namespace
 
 TunnelRun::TunnelRun(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
-                     std::shared_ptr<RunStatus> status, Handlers handlers)
+                     std::shared_ptr<RunStatus> status, std::shared_ptr<ForwardKeeps> keeps, Handlers handlers)
     : io_(io), options_(std::move(options)), specs_(all_forwards(options_)), log_(std::move(log)),
-      status_(std::move(status)), handlers_(std::move(handlers)), standby_timer_(io),
+      status_(std::move(status)), keeps_(std::move(keeps)), handlers_(std::move(handlers)), standby_timer_(io),
       random_(std::random_device{}()), setup_timer_(io), grace_timer_(io), close_deadline_(io)
 {
     forwards_.resize(specs_.size());
@@ -135,8 +142,17 @@ std::error_code TunnelRun::check_options(const TunnelOptions &options, std::stri
         else if (const auto *r = std::get_if<RemoteDynamicForward>(&spec); r && r->allow.empty())
             message = what + ": a reverse SOCKS forward needs an allowlist (allow): without one any client of the "
                              "bastion port could reach the whole local network";
+        else if (const auto *t = std::get_if<TransparentForward>(&spec))
+            if (std::string problem = check_transparent_forward(*t); !problem.empty())
+                message = what + ": " + problem;
         if (!message.empty())
             return Errc::invalid_options;
+    }
+    if (std::count_if(options.forwards.begin(), options.forwards.end(), [](const ForwardSpec &f) {
+            return std::holds_alternative<TransparentForward>(f);
+        }) > 1) {
+        message = "a tunnel carries one VPN capture at most: merge their subnets, or use two tunnels";
+        return Errc::invalid_options;
     }
     return {};
 }
@@ -218,6 +234,11 @@ void TunnelRun::start_forward(std::size_t index)
             spec.connect_timeout = run.options_.local_connect_timeout;
             return std::make_shared<ReverseForwarder>(spec, run.log_, run.status_->counters(index));
         }
+        std::shared_ptr<Forward> operator()(const TransparentForward &f) const
+        {
+            return std::make_shared<TransparentForwarder>(run.io_, f, run.options_, run.log_,
+                                                          run.status_->counters(index));
+        }
     };
     auto forward = std::visit(Make{*this, index}, specs_[index]);
     states_[index] = ForwardState::starting;
@@ -232,7 +253,7 @@ void TunnelRun::start_forward(std::size_t index)
         if (round == round_)
             on_forward_failed(index, ec, why);
     };
-    forward->start(ForwardContext{*connection_, *pool_, *admission_}, std::move(handlers));
+    forward->start(ForwardContext{*connection_, *pool_, *admission_, keeps_->slots[index]}, std::move(handlers));
 }
 
 void TunnelRun::on_forward_ready(std::size_t index, std::uint16_t bound_port)

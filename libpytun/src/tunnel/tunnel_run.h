@@ -30,6 +30,7 @@ namespace pytun::detail {
 
 class Admission;
 class Forward;
+struct ForwardKeeps;
 class RunStatus;
 class SessionPool;
 class SshConnection;
@@ -47,9 +48,11 @@ public:
         std::function<void(const std::string &why)> standby;
     };
 
-    /// `status` must have one row per forward of all_forwards(options).
+    /// `status` must have one row per forward of all_forwards(options), and
+    /// so must `keeps` (what forwards keep across runs: the caller holds it
+    /// from run to run and closes it when the tunnel stops for good).
     TunnelRun(asio::io_context &io, TunnelOptions options, std::shared_ptr<spdlog::logger> log,
-              std::shared_ptr<RunStatus> status, Handlers handlers);
+              std::shared_ptr<RunStatus> status, std::shared_ptr<ForwardKeeps> keeps, Handlers handlers);
     ~TunnelRun();
     TunnelRun(const TunnelRun &) = delete;
     TunnelRun &operator=(const TunnelRun &) = delete;
@@ -86,6 +89,7 @@ private:
     std::vector<ForwardSpec> specs_;
     std::shared_ptr<spdlog::logger> log_;
     std::shared_ptr<RunStatus> status_;
+    std::shared_ptr<ForwardKeeps> keeps_;
     Handlers handlers_;
     std::shared_ptr<SshConnection> connection_;
     std::shared_ptr<SessionPool> pool_;

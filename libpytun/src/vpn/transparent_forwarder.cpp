@@ -1,0 +1,446 @@
+// SPDX-License-Identifier: MIT
+// The VPN forward: its capture (rules, listener) kept across connections,
+// and one direct-tcpip channel per captured connection.
+#include "vpn/transparent_forwarder.h"
+
+#include <sys/socket.h>
+
+#include <fstream>
+
+#include <pytun/error.h>
+
+#include "forward/admission.h"
+#include "forward/destination.h"
+#include "forward/local_forwarder.h"
+#include "forward/relay.h"
+#include "log/aggregate.h"
+#include "ssh/connection.h"
+#include "ssh/session.h"
+#include "vpn/capture.h"
+#include "vpn/original_dst.h"
+
+namespace pytun::detail {
+namespace {
+
+// sshuttle's default listen port, searched downwards while taken.
+constexpr std::uint16_t k_first_port = 12300;
+constexpr int k_ports_tried = 100;
+
+// A reset, not a clean close: the client sees "connection refused", as it
+// would without the tunnel (sshuttle closes cleanly after accepting, #236).
+void reset(asio::ip::tcp::socket &socket)
+{
+    asio::error_code ignored;
+    socket.set_option(asio::socket_base::linger(true, 0), ignored);
+    socket.close(ignored);
+}
+
+std::string endpoint_text(const asio::ip::tcp::endpoint &e)
+{
+    const std::string address = e.address().to_string();
+    return (e.address().is_v6() ? "[" + address + "]" : address) + ":" + std::to_string(e.port());
+}
+
+bool router_address(const std::string &address)
+{
+    return address == "0.0.0.0" || address == "::";
+}
+
+bool host_has_ipv6()
+{
+    return static_cast<bool>(std::ifstream("/proc/net/if_inet6"));
+}
+
+std::optional<IpAddress> to_ip(const asio::ip::address &address)
+{
+    return IpAddress::parse(address.to_string());
+}
+
+// The bastion as this connection reached it: its exact return rule.
+std::optional<std::pair<IpAddress, std::uint16_t>> peer_of(int fd)
+{
+    sockaddr_storage storage{};
+    socklen_t size = sizeof storage;
+    if (::getpeername(fd, reinterpret_cast<sockaddr *>(&storage), &size) != 0)
+        return std::nullopt;
+    asio::ip::tcp::endpoint endpoint;
+    std::memcpy(endpoint.data(), &storage, std::min<std::size_t>(size, sizeof storage));
+    endpoint.resize(size);
+    auto address = to_ip(endpoint.address());
+    if (!address)
+        return std::nullopt;
+    return std::make_pair(*address, endpoint.port());
+}
+
+} // namespace
+
+std::string check_transparent_forward(const TransparentForward &spec)
+{
+    if (spec.subnets.empty() && !spec.auto_nets)
+        return "nothing to capture: give at least one subnet (or -N, the bastion's routes)";
+    for (const auto *list : {&spec.subnets, &spec.exclude}) {
+        for (const auto &text : *list) {
+            std::string error;
+            auto rule = parse_destination(text, error);
+            if (!rule)
+                return error;
+            if (rule->kind == DestinationRule::Kind::wildcard)
+                return "'" + text + "': a wildcard cannot be captured (the capture sees addresses, not names): "
+                                    "give the subnet, or the host names one by one";
+        }
+    }
+    asio::error_code ec;
+    const auto listen = asio::ip::make_address(spec.listen_address, ec);
+    if (ec || !(listen.is_loopback() || listen.is_unspecified()))
+        return "listen address '" + spec.listen_address +
+               "': use 127.0.0.1 or ::1 (this machine's connections) or 0.0.0.0 or :: (a router: also those it "
+               "forwards)";
+    for (const auto &ns : spec.nameservers)
+        if (!IpAddress::parse(ns))
+            return "nameserver '" + ns + "' is not an IP address";
+    return {};
+}
+
+// --- CaptureKeep ---------------------------------------------------------------
+
+/// What one tunnel's capture keeps across its SSH connections: the
+/// listeners, the rules and their journal, the resolved plan.
+class CaptureKeep final : public ForwardKeep, public std::enable_shared_from_this<CaptureKeep> {
+public:
+    CaptureKeep(asio::io_context &io, std::shared_ptr<spdlog::logger> log) : io_(io), log_(std::move(log)) {}
+    ~CaptureKeep() override { close(); }
+
+    /// Privileges, the method, what crashed runs left, the listeners.
+    bool open(const TransparentForward &spec, const std::string &tunnel, std::string &message);
+    /// Install the plan (or replace what is installed).
+    bool apply(std::string &message);
+    /// A connection is up: captured connections go to `serve`.
+    void attach(std::function<void(asio::ip::tcp::socket)> serve, std::shared_ptr<TrafficCounters> counters);
+    /// The connection is gone: captured connections are reset, or with
+    /// `lift` (fail-open) the rules are removed until the next attach.
+    void detach(bool lift);
+    void close() override;
+
+    std::uint16_t port() const { return plan.tcp_port; }
+    const char *method() const { return capture_ ? to_string(capture_->method()) : "none"; }
+
+    CapturePlan plan;
+    bool resolved = false; ///< the subnets' names were resolved (once: before the rules exist)
+
+private:
+    bool open_listeners(const TransparentForward &spec, std::string &message);
+    void on_client(asio::ip::tcp::socket socket);
+
+    asio::io_context &io_;
+    std::shared_ptr<spdlog::logger> log_;
+    std::vector<std::shared_ptr<LocalListener>> listeners_;
+    std::unique_ptr<Capture> capture_;
+    std::function<void(asio::ip::tcp::socket)> serve_;
+    std::shared_ptr<TrafficCounters> counters_;
+    bool closed_ = false;
+};
+
+bool CaptureKeep::open(const TransparentForward &spec, const std::string &tunnel, std::string &message)
+{
+    if (!has_net_admin()) {
+        message = "the VPN capture changes the firewall: run pytun as root or give it CAP_NET_ADMIN (systemd: "
+                  "AmbientCapabilities=CAP_NET_ADMIN)";
+        return false;
+    }
+    auto method = resolve_capture_method(spec.method, message);
+    if (!method)
+        return false;
+    plan.id = capture_id(tunnel);
+    for (const std::string &line : cleanup_captures(false))
+        log_->warn("{}", line);
+    if (auto other = live_owner(plan.id)) {
+        message = "another pytun (pid " + std::to_string(other->owner.pid) + ", tunnel '" + other->tunnel +
+                  "') captures as '" + plan.id + "' in this network namespace: stop it first, or name this "
+                  "tunnel differently";
+        return false;
+    }
+    if (!open_listeners(spec, message))
+        return false;
+    plan.router = router_address(spec.listen_address);
+    plan.carry_ipv6 = spec.ipv6;
+    capture_ = std::make_unique<Capture>(plan.id, tunnel, *method, log_);
+    return true;
+}
+
+// Both families on one port (the rules redirect to ":PORT"): 127.0.0.1 and
+// ::1, or 0.0.0.0 and :: for a router.
+bool CaptureKeep::open_listeners(const TransparentForward &spec, std::string &message)
+{
+    const bool router = router_address(spec.listen_address);
+    const std::string v4 = router ? "0.0.0.0" : "127.0.0.1";
+    const std::string v6 = router ? "::" : "::1";
+    plan.ipv6 = host_has_ipv6();
+    const int tries = spec.listen_port ? 1 : k_ports_tried;
+    for (int i = 0; i < tries; ++i) {
+        const auto port = static_cast<std::uint16_t>(spec.listen_port ? spec.listen_port : k_first_port - i);
+        auto first = std::make_shared<LocalListener>(io_);
+        if (!first->open(v4, port, message)) {
+            if (first->open_error() == asio::error::address_in_use)
+                continue;
+            return false;
+        }
+        listeners_ = {first};
+        if (plan.ipv6) {
+            auto second = std::make_shared<LocalListener>(io_);
+            if (!second->open(v6, port, message, true)) {
+                if (second->open_error() == asio::error::address_in_use) {
+                    first->close();
+                    listeners_.clear();
+                    continue;
+                }
+                log_->warn("IPv6 is not captured: {}", message);
+                plan.ipv6 = false;
+            } else {
+                listeners_.push_back(second);
+            }
+        }
+        plan.tcp_port = port;
+        std::weak_ptr<CaptureKeep> weak = shared_from_this();
+        for (auto &listener : listeners_)
+            listener->accept([weak](asio::ip::tcp::socket socket) {
+                if (auto keep = weak.lock())
+                    keep->on_client(std::move(socket));
+            });
+        return true;
+    }
+    if (spec.listen_port == 0)
+        message = "no free port for the capture's listener between " + std::to_string(k_first_port - k_ports_tried + 1) +
+                  " and " + std::to_string(k_first_port) + ": give one with -l";
+    return false;
+}
+
+bool CaptureKeep::apply(std::string &message)
+{
+    if (!capture_)
+        return false;
+    return capture_->apply(plan, message);
+}
+
+void CaptureKeep::attach(std::function<void(asio::ip::tcp::socket)> serve, std::shared_ptr<TrafficCounters> counters)
+{
+    serve_ = std::move(serve);
+    counters_ = std::move(counters);
+}
+
+void CaptureKeep::detach(bool lift)
+{
+    serve_ = nullptr;
+    if (lift && capture_ && capture_->installed()) {
+        capture_->remove();
+        log_->warn("fail-open: capture lifted while the tunnel is down; connections go their direct way");
+    }
+}
+
+void CaptureKeep::on_client(asio::ip::tcp::socket socket)
+{
+    if (serve_) {
+        serve_(std::move(socket));
+        return;
+    }
+    // Fail-closed: no tunnel, so nothing leaves; the client learns at once.
+    if (counters_)
+        counters_->refused.fetch_add(1, std::memory_order_relaxed);
+    log_aggregated(*log_, spdlog::level::debug, "captured while down",
+                   "captured connection reset: the tunnel is down (reconnecting)");
+    reset(socket);
+}
+
+void CaptureKeep::close()
+{
+    if (closed_)
+        return;
+    closed_ = true;
+    serve_ = nullptr;
+    for (auto &listener : listeners_)
+        listener->close();
+    listeners_.clear();
+    if (capture_ && capture_->installed())
+        log_->info("capture removed");
+    capture_.reset(); // removes the rules, then the journal
+}
+
+// --- TransparentForwarder -------------------------------------------------------
+
+TransparentForwarder::TransparentForwarder(asio::io_context &io, TransparentForward spec, const TunnelOptions &tunnel,
+                                           std::shared_ptr<spdlog::logger> log,
+                                           std::shared_ptr<TrafficCounters> counters)
+    : io_(io), spec_(std::move(spec)), tunnel_name_(tunnel.name), open_timeout_(tunnel.open_timeout),
+      log_(std::move(log)), counters_(std::move(counters))
+{
+}
+
+TransparentForwarder::~TransparentForwarder() = default;
+
+void TransparentForwarder::start(ForwardContext context, Handlers handlers)
+{
+    handlers_ = std::move(handlers);
+    opener_ = &context.opener;
+    admission_ = &context.admission;
+    if (std::string problem = check_transparent_forward(spec_); !problem.empty()) {
+        fail(Errc::invalid_options, describe(ForwardSpec(spec_)) + ": " + problem);
+        return;
+    }
+    if (!context.keep) {
+        auto keep = std::make_shared<CaptureKeep>(io_, log_);
+        std::string message;
+        if (!keep->open(spec_, tunnel_name_, message)) {
+            keep->close();
+            fail(Errc::capture_failed, message);
+            return;
+        }
+        context.keep = keep;
+    }
+    keep_ = std::static_pointer_cast<CaptureKeep>(context.keep);
+    // This connection's address and port: a reconnect may have reached
+    // another address of the bastion (the mark lets it through anyway).
+    keep_->plan.bastions.clear();
+    if (auto bastion = peer_of(context.connection.session().socket_fd()))
+        keep_->plan.bastions.push_back(*bastion);
+    if (keep_->resolved) {
+        install();
+        return;
+    }
+    resolve_names([this, self = shared_from_this()](const std::string &error) {
+        if (stopped_)
+            return;
+        if (!error.empty()) {
+            fail(Errc::capture_failed, error);
+            return;
+        }
+        keep_->resolved = true;
+        install();
+    });
+}
+
+// Address rules go into the plan as they are; each host name is resolved
+// (here, before any rule exists) into one rule per address, as sshuttle does.
+void TransparentForwarder::resolve_names(std::function<void(const std::string &error)> done)
+{
+    struct Pending {
+        std::vector<CapturePlan::Net> nets;
+        std::size_t waiting = 0;
+        std::string error;
+        std::function<void(const std::string &)> done;
+    };
+    auto pending = std::make_shared<Pending>();
+    pending->done = std::move(done);
+    std::vector<std::pair<DestinationRule, bool>> names;
+    for (const auto *list : {&spec_.subnets, &spec_.exclude}) {
+        const bool exclude = list == &spec_.exclude;
+        for (const auto &text : *list) {
+            std::string error;
+            auto rule = parse_destination(text, error); // checked in start()
+            if (rule && rule->kind == DestinationRule::Kind::network)
+                pending->nets.push_back({*rule, exclude});
+            else if (rule)
+                names.emplace_back(*rule, exclude);
+        }
+    }
+    auto finish = [this, pending] {
+        if (pending->error.empty()) {
+            keep_->plan.nets = pending->nets;
+            // Whatever -N adds later comes on top of these.
+        }
+        pending->done(pending->error);
+    };
+    if (names.empty()) {
+        asio::post(io_, finish);
+        return;
+    }
+    pending->waiting = names.size();
+    for (auto &[rule, exclude] : names) {
+        auto resolver = std::make_shared<asio::ip::tcp::resolver>(io_);
+        resolver->async_resolve(
+            rule.name, "",
+            [resolver, pending, finish, rule = rule, exclude = exclude](const asio::error_code &ec,
+                                                                         asio::ip::tcp::resolver::results_type results) {
+                if (ec) {
+                    if (pending->error.empty())
+                        pending->error = "cannot resolve '" + rule.name + "': " + ec.message();
+                } else {
+                    std::vector<IpAddress> addresses;
+                    for (const auto &entry : results)
+                        if (auto ip = to_ip(entry.endpoint().address());
+                            ip && std::find(addresses.begin(), addresses.end(), *ip) == addresses.end())
+                            addresses.push_back(*ip);
+                    std::string error;
+                    if (auto rules = resolve_name_rule(rule, addresses, error)) {
+                        for (auto &r : *rules)
+                            pending->nets.push_back({std::move(r), exclude});
+                    } else if (pending->error.empty()) {
+                        pending->error = error;
+                    }
+                }
+                if (--pending->waiting == 0)
+                    finish();
+            });
+    }
+}
+
+void TransparentForwarder::install()
+{
+    std::string message;
+    if (!keep_->apply(message)) {
+        fail(Errc::capture_failed, message);
+        return;
+    }
+    std::string nets;
+    for (const auto &net : sorted_nets(keep_->plan.nets))
+        nets += std::string(nets.empty() ? "" : ", ") + (net.exclude ? "not " : "") + net.rule.to_string();
+    log_->info("capturing {} ({}, port {}{})", nets, keep_->method(), keep_->port(),
+               keep_->plan.router ? ", also for the LAN" : "");
+    keep_->attach([this, self = shared_from_this()](asio::ip::tcp::socket socket) { serve(std::move(socket)); },
+                  counters_);
+    handlers_.ready(keep_->port());
+}
+
+void TransparentForwarder::fail(std::error_code ec, const std::string &message)
+{
+    if (handlers_.failed)
+        handlers_.failed(ec, message);
+}
+
+void TransparentForwarder::serve(asio::ip::tcp::socket socket)
+{
+    asio::error_code ec;
+    const auto peer = socket.remote_endpoint(ec);
+    const auto local = socket.local_endpoint(ec);
+    const auto destination = original_destination(socket);
+    if (ec || !destination || *destination == local) {
+        // Not redirected: a client of the listener itself would loop.
+        log_aggregated(*log_, spdlog::level::warn, "not redirected",
+                       "connection to the capture's listener that no rule redirected refused (from " +
+                           (ec ? std::string("?") : endpoint_text(peer)) + ")");
+        reset(socket);
+        return;
+    }
+    auto relay = std::make_shared<Relay>(io_, log_, counters_);
+    if (!admission_->admit(*relay)) {
+        reset(socket);
+        return;
+    }
+    relay->on_open({}, [](asio::ip::tcp::socket &s, OpenError) { reset(s); }, open_timeout_);
+    relay->start(std::move(socket));
+    log_->debug("connection #{}: {} -> {}", relay->id(), endpoint_text(peer), endpoint_text(*destination));
+    opener_->open_direct_tcpip(relay, destination->address().to_string(), destination->port(),
+                               peer.address().to_string(), peer.port());
+}
+
+void TransparentForwarder::stop_accepting(std::function<void()> done)
+{
+    if (!stopped_) {
+        stopped_ = true;
+        if (keep_)
+            keep_->detach(spec_.fail_open);
+        opener_ = nullptr;
+        admission_ = nullptr;
+    }
+    done();
+}
+
+} // namespace pytun::detail

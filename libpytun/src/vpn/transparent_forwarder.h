@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: MIT
+// TransparentForwarder (pytun vpn): firewall rules redirect new TCP
+// connections to the captured subnets to pytun's listener; each accepted
+// connection goes through the bastion to its original destination in a
+// direct-tcpip channel. What must outlive one SSH connection, the rules and
+// the listener, is the forward's CaptureKeep (forward/forward.h): while the
+// tunnel reconnects, captured connections are reset (fail-closed) or the
+// rules are lifted (fail-open). docs/vpn.md.
+#pragma once
+
+#include "internal.h"
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <asio.hpp>
+#include <spdlog/logger.h>
+
+#include <pytun/tunnel.h>
+
+#include "forward/forward.h"
+#include "forward/traffic.h"
+
+namespace pytun::detail {
+
+class CaptureKeep;
+
+/// What is wrong with `spec` without touching the network or the firewall
+/// ("" when nothing): every subnet and exclude parses (no wildcard: the
+/// capture sees addresses, not names), there is something to capture, the
+/// listen address is a loopback or wildcard address.
+std::string check_transparent_forward(const TransparentForward &spec);
+
+class TransparentForwarder final : public Forward, public std::enable_shared_from_this<TransparentForwarder> {
+public:
+    TransparentForwarder(asio::io_context &io, TransparentForward spec, const TunnelOptions &tunnel,
+                         std::shared_ptr<spdlog::logger> log, std::shared_ptr<TrafficCounters> counters);
+    ~TransparentForwarder() override;
+
+    void start(ForwardContext context, Handlers handlers) override;
+    void stop_accepting(std::function<void()> done) override;
+
+private:
+    void resolve_names(std::function<void(const std::string &error)> done);
+    void install();
+    void fail(std::error_code ec, const std::string &message);
+    void serve(asio::ip::tcp::socket socket);
+
+    asio::io_context &io_;
+    TransparentForward spec_;
+    std::string tunnel_name_;
+    std::chrono::milliseconds open_timeout_;
+    std::shared_ptr<spdlog::logger> log_;
+    std::shared_ptr<TrafficCounters> counters_;
+    std::shared_ptr<CaptureKeep> keep_;
+    ChannelOpener *opener_ = nullptr; ///< valid until stop_accepting()
+    Admission *admission_ = nullptr;
+    Handlers handlers_;
+    bool stopped_ = false;
+};
+
+} // namespace pytun::detail
