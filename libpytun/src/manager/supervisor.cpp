@@ -126,7 +126,7 @@ std::shared_ptr<TunnelRun> Supervisor::make_run(std::size_t bastion, std::shared
         if (id == run_id_)
             board_.update(options_.name, generation_, [rtt](TunnelStatus &s) { s.probe_rtt = rtt; });
     };
-    return std::make_shared<TunnelRun>(io_, std::move(options), log_, std::move(status), std::move(handlers));
+    return std::make_shared<TunnelRun>(io_, std::move(options), log_, std::move(status), keeps_, std::move(handlers));
 }
 
 void Supervisor::attempt()
