@@ -103,6 +103,14 @@ void ChannelStream::abort()
     finish(OpenError::none);
 }
 
+void ChannelStream::report_exit(int status, const std::string &signal)
+{
+    if (exit_reported_)
+        return; // the driver may close a channel in several attempts
+    exit_reported_ = true;
+    on_exit(status, signal);
+}
+
 void ChannelStream::begin_close(const char *why)
 {
     if (phase_ == Phase::closing || phase_ == Phase::closed)

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 
 #include <libssh2.h>
 #include <spdlog/logger.h>
@@ -93,6 +94,11 @@ public:
     void channel_freed();
     /// The session is going away and frees the channel with itself.
     void abort();
+    /// The channel closed cleanly; what the bastion said of the command it
+    /// ran (exec channels: ssh/command.h): exit status (0 also when none was
+    /// sent: libssh2 cannot tell) and the signal that ended it, if any.
+    /// Passed to on_exit once.
+    void report_exit(int status, const std::string &signal);
     /// While a libssh2 call is pinned on a pointer into our buffers, they must
     /// not move or be released.
     void set_pinned(bool pinned) { pinned_ = pinned; }
@@ -129,6 +135,8 @@ protected:
     /// The stream is finished (channel freed, open failed, or aborted):
     /// release the local end. `error` says why an open failed, else none.
     virtual void on_closed(OpenError error) = 0;
+    /// The channel closed cleanly (before on_closed): see report_exit.
+    virtual void on_exit(int /*status*/, const std::string & /*signal*/) {}
 
 private:
     void maybe_close();
@@ -145,6 +153,7 @@ private:
     RingBuffer download_;
     bool pinned_ = false;
     const char *close_reason_ = "";
+    bool exit_reported_ = false;
 };
 
 } // namespace pytun::detail

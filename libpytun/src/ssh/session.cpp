@@ -242,8 +242,8 @@ void SshSession::submit(const char *what, std::function<int()> attempt, std::fun
     wake();
 }
 
-void SshSession::open_channel(std::shared_ptr<ChannelStream> stream, const char *what,
-                              std::function<LIBSSH2_CHANNEL *()> open, std::function<void()> after)
+void SshSession::open_channel(std::shared_ptr<ChannelStream> stream, const char *what, ChannelOpen open,
+                              std::function<void()> after)
 {
     // Not a libssh2 code: the stream was closed before its open began.
     constexpr int k_abandoned = 1;
@@ -260,8 +260,7 @@ void SshSession::open_channel(std::shared_ptr<ChannelStream> stream, const char 
             if (!*started && raw->phase() != ChannelStream::Phase::opening)
                 return k_abandoned;
             *started = true;
-            *channel = open();
-            return *channel ? 0 : libssh2_session_last_errno(ssh_);
+            return open(*channel);
         },
         [this, stream, channel, after = std::move(after)](int rc) {
             if (*channel)
@@ -299,8 +298,10 @@ void SshSession::open_direct_tcpip(std::shared_ptr<ChannelStream> stream, std::s
 {
     open_channel(
         std::move(stream), "open direct-tcpip channel",
-        [this, host = std::move(host), port, origin_host = std::move(origin_host), origin_port] {
-            return libssh2_channel_direct_tcpip_ex(ssh_, host.c_str(), port, origin_host.c_str(), origin_port);
+        [this, host = std::move(host), port, origin_host = std::move(origin_host),
+         origin_port](LIBSSH2_CHANNEL *&channel) {
+            channel = libssh2_channel_direct_tcpip_ex(ssh_, host.c_str(), port, origin_host.c_str(), origin_port);
+            return channel ? 0 : libssh2_session_last_errno(ssh_);
         },
         std::move(after));
 }
@@ -700,11 +701,28 @@ bool SshSession::close_channel(ChannelStream &stream)
         fail(Errc::transport_lost, "channel close failed (" + std::to_string(rc) + "): " + last_error_text());
         return false;
     }
+    if (rc == 0)
+        report_exit(stream);
     rc = libssh2_channel_free(channel);
     if (rc == LIBSSH2_ERROR_EAGAIN)
         return blocked({Pinned::Kind::close, &stream});
     stream.channel_freed();
     return true;
+}
+
+// A command's exit status (or signal) arrives before the bastion's CLOSE,
+// and libssh2 keeps it in the channel until it is freed: pass it on now.
+// No allocation unless a signal ended the command.
+void SshSession::report_exit(ChannelStream &stream)
+{
+    LIBSSH2_CHANNEL *channel = stream.channel();
+    char *signal = nullptr;
+    std::size_t signal_length = 0;
+    libssh2_channel_get_exit_signal(channel, &signal, &signal_length, nullptr, nullptr, nullptr, nullptr);
+    std::string signal_name = signal ? std::string(signal, signal_length) : std::string();
+    if (signal)
+        libssh2_free(ssh_, signal);
+    stream.report_exit(libssh2_channel_get_exit_status(channel), signal_name);
 }
 
 bool SshSession::channel_error(ChannelStream &stream, int rc, const char *what)

@@ -65,15 +65,17 @@ public:
                 Lane lane = Lane::session);
 
     /// Open a channel for `stream` (which is opening): `open` makes the
-    /// libssh2 call (direct-tcpip, ...) and is repeated, with the same
-    /// arguments, until it returns a channel or fails. The stream is adopted
-    /// now (its local bytes wait in its buffer) and gets the channel
-    /// (attach) or the error (open_failed). Opens run in the open lane, one
-    /// in flight per session; a stream closed before its open began gets
-    /// none.
+    /// libssh2 calls (direct-tcpip; a session channel and its exec request)
+    /// and is repeated, with the same arguments, until it sets `channel`
+    /// and returns 0, or returns an error (LIBSSH2_ERROR_EAGAIN: not done
+    /// yet). The stream is adopted now (its local bytes wait in its buffer)
+    /// and gets the channel (attach) or the error (open_failed). Opens run in
+    /// the open lane, one in flight per session; a stream closed before its
+    /// open began gets none.
     /// `after` runs once the open is over, either way.
-    void open_channel(std::shared_ptr<ChannelStream> stream, const char *what,
-                      std::function<LIBSSH2_CHANNEL *()> open, std::function<void()> after = nullptr);
+    using ChannelOpen = std::function<int(LIBSSH2_CHANNEL *&channel)>;
+    void open_channel(std::shared_ptr<ChannelStream> stream, const char *what, ChannelOpen open,
+                      std::function<void()> after = nullptr);
     /// open_channel for a direct-tcpip channel to host:port.
     void open_direct_tcpip(std::shared_ptr<ChannelStream> stream, std::string host, std::uint16_t port,
                            std::string origin_host, std::uint16_t origin_port, std::function<void()> after);
@@ -131,6 +133,7 @@ public:
     bool is_tcp() const { return tcp_; }
     asio::io_context &io() { return io_; }
     spdlog::logger &log() { return *log_; }
+    const Logger &logger() const { return log_; }
     /// libssh2's text for its last error on this session.
     std::string last_error_text() const;
     bool closed() const { return closed_; }
@@ -179,6 +182,7 @@ private:
     bool receive(ChannelStream &stream);
     bool send(ChannelStream &stream);
     bool close_channel(ChannelStream &stream);
+    void report_exit(ChannelStream &stream);
     /// Classify an EAGAIN: pin the call if it left a packet half-sent.
     bool blocked(Pinned pin);
     /// After a call that succeeded: libssh2 may have half-sent a packet of

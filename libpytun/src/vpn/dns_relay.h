@@ -33,6 +33,7 @@
 namespace pytun::detail {
 
 class ChannelOpener;
+class DnsRelayImpl;
 
 struct DnsRelayOptions {
     /// Addresses to listen on (UDP and TCP, one port for all). The output
@@ -98,8 +99,7 @@ public:
     std::size_t in_flight() const;
 
 private:
-    class Impl; // shared with the relay's pending socket waits and channels
-    std::shared_ptr<Impl> impl_;
+    std::shared_ptr<DnsRelayImpl> impl_; ///< shared with the relay's pending socket waits and channels
 };
 
 } // namespace pytun::detail
