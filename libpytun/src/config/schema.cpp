@@ -954,6 +954,8 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
                     using Kind = std::decay_t<decltype(f)>;
                     if constexpr (std::is_same_v<Kind, RemoteForward> || std::is_same_v<Kind, RemoteDynamicForward>)
                         bastion_port(t, f.listen_port, {&t, line, "remote_forward"});
+                    else if constexpr (std::is_same_v<Kind, TransparentForward>)
+                        local_port(t, f.listen_address, f.listen_port, {&t, line, "vpn_listen"});
                     else
                         local_port(t, f.bind_address, f.listen_port,
                                    {&t, line, std::is_same_v<Kind, LocalForward> ? "local_forward" : "dynamic_forward"});

@@ -188,6 +188,7 @@ const char *error_reason(const std::error_code &ec)
     case Errc::local_port_unavailable: return "local_port_unavailable";
     case Errc::proxy_failed: return "proxy_failed";
     case Errc::proxy_auth_failed: return "proxy_auth_failed";
+    case Errc::capture_failed: return "capture_failed";
     }
     return "";
 }

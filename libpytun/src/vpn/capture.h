@@ -45,7 +45,7 @@ public:
     /// Remove the rules, then the journal. Idempotent.
     void remove();
     bool installed() const { return installed_; }
-    CaptureMethod method() const { return method_; }
+    CaptureMethod method() const { return journal_.method; }
 
 private:
     bool run_nft(const std::string &script, std::string &error);

@@ -28,7 +28,8 @@ constexpr int k_ports_tried = 100;
 
 // A reset, not a clean close: the client sees "connection refused", as it
 // would without the tunnel (sshuttle closes cleanly after accepting, #236).
-void reset(asio::ip::tcp::socket &socket)
+template <typename Socket>
+void reset(Socket &socket)
 {
     asio::error_code ignored;
     socket.set_option(asio::socket_base::linger(true, 0), ignored);
@@ -424,7 +425,7 @@ void TransparentForwarder::serve(asio::ip::tcp::socket socket)
         reset(socket);
         return;
     }
-    relay->on_open({}, [](asio::ip::tcp::socket &s, OpenError) { reset(s); }, open_timeout_);
+    relay->on_open({}, [](Relay::Socket &s, OpenError) { reset(s); }, open_timeout_);
     relay->start(std::move(socket));
     log_->debug("connection #{}: {} -> {}", relay->id(), endpoint_text(peer), endpoint_text(*destination));
     opener_->open_direct_tcpip(relay, destination->address().to_string(), destination->port(),
