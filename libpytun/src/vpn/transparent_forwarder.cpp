@@ -344,7 +344,13 @@ void TransparentForwarder::resolve_names(std::function<void(const std::string &e
     }
     auto finish = [this, pending] {
         if (pending->error.empty()) {
-            keep_->plan.nets = pending->nets;
+            // A subnet given twice (or a name that resolves into one) is one rule.
+            keep_->plan.nets.clear();
+            for (auto &net : pending->nets)
+                if (std::none_of(keep_->plan.nets.begin(), keep_->plan.nets.end(), [&net](const CapturePlan::Net &n) {
+                        return n.rule == net.rule && n.exclude == net.exclude;
+                    }))
+                    keep_->plan.nets.push_back(std::move(net));
             // Whatever -N adds later comes on top of these.
         }
         pending->done(pending->error);
