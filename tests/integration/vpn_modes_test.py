@@ -16,7 +16,9 @@ it; a "home" namespace behind the client, routed through it):
    captured (the bastion does not forward, so it is unreachable), the lan's
    other services are.
 4. UDP to a captured subnet is refused at once and no datagram leaves.
-5. `--disable-ipv6`: an IPv6 subnet on the command line is blocked, not
+5. systemd Type=notify: READY=1 once the rules are in and the connection is
+   up, WATCHDOG=1 while it runs, STOPPING=1 on SIGTERM.
+6. `--disable-ipv6`: an IPv6 subnet on the command line is blocked, not
    carried and not leaked: the connection is refused at once, and no packet
    to it leaves the client's link.
 """
@@ -203,6 +205,38 @@ def ipv6_disabled(lab, topo, vpn, before, leaked):
     print(f"--disable-ipv6: refused at once ({error!r}), nothing left the client")
 
 
+def systemd_notify(lab, topo, vpn, before):
+    """Type=notify: READY=1 once the rules are in and the SSH connection is up, then
+    WATCHDOG=1 while it runs, STOPPING=1 on SIGTERM."""
+    path = lab.path("notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.5)
+    got = []
+
+    def receive_until(pred, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not pred():
+            try:
+                got.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+        return pred()
+
+    proc = topo.client.spawn(vpn.args(topo.lan_subnet), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000"))
+    check(receive_until(lambda: any("READY=1" in m for m in got), 30), "systemd: READY=1 arrives")
+    check(ruleset(topo.client) != before and echo(topo.client, topo.lan_ip, topo.echo_port) == b"ping",
+          "systemd: at READY=1 the rules are in and connections are carried")
+    n = sum("WATCHDOG=1" in m for m in got)
+    check(receive_until(lambda: sum("WATCHDOG=1" in m for m in got) >= n + 2, 5), "systemd: WATCHDOG=1 keeps coming")
+    proc.send_signal(signal.SIGTERM)
+    check(receive_until(lambda: any("STOPPING=1" in m for m in got), 10), "systemd: SIGTERM, STOPPING=1")
+    check(topo.client.stop(proc) == 0 and ruleset(topo.client) == before, "systemd: exit 0, ruleset as before")
+    sock.close()
+    print("systemd notify: READY, WATCHDOG, STOPPING")
+
+
 def main():
     pytun = os.path.abspath(sys.argv[1])
     reason = netlab.unavailable_reason()
@@ -215,6 +249,7 @@ def main():
         leaked = leak_counters(topo.client, topo)
         before = ruleset(topo.client)
         daemon_mode(lab, topo, vpn, before)
+        systemd_notify(lab, topo, vpn, before)
         argument_files(lab, topo, vpn, before)
         udp_blocked(lab, topo, vpn, before, leaked)
         if lab.ipv6:
