@@ -13,22 +13,25 @@ An nft counter on the client's link counts port-53 packets leaving it: the
 direct route, which must see none while pytun runs.
 
 Cases:
-  resolve   getent and dig resolve the lan's name in the client, NXDOMAIN
+  resolve   getent and dig resolve the lan's name in the client (IPv4 and
+            IPv6 nameservers), NXDOMAIN
             stays NXDOMAIN, the large answer comes with TC over UDP and whole
             over TCP; before pytun is up the same query gets no answer.
   to-ns     the bastion's resolv.conf names a dead resolver: --to-ns
             IP:PORT (dnsmasq on 5353) is the one asked.
-  no-ns     the bastion's resolv.conf cannot be read (not there) and no
-            --to-ns: pytun says so, answers SERVFAIL, and the capture works.
+  no-ns     the bastion's resolv.conf cannot be read (the key may only run
+            a forced command) and no --to-ns: pytun says so, answers SERVFAIL, and the capture works.
   down      sshd stopped: SERVFAIL at once, nothing to the direct route;
             sshd back: names resolve again, without restarting pytun.
   hostile   garbage, a response, a 64-byte label, an oversized query, a
             TCP frame left half-sent: answered (FORMERR) or dropped, while
             good queries from other clients keep being answered.
-  auto-nets only -N: the bastion's lan route is captured (echo through it),
+  auto-nets only -N: the bastion's lan routes are captured (echo through them,
+            IPv4 and IPv6); with -x ADDRESS/32 that address is not,
             and the log names what -N added.
 """
 
+import json
 import os
 import random
 import shutil
@@ -48,6 +51,8 @@ from testcheck import check, wait_until  # noqa: E402
 
 FAKE_NS = "198.18.250.53"  # the client's nameserver: routed to the bastion, which drops it
 FAKE_NET = "198.18.250.0/24"
+FAKE_NS6 = "fd00:198:250::53"  # its IPv6 twin
+FAKE_NET6 = "fd00:198:250::/64"
 ZONE = "lan.test"
 SECRET_IP = "198.18.77.7"  # what secret.lan.test is (an answer, never contacted)
 BIG_RECORDS = 40  # TXT records of 200 bytes: about 9 KB, more than any UDP answer here
@@ -89,7 +94,7 @@ class Reply:
 def udp_ask(ns, server: str, message: bytes, timeout: float = 3.0, port: int = 53) -> Reply | None:
     """One UDP query from inside namespace `ns`; None without an answer in time."""
     def ask():
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
             s.sendto(message, (server, port))
             end = time.monotonic() + timeout
@@ -99,7 +104,7 @@ def udp_ask(ns, server: str, message: bytes, timeout: float = 3.0, port: int = 5
                 except (socket.timeout, ConnectionRefusedError):
                     return None
                 # The answer must seem to come from the nameserver asked.
-                if peer == (server, port) and len(data) >= 12 and data[:2] == message[:2]:
+                if peer[:2] == (server, port) and len(data) >= 12 and data[:2] == message[:2]:
                     return Reply(data)
             return None
     return ns.call(ask)
@@ -138,7 +143,11 @@ class DnsLab:
         self.client, self.bastion, self.lan = topo.client, topo.bastion, topo.lan
         link = topo.links["client"]
         self.client.route(FAKE_NET, link.b_ip)  # a leak would leave by this link
-        self.client.resolv_conf(f"nameserver {FAKE_NS}\n")
+        resolv = f"nameserver {FAKE_NS}\n"
+        if lab.ipv6:
+            self.client.route(FAKE_NET6, link.b_ip6)
+            resolv += f"nameserver {FAKE_NS6}\n"
+        self.client.resolv_conf(resolv)
         for port in dnsmasq_ports:
             self.start_dnsmasq(port)
         # sshd reads the bastion's resolv.conf for its sessions' commands:
@@ -175,7 +184,6 @@ class DnsLab:
 
     def leaked(self) -> int:
         out = self.client.run(["nft", "-j", "list", "counter", "inet", "dnsleak", "leaked"]).stdout
-        import json
         for item in json.loads(out)["nftables"]:
             if "counter" in item:
                 return item["counter"]["packets"]
@@ -290,6 +298,10 @@ def case_resolve(pytun: str, lab: netlab.Lab):
         good = [i for i, r in results if r is not None and r.id == i and r.rcode == (NOERROR if i % 2 else NXDOMAIN)]
         check(len(good) == 40, f"40 queries at once: every one answered with its own ID and rcode ({len(good)})")
         check(leaked_before >= 1, f"the counter sees a query by the direct route (before pytun: {leaked_before})")
+        if lab.ipv6:
+            r = udp_ask(d.client, FAKE_NS6, make_query(secret))
+            check(r is not None and r.rcode == NOERROR and r.an == 1,
+                  f"over IPv6 too: the answer comes from [{FAKE_NS6}]:53 ({r})")
         check(d.leaked() == leaked_before, "no DNS packet left by the client's link (the direct route) since")
         d.stop_pytun()
         check(udp_ask(d.client, FAKE_NS, make_query(secret), timeout=1.5) is None,
@@ -332,7 +344,7 @@ def case_no_ns(pytun: str, lab: netlab.Lab):
         r = udp_ask(d.client, FAKE_NS, make_query(f"secret.{ZONE}"))
         check(r is not None and r.rcode == SERVFAIL, f"queries are answered SERVFAIL ({r})")
         check(d.leaked() == 0, "nothing left by the direct route")
-        # A forced command also runs for direct-tcpip? No: only sessions; the capture works.
+        # A forced command binds exec requests only: direct-tcpip channels still open.
         with d.client.create_connection((topo.lan_ip, topo.echo_port), 10) as s:
             s.sendall(b"ping\n")
             check(recv_exact(s, 5) == b"ping\n", "the capture works all the same (echo in the lan)")
@@ -472,6 +484,15 @@ def case_auto_nets(pytun: str, lab: netlab.Lab):
         ruleset = topo.client.run(["nft", "list", "ruleset"]).stdout
         check("127.0.0.0/8" not in ruleset and "fe80::/10" not in ruleset,
               "loopback and link-local routes are not captured")
+        d.stop_pytun()
+        # An exclude narrower than the bastion's route wins over it.
+        d.start_pytun(pytun, "-N", "-x", f"{topo.lan_ip}/32")
+        check(f"(not {topo.lan_ip}/32)" in d.up_line, f"-N with -x: the exclude is listed ({d.up_line.strip()})")
+        check(not direct(), f"-x {topo.lan_ip}/32 is not captured: it is not reached")
+        if topo.lan_ip6:
+            with topo.client.create_connection((topo.lan_ip6, topo.echo_port), 10) as s:
+                s.sendall(b"v6\n")
+                check(recv_exact(s, 3) == b"v6\n", "the rest of the bastion's routes still is")
         d.stop_pytun()
     finally:
         d.close()
