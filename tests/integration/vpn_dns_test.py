@@ -26,6 +26,9 @@ Cases:
   hostile   garbage, a response, a 64-byte label, an oversized query, a
             TCP frame left half-sent: answered (FORMERR) or dropped, while
             good queries from other clients keep being answered.
+  router    -l 0.0.0.0:PORT: a host behind the client, which routes for it,
+            gets its queries answered (UDP and TCP) and its connection
+            carried.
   auto-nets only -N: the bastion's lan routes are captured (echo through them,
             IPv4 and IPv6); with -x ADDRESS/32 that address is not,
             and the log names what -N added.
@@ -459,6 +462,30 @@ def case_hostile(pytun: str, lab: netlab.Lab):
         d.close()
 
 
+def case_router(pytun: str, lab: netlab.Lab):
+    d = DnsLab(lab)
+    try:
+        # A machine of the client's LAN that uses the client as its router.
+        host = lab.namespace("host")
+        link = lab.link(d.client, host)
+        host.route(FAKE_NET, link.a_ip)
+        host.route(d.topo.lan_subnet, link.a_ip)
+        secret = f"secret.{ZONE}"
+        d.start_pytun(pytun, "--dns", "-l", "0.0.0.0:12300", subnets=[d.topo.lan_subnet])
+        r = udp_ask(host, FAKE_NS, make_query(secret))
+        check(r is not None and r.rcode == NOERROR and r.an == 1,
+              f"router mode: a LAN host's query to {FAKE_NS} is answered through the tunnel ({r})")
+        r = tcp_ask(host, FAKE_NS, make_query(f"big.{ZONE}", qtype=16))
+        check(r is not None and r.an == BIG_RECORDS, "and over TCP")
+        with host.create_connection((d.topo.lan_ip, d.topo.echo_port), 10) as s:
+            s.sendall(b"routed\n")
+            check(recv_exact(s, 7) == b"routed\n", "the LAN host's connection to the lan is carried too")
+        check(d.leaked() == 0, "nothing left by the client's link to the bastion directly")
+        d.stop_pytun()
+    finally:
+        d.close()
+
+
 def case_auto_nets(pytun: str, lab: netlab.Lab):
     d = DnsLab(lab, bastion_resolv=None, dnsmasq_ports=())
     try:
@@ -505,6 +532,7 @@ CASES = {
     "down": case_down,
     "hostile": case_hostile,
     "auto-nets": case_auto_nets,
+    "router": case_router,
 }
 
 
