@@ -45,7 +45,9 @@ constexpr int k_big_records = 40; // TXT records of 200 bytes: about 8.5 KB
 /// dnsmasq on 127.0.0.1:port, authoritative for lan.test.
 class Dnsmasq {
 public:
-    Dnsmasq() : port_(t::free_port()), log_(std::filesystem::temp_directory_path() / ("pytun-dnsmasq-" + std::to_string(::getpid()) + ".log"))
+    Dnsmasq()
+        : port_(t::free_port()),
+          log_(std::filesystem::temp_directory_path() / ("pytun-dnsmasq-" + std::to_string(::getpid()) + ".log"))
     {
         std::string dnsmasq = "/usr/sbin/dnsmasq";
         if (!std::filesystem::exists(dnsmasq))

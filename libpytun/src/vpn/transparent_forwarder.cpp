@@ -113,7 +113,8 @@ std::vector<IpAddress> local_nameservers(std::vector<std::string> &notes)
         for (const Nameserver &ns : parse_resolv_conf(*text)) {
             auto address = IpAddress::parse(ns.host);
             if (!address) { // a link-local address with its zone: the rules cannot name the zone
-                notes.push_back(std::string(path) + ": nameserver " + ns.host + " is not captured (an address with a zone)");
+                notes.push_back(std::string(path) + ": nameserver " + ns.host +
+                                " is not captured (an address with a zone)");
                 continue;
             }
             if (std::find(out.begin(), out.end(), *address) == out.end())
@@ -194,7 +195,9 @@ public:
 
     CapturePlan plan;
     bool resolved = false; ///< the subnets' names were resolved (once: before the rules exist)
-    bool auto_nets_read = false; ///< -N: the bastion's routes are in the plan (once: the first connection that could read them)
+    /// -N: the bastion's routes are in the plan (once: the first connection
+    /// that could read them).
+    bool auto_nets_read = false;
 
     /// --dns: the relay the DNS rules redirect to (null without --dns).
     std::unique_ptr<DnsRelay> dns;
@@ -300,9 +303,11 @@ bool CaptureKeep::open_listeners(const TransparentForward &spec, std::string &me
 bool CaptureKeep::open_dns(const TransparentForward &spec, std::string &message)
 {
     std::vector<IpAddress> nameservers;
-    for (const auto &text : spec.nameservers) // checked in check_transparent_forward()
-        if (auto address = IpAddress::parse(text); address && std::find(nameservers.begin(), nameservers.end(), *address) == nameservers.end())
+    for (const auto &text : spec.nameservers) { // checked in check_transparent_forward()
+        auto address = IpAddress::parse(text);
+        if (address && std::find(nameservers.begin(), nameservers.end(), *address) == nameservers.end())
             nameservers.push_back(*address);
+    }
     if (spec.nameservers.empty()) {
         std::vector<std::string> notes;
         nameservers = local_nameservers(notes);
@@ -322,7 +327,8 @@ bool CaptureKeep::open_dns(const TransparentForward &spec, std::string &message)
             kept.push_back(ns);
     }
     if (kept.empty()) {
-        message = "--dns: no nameserver to capture (" + join_addresses(nameservers) + ": IPv6, which is not captured here)";
+        message = "--dns: no nameserver to capture (" + join_addresses(nameservers) +
+                  ": IPv6, which is not captured here)";
         return false;
     }
     DnsRelayOptions options;
@@ -598,7 +604,7 @@ void TransparentForwarder::choose_resolver(std::function<void()> next)
         next();
         return;
     }
-    read_server_nameservers(*session, [this, self = shared_from_this(), next = std::move(next)](ServerNameservers found) {
+    auto chosen = [this, self = shared_from_this(), next = std::move(next)](ServerNameservers found) {
         if (stopped_)
             return;
         if (!found.error.empty()) {
@@ -614,7 +620,8 @@ void TransparentForwarder::choose_resolver(std::function<void()> next)
         static thread_local std::minstd_rand random{std::random_device{}()};
         resolver_ = choose_nameserver(found.nameservers, static_cast<std::uint32_t>(random()));
         next();
-    });
+    };
+    read_server_nameservers(*session, std::move(chosen));
 }
 
 void TransparentForwarder::attach_dns()
