@@ -17,7 +17,10 @@ What a Lab creates:
   namespace, .2 on the second) and fd00:198:(18 + k // 256):(k % 256)::/64
   (::1, ::2; DAD off, so addresses work at once); the interface in a
   namespace is named after the namespace it leads to: to-<role>;
-- routes, sysctls, nft tables: only inside its namespaces.
+- routes, sysctls, nft tables: only inside its namespaces;
+- on request (`Namespace.resolv_conf`), /etc/netns/NAME/resolv.conf, which
+  `ip netns exec` bind-mounts over /etc/resolv.conf for the programs it
+  starts in NAME (removed with the namespace).
 
 Nothing is added to the machine's own namespace: no address, route, rule or
 interface. Every process the lab starts (`Namespace.spawn`) is tracked by
@@ -145,8 +148,15 @@ def _signal_in_namespace(pid: int, key: tuple[int, int], sig: int) -> None:
         os.close(fd)
 
 
+def _etc_netns(name: str) -> str:
+    """Where `ip netns exec` finds files to bind-mount over /etc for namespace `name`."""
+    return f"/etc/netns/{name}"
+
+
 def _remove_namespace(ip: str, name: str) -> str | None:
     """End what runs in namespace `name`, then delete it. Returns an error message or None."""
+    if name.startswith(PREFIX):  # only what a lab made (Namespace.resolv_conf)
+        shutil.rmtree(_etc_netns(name), ignore_errors=True)
     path = f"/run/netns/{name}"
     key = _namespace_key(path)
     if key is None:
@@ -356,6 +366,17 @@ class Namespace:
         if value is not None:
             self.run([self.lab.sysctl_path, "-q", "-w", f"{key}={value}"])
         return self.run([self.lab.sysctl_path, "-n", key]).stdout.strip()
+
+    def resolv_conf(self, text: str) -> str:
+        """Give the programs started here from now on (spawn, run) `text` as their
+        /etc/resolv.conf (what `ip netns exec` does with /etc/netns/NAME/resolv.conf);
+        those already running keep theirs. Returns the file's path."""
+        directory = _etc_netns(self.name)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "resolv.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
 
     def route(self, destination: str, gateway: str) -> None:
         """Add (or replace) a route, e.g. route("198.18.1.0/24", "198.18.0.2"), route("default", gw)."""

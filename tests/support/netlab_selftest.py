@@ -66,6 +66,8 @@ def check_gone(names, pids, how):
     check(not left, f"{how}: no namespace of the lab remains (ip netns list; left: {left})")
     running = [p for p in pids if alive(p)]
     check(not running, f"{how}: none of the lab's {len(pids)} processes runs (left: {running})")
+    files = [n for n in names if os.path.exists(netlab._etc_netns(n))]
+    check(not files, f"{how}: no /etc/netns/NAME of the lab remains (left: {files})")
 
 
 def ping_pong(sock, rounds, size=32):
@@ -281,6 +283,9 @@ def test_exception():
         with netlab.Lab() as lab:
             ns = lab.namespace("boom")
             names, pids = [ns.name], [spawn_sleeper(lab, ns)]
+            ns.resolv_conf("nameserver 198.18.250.53\n")
+            seen = ns.run(["cat", "/etc/resolv.conf"]).stdout
+            check(seen == "nameserver 198.18.250.53\n", "resolv_conf: what programs started there read as /etc/resolv.conf")
             raise RuntimeError("a failing test")
     except RuntimeError:
         pass
@@ -291,6 +296,7 @@ def child():
     """Run by test_signal: a lab with a process, then wait to be killed."""
     lab = netlab.Lab()
     ns = lab.namespace("victim")
+    ns.resolv_conf("nameserver 198.18.250.53\n")
     print(json.dumps({"names": [ns.name], "pids": [spawn_sleeper(lab, ns)]}), flush=True)
     time.sleep(600)
     return 0

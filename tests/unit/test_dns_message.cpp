@@ -119,14 +119,21 @@ TEST_CASE("malformed and unwanted queries are answered here, byte for byte")
     }
     SUBCASE("a label of 64 bytes, a name of 256")
     {
+        // RFC 1035 §2.3.4: labels of at most 63 bytes, names of at most 255
+        // on the wire (length bytes and the root's included): a name written
+        // with N characters and no trailing dot takes N + 2.
         build::Header h;
         check_refused(h.bytes() + build::question(std::string(64, 'a') + ".com"), dns::Rcode::formerr, false);
+        CHECK(dns::check_query(h.bytes() + build::question(std::string(63, 'a') + ".com")).verdict ==
+              Verdict::forward);
         std::string long_name;
         while (long_name.size() < 250)
             long_name += std::string(9, 'x') + ".";
-        long_name += "abcdef"; // wire length 257
+        long_name += "abcd"; // 254 characters: wire length 256
+        REQUIRE(build::wire_name(long_name).size() == 256);
         check_refused(h.bytes() + build::question(long_name), dns::Rcode::formerr, false);
-        long_name.resize(long_name.size() - 2); // 255: the longest name
+        long_name.pop_back(); // wire length 255: the longest name
+        REQUIRE(build::wire_name(long_name).size() == 255);
         CHECK(dns::check_query(h.bytes() + build::question(long_name)).verdict == Verdict::forward);
     }
     SUBCASE("a compression pointer in the question")

@@ -15,7 +15,7 @@
 // The relay outlives SSH connections: attach() when a connection is ready
 // (its opener and the resolver it should reach), detach() before that
 // opener goes away. All calls on one loop thread, the one the opener's
-// sessions run on. docs/architecture.md, "The VPN mode's DNS".
+// sessions run on. docs/vpn.md, "DNS".
 #pragma once
 
 #include "internal.h"

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <fstream>
+#include <random>
 
 #include <pytun/error.h>
 
@@ -17,6 +18,7 @@
 #include "ssh/connection.h"
 #include "ssh/session.h"
 #include "vpn/capture.h"
+#include "vpn/dns_relay.h"
 #include "vpn/original_dst.h"
 
 namespace pytun::detail {
@@ -73,6 +75,67 @@ std::optional<std::pair<IpAddress, std::uint16_t>> peer_of(int fd)
     return std::make_pair(*address, endpoint.port());
 }
 
+// --- DNS: whose queries are captured -----------------------------------------------
+
+constexpr const char *k_resolv_conf = "/etc/resolv.conf";
+/// systemd-resolved's upstream servers, where resolv.conf names its stub.
+constexpr const char *k_resolved_upstreams = "/run/systemd/resolve/resolv.conf";
+constexpr const char *k_resolved_stub = "127.0.0.53";
+
+bool wants_dns(const TransparentForward &spec)
+{
+    return spec.dns || !spec.nameservers.empty();
+}
+
+std::optional<std::string> read_text_file(const char *path)
+{
+    std::ifstream in(path);
+    if (!in)
+        return std::nullopt;
+    std::string text;
+    std::getline(in, text, '\0');
+    return text;
+}
+
+/// The nameservers this machine's programs ask: those of /etc/resolv.conf,
+/// and when that names systemd-resolved's stub, also the upstreams resolved
+/// asks (as sshuttle captures both: the stub's cache is then filled through
+/// the tunnel too). `notes` gets what was skipped.
+std::vector<IpAddress> local_nameservers(std::vector<std::string> &notes)
+{
+    std::vector<IpAddress> out;
+    auto add_from = [&](const char *path) {
+        auto text = read_text_file(path);
+        if (!text) {
+            notes.push_back(std::string("cannot read ") + path);
+            return;
+        }
+        for (const Nameserver &ns : parse_resolv_conf(*text)) {
+            auto address = IpAddress::parse(ns.host);
+            if (!address) { // a link-local address with its zone: the rules cannot name the zone
+                notes.push_back(std::string(path) + ": nameserver " + ns.host +
+                                " is not captured (an address with a zone)");
+                continue;
+            }
+            if (std::find(out.begin(), out.end(), *address) == out.end())
+                out.push_back(*address);
+        }
+    };
+    add_from(k_resolv_conf);
+    if (std::find(out.begin(), out.end(), *IpAddress::parse(k_resolved_stub)) != out.end() &&
+        std::ifstream(k_resolved_upstreams))
+        add_from(k_resolved_upstreams);
+    return out;
+}
+
+std::string join_addresses(const std::vector<IpAddress> &addresses)
+{
+    std::string out;
+    for (const auto &a : addresses)
+        out += (out.empty() ? "" : ", ") + a.to_string();
+    return out;
+}
+
 } // namespace
 
 std::string check_transparent_forward(const TransparentForward &spec)
@@ -99,6 +162,11 @@ std::string check_transparent_forward(const TransparentForward &spec)
     for (const auto &ns : spec.nameservers)
         if (!IpAddress::parse(ns))
             return "nameserver '" + ns + "' is not an IP address";
+    if (!spec.to_ns.empty()) {
+        std::string error;
+        if (!parse_nameserver(spec.to_ns, error))
+            return error;
+    }
     return {};
 }
 
@@ -130,9 +198,20 @@ public:
 
     CapturePlan plan;
     bool resolved = false; ///< the subnets' names were resolved (once: before the rules exist)
+    /// -N: the bastion's routes are in the plan (once: the first connection
+    /// that could read them).
+    bool auto_nets_read = false;
+
+    /// --dns: the relay the DNS rules redirect to (null without --dns).
+    std::unique_ptr<DnsRelay> dns;
+    /// Attach the relay to `owner`'s connection; detach only by the same
+    /// owner (a finished run's forwarder must not detach its successor's).
+    void attach_dns(const void *owner, ChannelOpener &opener, const Nameserver &resolver);
+    void detach_dns(const void *owner);
 
 private:
     bool open_listeners(const TransparentForward &spec, std::string &message);
+    bool open_dns(const TransparentForward &spec, std::string &message);
     void on_client(asio::ip::tcp::socket socket);
 
     asio::io_context &io_;
@@ -142,6 +221,7 @@ private:
     std::function<void(asio::ip::tcp::socket)> serve_;
     const void *owner_ = nullptr; ///< whose serve_
     std::shared_ptr<TrafficCounters> counters_;
+    const void *dns_owner_ = nullptr;
     bool closed_ = false;
 };
 
@@ -165,6 +245,8 @@ bool CaptureKeep::open(const TransparentForward &spec, const std::string &tunnel
         return false;
     }
     if (!open_listeners(spec, message))
+        return false;
+    if (wants_dns(spec) && !open_dns(spec, message))
         return false;
     plan.router = router_address(spec.listen_address);
     plan.carry_ipv6 = spec.ipv6;
@@ -219,6 +301,71 @@ bool CaptureKeep::open_listeners(const TransparentForward &spec, std::string &me
     return false;
 }
 
+// The relay listens where the redirects land (as the TCP listener), on a port
+// of its own; its rules capture port 53 to the given nameservers, or to those
+// this machine uses.
+bool CaptureKeep::open_dns(const TransparentForward &spec, std::string &message)
+{
+    std::vector<IpAddress> nameservers;
+    for (const auto &text : spec.nameservers) { // checked in check_transparent_forward()
+        auto address = IpAddress::parse(text);
+        if (address && std::find(nameservers.begin(), nameservers.end(), *address) == nameservers.end())
+            nameservers.push_back(*address);
+    }
+    if (spec.nameservers.empty()) {
+        std::vector<std::string> notes;
+        nameservers = local_nameservers(notes);
+        for (const auto &note : notes)
+            log_->warn("DNS: {}", note);
+        if (nameservers.empty()) {
+            message = std::string("--dns: ") + k_resolv_conf +
+                      " names no nameserver whose queries could be captured: give them with --ns-hosts IP[,IP]";
+            return false;
+        }
+    }
+    std::vector<IpAddress> kept;
+    for (const auto &ns : nameservers) {
+        if (ns.family == IpFamily::v6 && !plan.ipv6)
+            log_->warn("DNS: nameserver {} is not captured: no IPv6 here", ns.to_string());
+        else
+            kept.push_back(ns);
+    }
+    if (kept.empty()) {
+        message = "--dns: no nameserver to capture (" + join_addresses(nameservers) +
+                  ": IPv6, which is not captured here)";
+        return false;
+    }
+    DnsRelayOptions options;
+    const bool router = router_address(spec.listen_address);
+    options.listen = {router ? "0.0.0.0" : "127.0.0.1"};
+    if (plan.ipv6)
+        options.listen.push_back(router ? "::" : "::1");
+    dns = std::make_unique<DnsRelay>(io_, std::move(options), log_);
+    if (!dns->open(message))
+        return false;
+    plan.dns_port = dns->port();
+    plan.nameservers = std::move(kept);
+    log_->info("DNS: queries to {} (port 53, UDP and TCP) go to the relay on port {}",
+               join_addresses(plan.nameservers), plan.dns_port);
+    return true;
+}
+
+void CaptureKeep::attach_dns(const void *owner, ChannelOpener &opener, const Nameserver &resolver)
+{
+    if (!dns)
+        return;
+    dns_owner_ = owner;
+    dns->attach(opener, resolver.host, resolver.port);
+}
+
+void CaptureKeep::detach_dns(const void *owner)
+{
+    if (!dns || dns_owner_ != owner)
+        return;
+    dns_owner_ = nullptr;
+    dns->detach();
+}
+
 bool CaptureKeep::apply(std::string &message)
 {
     if (!capture_)
@@ -269,6 +416,8 @@ void CaptureKeep::close()
     for (auto &listener : listeners_)
         listener->close();
     listeners_.clear();
+    if (dns)
+        dns->close();
     if (capture_ && capture_->installed())
         log_->info("capture removed");
     capture_.reset(); // removes the rules, then the journal
@@ -284,7 +433,13 @@ TransparentForwarder::TransparentForwarder(asio::io_context &io, TransparentForw
 {
 }
 
-TransparentForwarder::~TransparentForwarder() = default;
+TransparentForwarder::~TransparentForwarder()
+{
+    // A forward dropped after a failure gets no stop_accepting(): its opener
+    // goes with its run, so the relay must not keep it.
+    if (keep_)
+        keep_->detach_dns(this);
+}
 
 void TransparentForwarder::start(ForwardContext context, Handlers handlers)
 {
@@ -306,13 +461,14 @@ void TransparentForwarder::start(ForwardContext context, Handlers handlers)
         context.keep = keep;
     }
     keep_ = std::static_pointer_cast<CaptureKeep>(context.keep);
+    session_ = context.connection.session().weak_from_this();
     // This connection's address and port: a reconnect may have reached
     // another address of the bastion (the mark lets it through anyway).
     keep_->plan.bastions.clear();
     if (auto bastion = peer_of(context.connection.session().socket_fd()))
         keep_->plan.bastions.push_back(*bastion);
     if (keep_->resolved) {
-        install();
+        ask_server_then_install();
         return;
     }
     resolve_names([this, self = shared_from_this()](const std::string &error) {
@@ -323,7 +479,9 @@ void TransparentForwarder::start(ForwardContext context, Handlers handlers)
             return;
         }
         keep_->resolved = true;
-        install();
+        if (!spec_.to_ns.empty() && !keep_->dns)
+            log_->warn("--to-ns {} is ignored: DNS is not captured (add --dns)", spec_.to_ns);
+        ask_server_then_install();
     });
 }
 
@@ -398,6 +556,98 @@ void TransparentForwarder::resolve_names(std::function<void(const std::string &e
     }
 }
 
+// --- what this connection asks the bastion (-N, --dns) -------------------------
+
+// Before the rules go in: -N's routes join the plan of the first install,
+// and the first DNS query after "up" already finds its resolver.
+void TransparentForwarder::ask_server_then_install()
+{
+    read_auto_nets([this] { choose_resolver([this] { install(); }); });
+}
+
+void TransparentForwarder::read_auto_nets(std::function<void()> next)
+{
+    auto session = session_.lock();
+    if (!spec_.auto_nets || keep_->auto_nets_read || !session) {
+        next();
+        return;
+    }
+    read_server_routes(*session, [this, self = shared_from_this(), next = std::move(next)](ServerRoutes found) {
+        if (stopped_)
+            return;
+        for (const auto &note : found.notes)
+            log_->info("-N: {}", note);
+        const bool has_nets = std::any_of(keep_->plan.nets.begin(), keep_->plan.nets.end(),
+                                          [](const CapturePlan::Net &n) { return !n.exclude; });
+        if (!found.error.empty()) {
+            if (!has_nets) {
+                fail(Errc::capture_failed, "-N: " + found.error + "; nothing else to capture (give the subnets)");
+                return;
+            }
+            log_->error("-N: {}; capturing the subnets given only (-N is tried again on the next connection)",
+                        found.error);
+            next();
+            return;
+        }
+        keep_->auto_nets_read = true;
+        std::string added;
+        for (auto &rule : auto_nets(found.routes)) {
+            if (rule.network.family == IpFamily::v6 && !spec_.ipv6)
+                continue; // --disable-ipv6: the bastion's IPv6 routes are not wanted
+            auto &nets = keep_->plan.nets;
+            if (std::any_of(nets.begin(), nets.end(), [&rule](const CapturePlan::Net &n) { return n.rule == rule; }))
+                continue; // given already (an exclude stays an exclude)
+            added += (added.empty() ? "" : ", ") + rule.to_string();
+            nets.push_back({std::move(rule), false});
+        }
+        log_->info("-N: the bastion's routes {}", added.empty() ? "add nothing new" : "captured too: " + added);
+        next();
+    });
+}
+
+void TransparentForwarder::choose_resolver(std::function<void()> next)
+{
+    resolver_.reset();
+    auto session = session_.lock();
+    if (!keep_->dns || !session) {
+        next();
+        return;
+    }
+    if (!spec_.to_ns.empty()) {
+        std::string error;
+        resolver_ = parse_nameserver(spec_.to_ns, error); // checked in start()
+        next();
+        return;
+    }
+    auto chosen = [this, self = shared_from_this(), next = std::move(next)](ServerNameservers found) {
+        if (stopped_)
+            return;
+        if (!found.error.empty()) {
+            // The capture works without it; DNS fails visibly rather than leaking.
+            log_->error("DNS: {}: every query is answered SERVFAIL; name the resolver with --to-ns IP[:PORT]",
+                        found.error);
+            next();
+            return;
+        }
+        if (found.nameservers.empty())
+            log_->warn("DNS: the server's /etc/resolv.conf names no nameserver: asking 127.0.0.1:53 there, as its C "
+                       "library would");
+        static thread_local std::minstd_rand random{std::random_device{}()};
+        resolver_ = choose_nameserver(found.nameservers, static_cast<std::uint32_t>(random()));
+        next();
+    };
+    read_server_nameservers(*session, std::move(chosen));
+}
+
+void TransparentForwarder::attach_dns()
+{
+    if (!keep_->dns)
+        return;
+    counters_->dns.store(keep_->dns->counters());
+    if (resolver_)
+        keep_->attach_dns(this, *opener_, *resolver_);
+}
+
 void TransparentForwarder::install()
 {
     std::string message;
@@ -418,6 +668,7 @@ void TransparentForwarder::install()
     keep_->attach(
         this, [this, self = shared_from_this()](asio::ip::tcp::socket socket) { serve(std::move(socket)); },
         counters_);
+    attach_dns();
     handlers_.ready(keep_->port());
 }
 
@@ -457,8 +708,10 @@ void TransparentForwarder::stop_accepting(std::function<void()> done)
 {
     if (!stopped_) {
         stopped_ = true;
-        if (keep_)
+        if (keep_) {
+            keep_->detach_dns(this);
             keep_->detach(this, spec_.fail_open);
+        }
         opener_ = nullptr;
         admission_ = nullptr;
     }

@@ -5,13 +5,18 @@
 // direct-tcpip channel. What must outlive one SSH connection, the rules and
 // the listener, is the forward's CaptureKeep (forward/forward.h): while the
 // tunnel reconnects, captured connections are reset (fail-closed) or the
-// rules are lifted (fail-open). docs/vpn.md.
+// rules are lifted (fail-open). With --dns the keep also holds the DNS
+// relay (vpn/dns_relay.h), attached to each connection's resolver; with -N
+// the bastion's routes join the captured nets on the first connection.
+// docs/vpn.md.
 #pragma once
 
 #include "internal.h"
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <asio.hpp>
@@ -21,10 +26,12 @@
 
 #include "forward/forward.h"
 #include "forward/traffic.h"
+#include "vpn/server_info.h"
 
 namespace pytun::detail {
 
 class CaptureKeep;
+class SshSession;
 
 /// What is wrong with `spec` without touching the network or the firewall
 /// ("" when nothing): every subnet and exclude parses (no wildcard: the
@@ -43,7 +50,12 @@ public:
 
 private:
     void resolve_names(std::function<void(const std::string &error)> done);
+    void ask_server_then_install();
     void install();
+    // DNS and -N: what this connection asks the bastion before the rules go in.
+    void read_auto_nets(std::function<void()> next);
+    void choose_resolver(std::function<void()> next);
+    void attach_dns();
     void fail(std::error_code ec, const std::string &message);
     void serve(asio::ip::tcp::socket socket);
 
@@ -55,8 +67,10 @@ private:
     std::shared_ptr<TrafficCounters> counters_;
     std::shared_ptr<CaptureKeep> keep_;
     ChannelOpener *opener_ = nullptr; ///< valid until stop_accepting()
+    std::weak_ptr<SshSession> session_; ///< this connection's, for the commands -N and --dns run there
     Admission *admission_ = nullptr;
     Handlers handlers_;
+    std::optional<Nameserver> resolver_; ///< this connection's resolver for the DNS relay
     bool stopped_ = false;
 };
 
