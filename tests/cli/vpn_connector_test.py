@@ -65,7 +65,7 @@ def api_forward(ns):
         return None
     for t in tunnels:
         if t["name"] == "corp" and t["forwards"]:
-            return dict(t["forwards"][0], state=t["state"])
+            return dict(t["forwards"][0], state=t["state"], started_times=t["started_times"])
     return None
 
 
@@ -220,6 +220,10 @@ def run(pytun):
             topo.stop_sshd()
             check(wait_until(lambda: (api_forward(client) or {}).get("state") not in ("up", "degraded"), 20),
                   "with sshd stopped the tunnel is down")
+            # A new attempt has a new session's status: the capture must show in it too.
+            attempts = api_forward(client)["started_times"]
+            check(wait_until(lambda: (api_forward(client) or {}).get("started_times", 0) > attempts, 30, step=0.1),
+                  "the connector tries again (start attempt %d)" % (attempts + 1))
             check(outcome(client, topo.lan_ip, topo.echo_port) == "reset",
                   "a captured connection while the tunnel is down is reset (fail-closed)")
             text = http_get(client, "/metrics")
