@@ -28,6 +28,7 @@ public:
     const std::shared_ptr<TrafficCounters> &counters(std::size_t forward) const { return counters_[forward]; }
     void set_serving(std::size_t forward, std::uint16_t bound_port);
     void set_failed(std::size_t forward, const std::string &error);
+    void set_detail(std::size_t forward, const std::string &detail);
 
     /// A VPN forward's capture, shown with the forward from now on.
     void set_capture(std::size_t forward, std::shared_ptr<const CaptureState> state);
