@@ -19,6 +19,7 @@ Checked:
 - with sshd stopped, a captured connection is reset at once and counted as
   reset while down; the counts outlive the SSH session, and the tunnel
   serves again when sshd is back;
+- --check without CAP_NET_ADMIN warns that the capture cannot be installed;
 - a tunnel file with bad vpn_ keys is reported by --check as file:line: key,
   and a SIGHUP with it in place is rejected while the capture keeps working;
 - SIGHUP after the tunnel file is removed removes the rules: the
@@ -238,6 +239,16 @@ def run(pytun):
             captured = sample(text, "pytun_forward_captured_connections_total{%s}" % f)
             check(captured is not None and captured >= echoes + 3,
                   "the captured count outlives the SSH session (%s)" % captured)
+
+            # --check as root without CAP_NET_ADMIN: a warning that names the capture's line.
+            lines = open(vpn_file).read().splitlines()
+            subnets_line = 1 + next(i for i, line in enumerate(lines) if line.startswith("vpn_subnets"))
+            r = client.run(["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", pytun,
+                            "--config_ini", main_file, "--check"], check=False)
+            out = r.stdout + r.stderr
+            check(r.returncode == 0 and "vpn.ini:%d: vpn_subnets: the VPN capture cannot be installed by this user "
+                  "here" % subnets_line in out and "CAP_NET_ADMIN" in out,
+                  "--check without CAP_NET_ADMIN warns at vpn.ini:%d (exit %d)" % (subnets_line, r.returncode))
 
             # A bad tunnel file: --check names it; a reload with it is rejected, the capture goes on.
             bad = os.path.join(os.path.dirname(vpn_file), "bad.ini")

@@ -543,6 +543,7 @@ bool read_vpn(const Fields &f, BuiltTunnel &out)
     const std::string place = f.find("vpn_listen") ? "vpn_listen" : f.find("vpn_subnets") ? "vpn_subnets" : std::string(*first);
     out.config.forwards.push_back(std::move(vpn));
     out.forward_lines.push_back(f.line(place));
+    out.vpn_key = f.written(place);
     return true;
 }
 
