@@ -22,6 +22,8 @@ Checked:
 - --check without CAP_NET_ADMIN warns that the capture cannot be installed;
 - a tunnel file with bad vpn_ keys is reported by --check as file:line: key,
   and a SIGHUP with it in place is rejected while the capture keeps working;
+- SIGHUP after an exclusion is added restarts the tunnel with the new
+  capture: the excluded address is not captured, the rest still is;
 - SIGHUP after the tunnel file is removed removes the rules: the
   namespace's `nft list ruleset` (and iptables-save, when installed) are
   exactly as before the connector started, and the lan is unreachable again;
@@ -267,6 +269,22 @@ def run(pytun):
                   "a SIGHUP with the bad file is rejected")
             check(outcome(client, topo.lan_ip, topo.echo_port) == "echo", "and the capture still carries connections")
             os.remove(bad)
+
+            # The file changed: SIGHUP restarts the tunnel with the new capture.
+            with open(vpn_file, "a") as f:
+                f.write("vpn_exclude = %s/32\n" % topo.lan_ip)
+            os.kill(proc.pid, signal.SIGHUP)
+            check(wait_until(lambda: "-x %s/32" % topo.lan_ip in (api_forward(client) or {}).get("description", "")
+                             and api_forward(client)["serving"], 30, step=0.2),
+                  "after SIGHUP with vpn_exclude added, the tunnel serves the new capture")
+            table = client.run(["nft", "list", "table", "inet", "pytun_vpn_corp"]).stdout
+            check(re.search(r"ip daddr %s\b(?!/)" % re.escape(topo.lan_ip), table) is not None,
+                  "its rules name the excluded address")
+            check(outcome(client, topo.lan_ip, topo.echo_port) in ("unreachable", "timeout"),
+                  "the excluded lan address is not captured any more (its direct route leads nowhere)")
+            if lan6:
+                check(echo(client, lan6, topo.echo_port, b"still\n") == b"still\n",
+                      "the lan's IPv6 address is still captured")
 
             # The tunnel file removed: SIGHUP stops it, and its rules go.
             os.remove(vpn_file)
