@@ -15,13 +15,17 @@ it; a "home" namespace behind the client, routed through it):
    subnet) and `-X FILE` (the lan's echo port): the excluded port is not
    captured (the bastion does not forward, so it is unreachable), the lan's
    other services are.
-4. `--disable-ipv6`: an IPv6 subnet on the command line is blocked, not
+4. UDP to a captured subnet is refused at once and no datagram leaves.
+5. systemd Type=notify: READY=1 once the rules are in and the connection is
+   up, WATCHDOG=1 while it runs, STOPPING=1 on SIGTERM.
+6. `--disable-ipv6`: an IPv6 subnet on the command line is blocked, not
    carried and not leaked: the connection is refused at once, and no packet
    to it leaves the client's link.
 """
 
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -34,7 +38,10 @@ from testcheck import check, wait_until  # noqa: E402
 
 
 def ruleset(ns):
-    return ns.run(["nft", "list", "ruleset"]).stdout
+    """`nft list ruleset` without the test's own counters (their counts move)."""
+    tables = [line.split()[1:] for line in ns.run(["nft", "list", "tables"]).stdout.splitlines()]
+    return "".join(ns.run(["nft", "list", "table", family, name]).stdout
+                   for family, name in tables if name != "vpntest_leak")
 
 
 def echo(ns, ip, port):
@@ -140,33 +147,94 @@ def argument_files(lab, topo, vpn, before):
     print("argument files: @FILE, -s, -X")
 
 
-def count_to(ns, subnet6):
-    """An nft counter (in a table of the test's own) of packets leaving `ns` for `subnet6`."""
+def leak_counters(ns, topo):
+    """nft counters (in a table of the test's own) of packets leaving `ns` for the lan
+    that the VPN must never let out: UDP to its IPv4 subnet, anything to its IPv6 one."""
+    ipv6 = f'chain post6 {{ type filter hook postrouting priority 500; ip6 daddr {topo.lan_subnet6} counter name "to_lan6"; }}' if topo.lan_subnet6 else ""
     ns.nft(f"""
 table inet vpntest_leak {{
+    counter udp_lan {{ }}
     counter to_lan6 {{ }}
-    chain post {{ type filter hook postrouting priority 500; ip6 daddr {subnet6} counter name "to_lan6"; }}
+    chain post {{ type filter hook postrouting priority 500; ip daddr {topo.lan_subnet} meta l4proto udp counter name "udp_lan"; }}
+    {ipv6}
 }}
 """)
 
-    def read():
-        out = ns.run(["nft", "list", "counter", "inet", "vpntest_leak", "to_lan6"]).stdout
+    def read(name):
+        out = ns.run(["nft", "list", "counter", "inet", "vpntest_leak", name]).stdout
         return int(out.split("packets", 1)[1].split()[0])
     return read
 
 
+def udp_send(ns, ip):
+    """One datagram to ip:9; the error the sender sees, or None."""
+    def body():
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.sendto(b"leak?", (ip, 9))
+            except OSError as e:
+                return e
+        return None
+    return ns.call(body)
+
+
+def udp_blocked(lab, topo, vpn, before, leaked):
+    proc, _ = vpn.start(topo.lan_subnet)
+    sent = leaked("udp_lan")
+    error = udp_send(topo.client, topo.lan_ip)
+    check(error is not None and leaked("udp_lan") == sent,
+          f"UDP to a captured subnet is refused ({error!r}) and not sent")
+    check(topo.client.stop(proc) == 0 and ruleset(topo.client) == before, "UDP run: SIGTERM, ruleset")
+    check(udp_send(topo.client, topo.lan_ip) is None and leaked("udp_lan") > sent,
+          "without the VPN the same datagram leaves (the counter counts)")
+    print("UDP to a captured subnet: blocked, not leaked")
+
+
 def ipv6_disabled(lab, topo, vpn, before, leaked):
     proc, _ = vpn.start("--disable-ipv6", topo.lan_subnet, topo.lan_subnet6)
-    sent = leaked()
+    sent = leaked("to_lan6")
     error = fails(topo.client, topo.lan_ip6, topo.echo_port)
     check(error is not None, "--disable-ipv6: the IPv6 subnet is not carried")
     check(echo(topo.client, topo.lan_ip, topo.echo_port) == b"ping", "--disable-ipv6: IPv4 still is")
-    check(leaked() == sent, f"--disable-ipv6: no packet to {topo.lan_subnet6} left the client")
+    check(leaked("to_lan6") == sent, f"--disable-ipv6: no packet to {topo.lan_subnet6} left the client")
     check(topo.client.stop(proc) == 0 and ruleset(topo.client) == before, "--disable-ipv6: SIGTERM, ruleset")
     # The counter counts: without the VPN the same connect sends packets (dropped by the bastion).
     fails(topo.client, topo.lan_ip6, topo.echo_port)
-    check(leaked() > sent, "the leak counter sees a direct attempt (it can fail)")
+    check(leaked("to_lan6") > sent, "the leak counter sees a direct attempt (it can fail)")
     print(f"--disable-ipv6: refused at once ({error!r}), nothing left the client")
+
+
+def systemd_notify(lab, topo, vpn, before):
+    """Type=notify: READY=1 once the rules are in and the SSH connection is up, then
+    WATCHDOG=1 while it runs, STOPPING=1 on SIGTERM."""
+    path = lab.path("notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.5)
+    got = []
+
+    def receive_until(pred, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not pred():
+            try:
+                got.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+        return pred()
+
+    proc = topo.client.spawn(vpn.args(topo.lan_subnet), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000"))
+    check(receive_until(lambda: any("READY=1" in m for m in got), 30), "systemd: READY=1 arrives")
+    check(ruleset(topo.client) != before and echo(topo.client, topo.lan_ip, topo.echo_port) == b"ping",
+          "systemd: at READY=1 the rules are in and connections are carried")
+    n = sum("WATCHDOG=1" in m for m in got)
+    check(receive_until(lambda: sum("WATCHDOG=1" in m for m in got) >= n + 2, 5), "systemd: WATCHDOG=1 keeps coming")
+    proc.send_signal(signal.SIGTERM)
+    check(receive_until(lambda: any("STOPPING=1" in m for m in got), 10), "systemd: SIGTERM, STOPPING=1")
+    check(topo.client.stop(proc) == 0 and ruleset(topo.client) == before, "systemd: exit 0, ruleset as before")
+    sock.close()
+    print("systemd notify: READY, WATCHDOG, STOPPING")
 
 
 def main():
@@ -178,10 +246,12 @@ def main():
     with netlab.Lab() as lab:
         topo = lab.ssh_topology(client_route_to_lan=True)
         vpn = Vpn(lab, topo, pytun)
-        leaked = count_to(topo.client, topo.lan_subnet6) if lab.ipv6 else None
+        leaked = leak_counters(topo.client, topo)
         before = ruleset(topo.client)
         daemon_mode(lab, topo, vpn, before)
+        systemd_notify(lab, topo, vpn, before)
         argument_files(lab, topo, vpn, before)
+        udp_blocked(lab, topo, vpn, before, leaked)
         if lab.ipv6:
             ipv6_disabled(lab, topo, vpn, before, leaked)
         router_mode(lab, topo, vpn)
