@@ -453,6 +453,103 @@ TEST_CASE("forwards in /metrics: pytun_forward_* with tunnel and forward labels,
     CHECK(text.find("# TYPE pytun_forward_sent_bytes_total counter\n") != std::string::npos);
 }
 
+namespace {
+
+/// A VPN tunnel: its capture installed with nft on port 12300, counts from
+/// earlier sessions (captured 9, 2 reset while down, 1 not redirected), this
+/// session's traffic (6 connections, 1 refused by the far side); DNS
+/// captured when `dns`.
+pytun::TunnelStatus vpn_tunnel(bool dns)
+{
+    pytun::TunnelStatus t;
+    t.name = "corp";
+    t.config_path = "/etc/pytun/configs/corp.ini";
+    t.server_host = "bastion";
+    t.server_port = 22;
+    t.state = pytun::ManagedState::up;
+    pytun::ForwardStatus v;
+    v.description = "VPN 10.0.0.0/8 -x 10.1.0.0/16";
+    v.serving = true;
+    v.bound_port = 12300;
+    v.traffic.connections_active = 2;
+    v.traffic.connections_total = 6;
+    v.traffic.connections_failed = 1;
+    v.traffic.bytes_to_service = 70000;
+    v.traffic.bytes_from_service = 900;
+    pytun::CaptureStatus c;
+    c.installed = true;
+    c.method = "nft";
+    c.port = 12300;
+    c.captured = 9;
+    c.reset_while_down = 2;
+    c.not_redirected = 1;
+    if (dns)
+        c.dns = pytun::CaptureStatus::Dns{.queries = 40, .answered = 35, .truncated = 3, .servfail = 4, .timeouts = 1,
+                                          .rejected = 1};
+    v.capture = c;
+    t.forwards = {v};
+    return t;
+}
+
+} // namespace
+
+TEST_CASE("a VPN forward in /api/v1/tunnels, /status and /metrics: the capture's state and counts, its DNS")
+{
+    Snapshot snap = sample_snapshot();
+    snap.tunnels.push_back(vpn_tunnel(false));
+    snap.tunnels.push_back(forwards_tunnel(pytun::ManagedState::up));
+
+    auto api = nlohmann::json::parse(render_tunnels(sample_context(), snap));
+    const auto &vpn = api["tunnels"][2]["forwards"][0];
+    CHECK(vpn["description"] == "VPN 10.0.0.0/8 -x 10.1.0.0/16");
+    CHECK(vpn["bound_port"] == 12300);
+    CHECK(vpn["connections"] == nlohmann::json{{"active", 2}, {"total", 6}, {"failed", 1}, {"refused", 0}});
+    CHECK(vpn["capture"] == nlohmann::json{{"installed", true},     {"method", "nft"},      {"port", 12300},
+                                           {"captured", 9},         {"reset_while_down", 2}, {"not_redirected", 1},
+                                           {"dns", nullptr}});
+    CHECK_FALSE(api["tunnels"][3]["forwards"][0].contains("capture")); // other kinds have none
+
+    auto status = nlohmann::json::parse(render_status(sample_context(), snap));
+    CHECK(status["corp"]["status"] == true);
+    CHECK(status["corp"]["vpn"]["installed"] == true);
+    CHECK(status["corp"]["vpn"]["method"] == "nft");
+    CHECK(status["corp"]["vpn"]["port"] == 12300);
+    CHECK(status["corp"]["vpn"]["reset_while_down"] == 2);
+    CHECK(status["corp"]["vpn"]["connections"]["failed"] == 1);
+    CHECK(status["corp"]["vpn"]["bytes"] == nlohmann::json{{"to_service", 70000}, {"from_service", 900}});
+    CHECK_FALSE(status["db"].contains("vpn"));
+
+    std::string text = render_metrics(sample_context(), snap, sample_process());
+    CHECK(h::bad_metrics_line(text) == "");
+    const std::string f = "tunnel=\"corp\",forward=\"VPN 10.0.0.0/8 -x 10.1.0.0/16\"";
+    CHECK(h::metric(text, "pytun_forward_capture_installed{" + f + ",method=\"nft\"}") == 1);
+    CHECK(h::metric(text, "pytun_forward_listen_port{" + f + "}") == 12300);
+    CHECK(h::metric(text, "pytun_forward_captured_connections_total{" + f + "}") == 9);
+    CHECK(h::metric(text, "pytun_forward_capture_resets_total{" + f + ",reason=\"tunnel_down\"}") == 2);
+    CHECK(h::metric(text, "pytun_forward_capture_resets_total{" + f + ",reason=\"not_redirected\"}") == 1);
+    CHECK(h::metric(text, "pytun_forward_connections_failed_total{" + f + "}") == 1);
+    CHECK(h::metric(text, "pytun_forward_received_bytes_total{" + f + "}") == 70000);
+    CHECK(text.find("pytun_forward_dns_queries_total{") == std::string::npos); // no DNS: no series
+    CHECK(text.find("pytun_forward_captured_connections_total{tunnel=\"db\"") == std::string::npos);
+    CHECK(text.find("# TYPE pytun_forward_capture_resets_total counter\n") != std::string::npos);
+
+    // Lifted (fail-open while down) and with DNS.
+    snap.tunnels[2] = vpn_tunnel(true);
+    snap.tunnels[2].forwards[0].capture->installed = false;
+    text = render_metrics(sample_context(), snap, sample_process());
+    CHECK(h::bad_metrics_line(text) == "");
+    CHECK(h::metric(text, "pytun_forward_capture_installed{" + f + ",method=\"nft\"}") == 0);
+    CHECK(h::metric(text, "pytun_forward_dns_queries_total{" + f + "}") == 40);
+    CHECK(h::metric(text, "pytun_forward_dns_answered_total{" + f + "}") == 35);
+    CHECK(h::metric(text, "pytun_forward_dns_truncated_total{" + f + "}") == 3);
+    CHECK(h::metric(text, "pytun_forward_dns_servfail_total{" + f + "}") == 4);
+    CHECK(h::metric(text, "pytun_forward_dns_timeouts_total{" + f + "}") == 1);
+    CHECK(h::metric(text, "pytun_forward_dns_rejected_total{" + f + "}") == 1);
+    api = nlohmann::json::parse(render_tunnels(sample_context(), snap));
+    CHECK(api["tunnels"][2]["forwards"][0]["capture"]["dns"]["servfail"] == 4);
+    CHECK(api["tunnels"][2]["forwards"][0]["capture"]["installed"] == false);
+}
+
 TEST_CASE("/status: a tunnel of forwards only is well while every forward serves")
 {
     Snapshot snap = sample_snapshot();

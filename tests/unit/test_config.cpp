@@ -1075,6 +1075,168 @@ TEST_CASE("forwards in TOML: arrays or strings, and wrong types say what to writ
     CHECK(r.diagnostics.size() == 4);
 }
 
+TEST_CASE("a VPN capture in a tunnel file: the vpn_ keys make one TransparentForward, no remote_host needed")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(tmp, {{"vpn.ini", k_connection +
+                                                           "vpn_subnets = 10.0.0.0/8, fd00::/8\n"      // 6
+                                                           "vpn_subnets = 198.18.1.0/24:80-90 db.corp\n" // 7: adds
+                                                           "vpn_exclude = 10.1.0.0/16\n"                // 8
+                                                           "vpn_auto_nets = yes\n"                      // 9
+                                                           "vpn_ns_hosts = 10.0.0.53, fd00::53\n"       // 10
+                                                           "vpn_to_ns = [fd00::1]:5353\n"               // 11
+                                                           "vpn_method = NFT\n"                         // 12
+                                                           "vpn_listen = 0.0.0.0:12345\n"               // 13
+                                                           "vpn_ipv6 = false\n"                         // 14
+                                                           "vpn_fail_open = on\n"},                     // 15
+                                           {"plain.ini", k_connection + "tunnel_name = plain\n"
+                                                                        "vpn_subnets = 0/0\n"}});
+    INFO(dump(r));
+    REQUIRE(r.ok());
+    CHECK(r.diagnostics.empty());
+    const pytun::TunnelConfig &t = r.config->tunnels.at(1);
+    CHECK(t.remote_host.empty());
+    REQUIRE(t.forwards.size() == 1);
+    const auto &v = std::get<pytun::TransparentForward>(t.forwards[0]);
+    CHECK(v.subnets == std::vector<std::string>{"10.0.0.0/8", "fd00::/8", "198.18.1.0/24:80-90", "db.corp"});
+    CHECK(v.exclude == std::vector<std::string>{"10.1.0.0/16"});
+    CHECK(v.auto_nets);
+    CHECK(v.dns); // implied by vpn_ns_hosts
+    CHECK(v.nameservers == std::vector<std::string>{"10.0.0.53", "fd00::53"});
+    CHECK(v.to_ns == "[fd00::1]:5353");
+    CHECK(v.method == pytun::CaptureMethod::nft);
+    CHECK(v.listen_address == "0.0.0.0");
+    CHECK(v.listen_port == 12345);
+    CHECK_FALSE(v.ipv6);
+    CHECK(v.fail_open);
+    const pytun::TunnelOptions o = pytun::to_tunnel_options(t);
+    REQUIRE(pytun::all_forwards(o).size() == 1); // no classic reverse tunnel in front
+    CHECK(pytun::describe(pytun::all_forwards(o)[0]) ==
+          "VPN 10.0.0.0/8 fd00::/8 198.18.1.0/24:80-90 db.corp -N -x 10.1.0.0/16 (DNS)");
+
+    // pytun vpn's defaults: automatic method, loopback, port chosen, IPv6 carried, fail-closed, no DNS.
+    const auto &d = std::get<pytun::TransparentForward>(r.config->tunnels.at(0).forwards.at(0));
+    CHECK(d == pytun::TransparentForward{.subnets = {"0/0"}});
+
+    SUBCASE("with a reverse tunnel and other forwards over the same connection")
+    {
+        TempDir other;
+        LoadResult both = load_tunnel_files(
+            other, {{"b.ini", k_connection + "remote_host = ldap.local\nlocal_forward = 5432:db:5432\n"
+                                             "vpn_auto_nets = true\nvpn_dns = true\nvpn_listen = [::1]:0\n"}});
+        INFO(dump(both));
+        REQUIRE(both.ok());
+        auto all = pytun::all_forwards(pytun::to_tunnel_options(both.config->tunnels.at(0)));
+        REQUIRE(all.size() == 3);
+        CHECK(pytun::describe(all[0]) == "R localhost:4000 -> ldap.local:22");
+        CHECK(pytun::describe(all[1]) == "L 127.0.0.1:5432 -> db:5432");
+        const auto &n = std::get<pytun::TransparentForward>(all[2]);
+        CHECK(n.subnets.empty());
+        CHECK(n.auto_nets);
+        CHECK(n.dns);
+        CHECK(n.listen_address == "::1");
+        CHECK(n.listen_port == 0);
+    }
+    SUBCASE("TOML: arrays or strings")
+    {
+        TempDir other;
+        write_file(other.path / "k", k_key);
+        write_file(other.path / "kh", "b ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureHostKeyNotReal0000000000000000000\n");
+        LoadResult toml = pytun::load_config_from_string(
+            "[pytun]\ntunnel_manager_id = \"x\"\n[[tunnel]]\nserver_host = \"b\"\nusername = \"u\"\nkeyfile = \"k\"\n"
+            "server_key = \"kh\"\nvpn_subnets = [\"10.0.0.0/8\", \"[fd00::/64]:443\"]\nvpn_exclude = \"10.9.0.0/16\"\n"
+            "vpn_dns = true\nvpn_fail_open = true\nvpn_listen = \"12300\"\n",
+            "toml", other.path.string());
+        INFO(dump(toml));
+        REQUIRE(toml.ok());
+        const auto &x = std::get<pytun::TransparentForward>(toml.config->tunnels.at(0).forwards.at(0));
+        CHECK(x.subnets == std::vector<std::string>{"10.0.0.0/8", "[fd00::/64]:443"});
+        CHECK(x.exclude == std::vector<std::string>{"10.9.0.0/16"});
+        CHECK(x.dns);
+        CHECK(x.fail_open);
+        CHECK(x.listen_address == "127.0.0.1");
+        CHECK(x.listen_port == 12300);
+    }
+}
+
+TEST_CASE("vpn_ keys: every mistake named with file, line and key, and what to write")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(
+        tmp, {{"a.ini", k_connection +
+                            "vpn_subnets = 10.0.0.0/33, *.corp.example, 10.0.0.0/8\n" // 6
+                            "vpn_exclude = 10.1.0.0/16:90-80\n"                       // 7
+                            "vpn_ns_hosts = ns.corp\n"                                // 8
+                            "vpn_to_ns = 10.0.0.53:0\n"                               // 9
+                            "vpn_method = pf\n"                                       // 10
+                            "vpn_listen = 10.0.0.1:12300\n"                           // 11
+                            "vpn_ipv6 = maybe\n"                                      // 12
+                            "vpn_fail_opn = true\n"},                                 // 13
+              {"b.ini", k_connection + "vpn_dns = true\n"                            // 6: nothing captured
+                                       "vpn_to_ns = 10.0.0.53\n"},                   // 7: fine
+              {"c.ini", k_connection + "vpn_subnets =\n"                             // 6
+                                       "vpn_to_ns = 10.0.0.53\n"                     // 7: no DNS: no effect
+                                       "vpn_listen = x:y:z\n"},                      // 8
+              {"d.ini", k_connection + "vpn_subnets = 10.0.0.0/8\n"                  // 6
+                                       "vpn_ns_hosts = 10.0.0.53\n"                  // 7
+                                       "vpn_dns = off\n"                             // 8: contradicts line 7
+                                       "vpn_listen = 12300\n"},                      // 9
+              {"e.ini", k_connection + "vpn_subnets = 10.0.0.0/8\n"                  // 6
+                                       "local_forward = [::1]:12300:db:5432\n"}});   // 7: the capture's port
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    struct Expected {
+        Diagnostic::Severity sev;
+        const char *file;
+        int line;
+        const char *key;
+        const char *word;
+    };
+    const std::vector<Expected> expected = {
+        {E, "/a.ini", 6, "vpn_subnets", "'10.0.0.0/33': mask must be 0-32"},
+        {E, "/a.ini", 6, "vpn_subnets", "'*.corp.example': a wildcard cannot be captured"},
+        {E, "/a.ini", 7, "vpn_exclude", "port range 90-80 is reversed"},
+        {E, "/a.ini", 8, "vpn_ns_hosts", "'ns.corp' is not an IP address"},
+        {E, "/a.ini", 9, "vpn_to_ns", "'10.0.0.53:0' is not IP[:PORT]"},
+        {E, "/a.ini", 10, "vpn_method", "'pf' is not a capture method: write auto"},
+        {E, "/a.ini", 11, "vpn_listen", "use 127.0.0.1 or ::1"},
+        {E, "/a.ini", 12, "vpn_ipv6", "is not a boolean"},
+        {W, "/a.ini", 13, "vpn_fail_opn", "did you mean 'vpn_fail_open'?"},
+
+        {E, "/b.ini", 1, "vpn_subnets", "missing: a VPN capture needs the networks it captures"},
+
+        {E, "/c.ini", 6, "vpn_subnets", "is empty: a VPN capture needs"},
+        {W, "/c.ini", 7, "vpn_to_ns", "no effect: DNS is not captured"},
+        {E, "/c.ini", 8, "vpn_listen", "write vpn_listen = [IP:]PORT"},
+
+        {E, "/d.ini", 8, "vpn_dns", "vpn_ns_hosts implies it"},
+
+        {E, "/e.ini", 7, "local_forward", "[::1]:12300 is also where vpn_listen in"},
+    };
+    for (const Expected &x : expected) {
+        CAPTURE(x.file);
+        CAPTURE(x.line);
+        CAPTURE(x.key);
+        CAPTURE(x.word);
+        CHECK(count(r, x.sev, x.file, x.line, x.key, x.word) == 1);
+    }
+    CHECK(r.diagnostics.size() == expected.size());
+}
+
+TEST_CASE("VPN captures of two tunnels: one port for both is named")
+{
+    TempDir tmp;
+    LoadResult r = load_tunnel_files(
+        tmp, {{"a.ini", k_connection + "tunnel_name = a\nvpn_subnets = 10.0.0.0/8\nvpn_listen = 0.0.0.0:12300\n"},
+              {"b.ini", k_connection + "tunnel_name = b\n"            // 6
+                                       "vpn_subnets = 172.16.0.0/12\n"  // 7
+                                       "vpn_listen = 12300\n"}});       // 8: inside a.ini's 0.0.0.0
+    INFO(dump(r));
+    CHECK_FALSE(r.ok());
+    CHECK(count(r, E, "/b.ini", 8, "vpn_listen", "a.ini:8 listens") == 1);
+    CHECK(r.diagnostics.size() == 1);
+}
+
 TEST_CASE("a tunnel without remote_host and without forwards still needs remote_host")
 {
     TempDir tmp;

@@ -259,6 +259,27 @@ struct TunnelStats {
     SetupTimeHistogram connection_setup;    ///< until both ends are connected
 };
 
+/// A VPN forward's capture (TransparentForward). The capture outlives SSH
+/// sessions, so unlike TunnelStats its counters run from the tunnel's start.
+struct CaptureStatus {
+    bool installed = false;             ///< the firewall rules are in place now
+    std::string method;                 ///< "nft" or "nat"; "" until the capture could open
+    std::uint16_t port = 0;             ///< the capture's listener (both families); 0 until it listens
+    std::uint64_t captured = 0;         ///< connections the rules redirected to the listener
+    std::uint64_t reset_while_down = 0; ///< of those, reset at once: no SSH session (fail-closed)
+    std::uint64_t not_redirected = 0;   ///< connections to the listener that no rule redirected: reset
+    /// The DNS relay's counts (vpn_dns, --dns); absent when DNS is not captured.
+    struct Dns {
+        std::uint64_t queries = 0;   ///< received, over UDP and TCP, malformed ones included
+        std::uint64_t answered = 0;  ///< answers of the server's resolver passed on
+        std::uint64_t truncated = 0; ///< of those, cut for UDP (TC set): the client asks again over TCP
+        std::uint64_t servfail = 0;  ///< answered SERVFAIL here: no tunnel, timeout, overload, channel lost
+        std::uint64_t timeouts = 0;  ///< of those, no answer in time
+        std::uint64_t rejected = 0;  ///< malformed or unsupported: answered FORMERR/NOTIMP/REFUSED, or dropped
+    };
+    std::optional<Dns> dns;
+};
+
 /// One forward of a running tunnel.
 struct ForwardStatus {
     std::string description;                ///< describe(spec)
@@ -269,6 +290,7 @@ struct ForwardStatus {
     /// EXCLUDED)]; method nft|nat".
     std::string detail;
     TunnelStats traffic;
+    std::optional<CaptureStatus> capture;   ///< a VPN forward's capture, once it opened; else nothing
 };
 
 /// Runs one tunnel on a thread of its own. The object owns the SSH sessions,

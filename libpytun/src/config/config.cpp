@@ -193,6 +193,18 @@ bool load_tunnel_dir(const BuiltConnector &main, const std::string &main_file, D
     return true;
 }
 
+/// A VPN capture needs root or CAP_NET_ADMIN and nft or iptables: a warning
+/// only, since pytun --check may run as another user than the service.
+void check_capture_needs(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag)
+{
+    for (const BuiltTunnel &t : tunnels)
+        for (std::size_t i = 0; i < t.config.forwards.size(); ++i)
+            if (const auto *vpn = std::get_if<TransparentForward>(&t.config.forwards[i]))
+                if (std::string why = capture_unavailable(vpn->method); !why.empty())
+                    diag.warning(t.file, t.forward_lines[i], t.vpn_key,
+                                 "the VPN capture cannot be installed by this user here: " + why);
+}
+
 /// Checks shared by both formats, then the result: a Config only without errors.
 LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> main, std::vector<BuiltTunnel> tunnels,
                   const std::string &display, const std::optional<fs::path> &real_file, const LoadOptions &options,
@@ -202,6 +214,8 @@ LoadResult finish(const RawSection *main_section, std::optional<BuiltConnector> 
     if (options.check_runtime && main && main_section)
         check_runtime_needs(*main_section, main->config.log_path, !main->config.smtp_hostname.empty(),
                             !main->config.http_url.empty(), diag);
+    if (options.check_runtime)
+        check_capture_needs(tunnels, diag);
     if (main && !main->config.proxy.empty()) // [pytun]'s proxy serves every tunnel that names none
         for (BuiltTunnel &t : tunnels)
             if (t.config.proxy.empty())

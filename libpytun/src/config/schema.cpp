@@ -21,6 +21,7 @@
 #include "config/file_checks.h"
 #include "forward/destination.h"
 #include "util/text.h"
+#include "vpn/transparent_forwarder.h"
 
 namespace pytun::config {
 
@@ -47,12 +48,22 @@ constexpr auto k_tunnel_keys = std::to_array<std::string_view>({
     "failback_after",
     // bastions behind a proxy or a jump host (docs/operations.md)
     "proxy",         "jump",            "jump_keyfile",   "jump_server_key",
+    // the VPN capture (docs/configuration.md, "A VPN capture"): k_vpn_keys
+    "vpn_subnets",   "vpn_exclude",     "vpn_auto_nets",  "vpn_dns",        "vpn_ns_hosts",
+    "vpn_to_ns",     "vpn_method",      "vpn_listen",     "vpn_ipv6",       "vpn_fail_open",
+});
+
+// Any of these makes the tunnel carry a VPN capture (pytun vpn's options,
+// sshuttle's names with vpn_ in front).
+constexpr auto k_vpn_keys = std::to_array<std::string_view>({
+    "vpn_subnets", "vpn_exclude", "vpn_auto_nets", "vpn_dns",  "vpn_ns_hosts",
+    "vpn_to_ns",   "vpn_method",  "vpn_listen",    "vpn_ipv6", "vpn_fail_open",
 });
 
 // Keys that take a list and may be written on several lines, each adding to
 // it (as LocalForward in ssh_config); every other key set twice warns.
-constexpr std::array<std::string_view, 4> k_list_keys = {
-    "local_forward", "dynamic_forward", "remote_forward", "socks_allow",
+constexpr std::array<std::string_view, 7> k_list_keys = {
+    "local_forward", "dynamic_forward", "remote_forward", "socks_allow", "vpn_subnets", "vpn_exclude", "vpn_ns_hosts",
 };
 
 // ssh's option letter for each forward key (parse_forward's `kind`).
@@ -435,6 +446,107 @@ bool read_forwards(const Fields &f, BuiltTunnel &out)
     return declared;
 }
 
+/// vpn_to_ns: IP or IP:PORT ([IPv6]:PORT), the resolver as the bastion reaches it.
+bool valid_resolver(const std::string &text)
+{
+    if (detail::IpAddress::parse(text))
+        return true;
+    std::string ignored;
+    const auto spec = parse_forward('D', text, ignored); // [BIND:]PORT: the same shape, brackets and all
+    const auto *d = spec ? std::get_if<DynamicForward>(&*spec) : nullptr;
+    return d && d->listen_port != 0 && text.find(':') != std::string::npos && detail::IpAddress::parse(d->bind_address);
+}
+
+/// The vpn_* keys: a TransparentForward, each value checked as pytun vpn
+/// checks its options (check_transparent_forward on that value alone), so
+/// that both say the same. True when any vpn key is present, valid or not.
+bool read_vpn(const Fields &f, BuiltTunnel &out)
+{
+    const auto first = std::find_if(k_vpn_keys.begin(), k_vpn_keys.end(),
+                                    [&f](std::string_view key) { return f.find(std::string(key)); });
+    if (first == k_vpn_keys.end())
+        return false;
+    // A spec that passes every check but the one value under test.
+    auto problem = [](auto &&set) {
+        TransparentForward one;
+        one.auto_nets = true;
+        set(one);
+        return detail::check_transparent_forward(one);
+    };
+    TransparentForward vpn;
+    std::size_t subnets_written = 0; // valid or not
+    for (const auto &[key, into] : {std::pair{"vpn_subnets", &vpn.subnets}, std::pair{"vpn_exclude", &vpn.exclude}}) {
+        for (const auto &item : list_items(f, key, "10.0.0.0/8")) {
+            if (into == &vpn.subnets)
+                ++subnets_written;
+            if (std::string p = problem([&item](TransparentForward &one) { one.subnets = {item.first}; }); !p.empty())
+                f.error_at(item.second, key, p);
+            else
+                into->push_back(item.first);
+        }
+    }
+    vpn.auto_nets = f.boolean("vpn_auto_nets", false);
+    if (subnets_written == 0 && !vpn.auto_nets)
+        f.error("vpn_subnets", std::string(f.find("vpn_subnets") ? "is empty" : "missing") +
+                                   ": a VPN capture needs the networks it captures: write vpn_subnets = 10.0.0.0/8, "
+                                   "fd00::/8 (CIDR[:PORT[-PORT]], addresses, host names, 0/0, ::/0), or set "
+                                   "vpn_auto_nets = true (the bastion's routes)");
+
+    for (auto &[text, line] : list_items(f, "vpn_ns_hosts", "10.0.0.53")) {
+        if (!detail::IpAddress::parse(text))
+            f.error_at(line, "vpn_ns_hosts",
+                       quote_value("vpn_ns_hosts", text) + " is not an IP address: list the addresses of the "
+                       "nameservers whose DNS is captured (vpn_ns_hosts = 10.0.0.53, fd00::53)");
+        else
+            vpn.nameservers.push_back(std::move(text));
+    }
+    vpn.dns = f.boolean("vpn_dns", !vpn.nameservers.empty());
+    if (f.find("vpn_dns") && !vpn.dns && !f.all("vpn_ns_hosts").empty())
+        f.error("vpn_dns", "is false, but vpn_ns_hosts names nameservers whose DNS is captured: remove vpn_dns "
+                           "(vpn_ns_hosts implies it) or vpn_ns_hosts");
+    vpn.to_ns = f.string("vpn_to_ns");
+    if (!vpn.to_ns.empty() && !valid_resolver(vpn.to_ns))
+        f.error("vpn_to_ns", quote_value("vpn_to_ns", vpn.to_ns) + " is not IP[:PORT]: write the resolver's address "
+                             "as the bastion reaches it (vpn_to_ns = 10.0.0.53, 10.0.0.53:5353 or [fd00::53]:53)");
+    else if (!vpn.to_ns.empty() && !vpn.dns)
+        f.warning("vpn_to_ns", "no effect: DNS is not captured; set vpn_dns = true (or vpn_ns_hosts) to carry it to "
+                               "this resolver");
+
+    const std::string method = to_lower(f.string("vpn_method"));
+    if (method == "nft")
+        vpn.method = CaptureMethod::nft;
+    else if (method == "nat")
+        vpn.method = CaptureMethod::nat;
+    else if (!method.empty() && method != "auto")
+        f.error("vpn_method", quote_value("vpn_method", f.string("vpn_method")) + " is not a capture method: write "
+                              "auto (nftables when nft is installed, else iptables), nft or nat (iptables)");
+
+    if (const std::string listen = f.string("vpn_listen"); !listen.empty()) {
+        std::string error;
+        const auto spec = parse_forward('D', listen, error); // [IP:]PORT as -l reads it
+        const auto *d = spec ? std::get_if<DynamicForward>(&*spec) : nullptr;
+        if (!d)
+            f.error("vpn_listen", error + ": write vpn_listen = [IP:]PORT (12300; 0.0.0.0:12300 for a router)");
+        else if (std::string p = problem([&](TransparentForward &one) { one.listen_address = d->bind_address; });
+                 !p.empty())
+            f.error("vpn_listen", p);
+        else {
+            vpn.listen_address = d->bind_address;
+            vpn.listen_port = d->listen_port;
+        }
+    }
+    vpn.ipv6 = f.boolean("vpn_ipv6", true);
+    vpn.fail_open = f.boolean("vpn_fail_open", false);
+
+    // Where the forward was written: its listener's line (the port check
+    // names it), else its subnets', else its first key's.
+    const std::string place = f.find("vpn_listen") ? "vpn_listen" : f.find("vpn_subnets") ? "vpn_subnets" : std::string(*first);
+    out.config.forwards.push_back(std::move(vpn));
+    out.forward_lines.push_back(f.line(place));
+    out.vpn_key = f.written(place);
+    return true;
+}
+
 /// `proxy`: a proxy URL or none. The value is never quoted: it may hold a
 /// password. Returns whether it holds one.
 bool check_proxy(const Fields &f, const std::string &value)
@@ -799,7 +911,8 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
     out.port_line = f.line("port");
     t.bind_address = f.string("bind_address");
     // The classic reverse tunnel is required only of a file that declares no forwards.
-    const bool forwards = read_forwards(f, out);
+    const bool ssh_forwards = read_forwards(f, out);
+    const bool forwards = read_vpn(f, out) || ssh_forwards;
     if (forwards && !f.find("remote_host")) {
         for (const char *key : {"port", "remote_port", "bind_address"})
             if (f.find(key))
@@ -919,19 +1032,29 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
                            " is also used by the tunnel in " + it->second.where() +
                            ": the bastion can bind a port only once; choose another port");
     };
+    // False when the address and port are taken (reported).
     auto local_port = [&](const BuiltTunnel &t, const std::string &address, std::uint16_t port, Place place) {
         if (port == 0)
-            return;
+            return true;
         auto &taken = listeners[port];
         for (const auto &[other, where] : taken) {
             if (same_listener(address, other)) {
                 diag.error(t.file, place.line, place.key,
                            host_port(address, port) + " is also where " + where.key + " in " + where.where() +
                                " listens: two forwards cannot listen on one address and port; choose another port");
-                return;
+                return false;
             }
         }
         taken.emplace_back(address, place);
+        return true;
+    };
+    // A VPN capture listens on both families: 127.0.0.1 and ::1, or 0.0.0.0
+    // and :: for a router.
+    auto capture = [&](const BuiltTunnel &t, const TransparentForward &f, Place place) {
+        if (f.listen_address == "0.0.0.0" || f.listen_address == "::")
+            local_port(t, "::", f.listen_port, place);
+        else if (local_port(t, "127.0.0.1", f.listen_port, place))
+            local_port(t, "::1", f.listen_port, place);
     };
     for (const BuiltTunnel &t : tunnels) {
         const TunnelConfig &c = t.config;
@@ -956,7 +1079,7 @@ void check_tunnel_set(const std::vector<BuiltTunnel> &tunnels, Diagnostics &diag
                     if constexpr (std::is_same_v<Kind, RemoteForward> || std::is_same_v<Kind, RemoteDynamicForward>)
                         bastion_port(t, f.listen_port, {&t, line, "remote_forward"});
                     else if constexpr (std::is_same_v<Kind, TransparentForward>)
-                        local_port(t, f.listen_address, f.listen_port, {&t, line, "vpn_listen"});
+                        capture(t, f, {&t, line, "vpn_listen"});
                     else
                         local_port(t, f.bind_address, f.listen_port,
                                    {&t, line, std::is_same_v<Kind, LocalForward> ? "local_forward" : "dynamic_forward"});

@@ -32,6 +32,7 @@ struct BuiltTunnel {
     int name_line = 0;
     int port_line = 0;
     std::vector<int> forward_lines; ///< where each of config.forwards was written
+    std::string vpn_key;          ///< the VPN capture's key at its forward_lines entry (vpn_listen, vpn_subnets...)
     int secret_line = 0;          ///< where a password is first set (secret_key), else 0
     std::string secret_key = "socks_password"; ///< socks_password, or proxy when its URL holds one
     bool standby_set = false;     ///< the file sets standby; otherwise [pytun]'s applies

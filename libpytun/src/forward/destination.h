@@ -35,7 +35,7 @@ struct IpAddress {
     /// Dotted IPv4 ("10.0.0.1") or IPv6 text ("fd00::1", no brackets, no zone).
     /// An IPv4-mapped IPv6 address (::ffff:10.0.0.1) is returned as the IPv4
     /// address it carries: on the wire it is IPv4 traffic.
-    static std::optional<IpAddress> parse(std::string_view text);
+    PYTUN_CONNECTOR_USES static std::optional<IpAddress> parse(std::string_view text);
     std::size_t size() const { return family == IpFamily::v4 ? 4 : 16; }
     int max_prefix() const { return family == IpFamily::v4 ? 32 : 128; }
     /// "10.0.0.1" or "fd00::1" (RFC 5952 form).

@@ -20,6 +20,7 @@
 namespace pytun::detail {
 
 class Admission;
+class CaptureState;
 class ChannelStream;
 class SshConnection;
 
@@ -48,6 +49,9 @@ public:
     virtual ~ForwardKeep() = default;
     /// Release what is kept (the firewall rules); idempotent.
     virtual void close() = 0;
+    /// What status readers show of it (the VPN capture's state and
+    /// counters), readable from any thread and past close(); or nothing.
+    virtual std::shared_ptr<const CaptureState> capture_state() const { return nullptr; }
 };
 
 /// A tunnel's keeps, one slot per forward in all_forwards() order (empty

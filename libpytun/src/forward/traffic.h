@@ -7,15 +7,12 @@
 
 #include <atomic>
 #include <cstdint>
-#include <memory>
 
 #include <pytun/tunnel.h>
 
 #include "util/histogram.h"
 
 namespace pytun::detail {
-
-struct DnsCounters; // vpn/dns_relay.h
 
 struct TrafficCounters {
     std::atomic<std::uint64_t> active{0};
@@ -25,9 +22,6 @@ struct TrafficCounters {
     std::atomic<std::uint64_t> bytes_to_service{0};
     std::atomic<std::uint64_t> bytes_from_service{0};
     AtomicSetupTimeHistogram connection_setup; ///< arrival -> both ends connected
-    /// The VPN forward's DNS relay (--dns), null otherwise: its counters
-    /// since the capture began (they outlive the tunnel's reconnects).
-    std::atomic<std::shared_ptr<const DnsCounters>> dns;
 
     TunnelStats snapshot() const
     {

@@ -77,6 +77,25 @@ void add_traffic(ordered_json &j, const TunnelStats &traffic)
                                      {"sum", traffic.connection_setup.sum_seconds}};
 }
 
+// A VPN forward's capture: the same object in /api/v1/tunnels (under
+// `capture`) and /status (under `vpn`, with the forward's traffic).
+ordered_json capture_json(const CaptureStatus &c)
+{
+    ordered_json j;
+    j["installed"] = c.installed;
+    j["method"] = c.method.empty() ? ordered_json(nullptr) : ordered_json(c.method);
+    j["port"] = c.port ? ordered_json(c.port) : ordered_json(nullptr);
+    j["captured"] = c.captured;
+    j["reset_while_down"] = c.reset_while_down;
+    j["not_redirected"] = c.not_redirected;
+    if (c.dns)
+        j["dns"] = {{"queries", c.dns->queries},     {"answered", c.dns->answered}, {"truncated", c.dns->truncated},
+                    {"servfail", c.dns->servfail},   {"timeouts", c.dns->timeouts}, {"rejected", c.dns->rejected}};
+    else
+        j["dns"] = nullptr;
+    return j;
+}
+
 ordered_json forward_json(const ForwardStatus &f)
 {
     ordered_json j;
@@ -85,6 +104,8 @@ ordered_json forward_json(const ForwardStatus &f)
     j["bound_port"] = f.serving ? ordered_json(f.bound_port) : ordered_json(nullptr);
     j["error"] = f.error.empty() ? ordered_json(nullptr) : ordered_json(f.error);
     add_traffic(j, f.traffic);
+    if (f.capture)
+        j["capture"] = capture_json(*f.capture);
     return j;
 }
 
@@ -351,6 +372,16 @@ std::string render_status(const RenderContext &ctx, const Snapshot &snap)
         // service answers) and the key below tells a standby from the active.
         if (t.state == ManagedState::standby)
             out += ",\"state\":\"standby\"";
+        // Only for a VPN capture: the original's entries stay as they were.
+        for (const auto &f : t.forwards) {
+            if (!f.capture)
+                continue;
+            ordered_json vpn = capture_json(*f.capture);
+            add_traffic(vpn, f.traffic);
+            out += ",\"vpn\":";
+            out += dump(vpn);
+            break; // one capture per tunnel
+        }
         if (!t.bastions.empty()) {
             // Only with a failover list: a single bastion's entry stays the original's.
             ordered_json b;
@@ -627,6 +658,61 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
     per_forward("pytun_forward_sent_bytes_total", "counter",
                 "Bytes of the forward from this side sent to the bastion (current session).",
                 [](const ForwardStatus &f) { return number(f.traffic.bytes_from_service); });
+
+    // VPN forwards only: the capture, counted since the tunnel started (it
+    // outlives sessions); its DNS relay's counts when DNS is captured.
+    {
+        Family f(out, "pytun_forward_capture_installed", "gauge",
+                 "1 while the VPN capture's firewall rules are in place, labelled with its method (nft or nat).");
+        for (std::size_t i = 0; i < snap.tunnels.size(); ++i) {
+            const auto &forwards = snap.tunnels[i].forwards;
+            for (std::size_t k = 0; k < forwards.size(); ++k)
+                if (const auto &c = forwards[k].capture)
+                    f.sample(forward_labels[i][k] + "," + label("method", c->method), c->installed ? "1" : "0");
+        }
+    }
+    auto per_capture = [&](const char *name, const char *help, auto &&value) {
+        per_forward(name, "counter", help, [&value](const ForwardStatus &f) {
+            return f.capture ? number(static_cast<std::uint64_t>(value(*f.capture))) : std::string();
+        });
+    };
+    per_capture("pytun_forward_captured_connections_total",
+                "Connections the VPN capture redirected to its listener (since the tunnel started).",
+                [](const CaptureStatus &c) { return c.captured; });
+    {
+        Family f(out, "pytun_forward_capture_resets_total", "counter",
+                 "Captured connections reset at once (since the tunnel started): reason tunnel_down (no SSH "
+                 "session, fail-closed) or not_redirected (reached the listener without a capture rule).");
+        for (std::size_t i = 0; i < snap.tunnels.size(); ++i) {
+            const auto &forwards = snap.tunnels[i].forwards;
+            for (std::size_t k = 0; k < forwards.size(); ++k) {
+                const auto &c = forwards[k].capture;
+                if (!c)
+                    continue;
+                f.sample(forward_labels[i][k] + "," + label("reason", "tunnel_down"), number(c->reset_while_down));
+                f.sample(forward_labels[i][k] + "," + label("reason", "not_redirected"), number(c->not_redirected));
+            }
+        }
+    }
+    auto per_dns = [&](const char *name, const char *help, std::uint64_t CaptureStatus::Dns::*field) {
+        per_forward(name, "counter", help, [field](const ForwardStatus &f) {
+            return f.capture && f.capture->dns ? number((*f.capture->dns).*field) : std::string();
+        });
+    };
+    per_dns("pytun_forward_dns_queries_total", "DNS queries the VPN capture's relay received (UDP and TCP).",
+            &CaptureStatus::Dns::queries);
+    per_dns("pytun_forward_dns_answered_total", "DNS answers of the server's resolver passed on.",
+            &CaptureStatus::Dns::answered);
+    per_dns("pytun_forward_dns_truncated_total", "DNS answers cut for UDP (TC set; the client asks again over TCP).",
+            &CaptureStatus::Dns::truncated);
+    per_dns("pytun_forward_dns_servfail_total",
+            "DNS queries answered SERVFAIL by the relay: no tunnel, timeout, overload, channel lost.",
+            &CaptureStatus::Dns::servfail);
+    per_dns("pytun_forward_dns_timeouts_total", "DNS queries the server's resolver did not answer in time.",
+            &CaptureStatus::Dns::timeouts);
+    per_dns("pytun_forward_dns_rejected_total",
+            "Malformed or unsupported DNS queries: answered FORMERR, NOTIMP or REFUSED, or dropped.",
+            &CaptureStatus::Dns::rejected);
 
     auto per_channel = [&](const char *name, const char *type, const char *help, auto &&value) {
         Family f(out, name, type, help);

@@ -2,6 +2,8 @@
 // A tunnel run's published state.
 #include "tunnel/run_status.h"
 
+#include "vpn/capture_state.h"
+
 namespace pytun::detail {
 
 RunStatus::RunStatus(const std::vector<ForwardSpec> &forwards)
@@ -12,6 +14,13 @@ RunStatus::RunStatus(const std::vector<ForwardSpec> &forwards)
         rows_.push_back(std::move(row));
         counters_.push_back(std::make_shared<TrafficCounters>());
     }
+    captures_.resize(rows_.size());
+}
+
+void RunStatus::set_capture(std::size_t forward, std::shared_ptr<const CaptureState> state)
+{
+    std::lock_guard lock(mutex_);
+    captures_[forward] = std::move(state);
 }
 
 void RunStatus::set_serving(std::size_t forward, std::uint16_t bound_port)
@@ -38,12 +47,17 @@ void RunStatus::set_detail(std::size_t forward, const std::string &detail)
 std::vector<ForwardStatus> RunStatus::forwards() const
 {
     std::vector<ForwardStatus> out;
+    std::vector<std::shared_ptr<const CaptureState>> captures;
     {
         std::lock_guard lock(mutex_);
         out = rows_;
+        captures = captures_;
     }
-    for (std::size_t i = 0; i < out.size(); ++i)
+    for (std::size_t i = 0; i < out.size(); ++i) {
         out[i].traffic = counters_[i]->snapshot();
+        if (captures[i])
+            out[i].capture = captures[i]->snapshot();
+    }
     return out;
 }
 

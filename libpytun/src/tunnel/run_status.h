@@ -17,6 +17,8 @@
 
 namespace pytun::detail {
 
+class CaptureState;
+
 class RunStatus {
 public:
     /// One row per forward, in all_forwards() order.
@@ -28,6 +30,9 @@ public:
     void set_failed(std::size_t forward, const std::string &error);
     void set_detail(std::size_t forward, const std::string &detail);
 
+    /// A VPN forward's capture, shown with the forward from now on.
+    void set_capture(std::size_t forward, std::shared_ptr<const CaptureState> state);
+
     std::vector<ForwardStatus> forwards() const;
     /// The sum over every forward.
     TunnelStats total() const;
@@ -38,6 +43,7 @@ private:
     mutable std::mutex mutex_;
     std::vector<ForwardStatus> rows_; ///< traffic filled in at read time
     std::vector<std::shared_ptr<TrafficCounters>> counters_;
+    std::vector<std::shared_ptr<const CaptureState>> captures_; ///< by forward; null for other kinds
 };
 
 } // namespace pytun::detail

@@ -94,8 +94,18 @@ TunnelRun::TunnelRun(asio::io_context &io, TunnelOptions options, std::shared_pt
     forwards_.resize(specs_.size());
     states_.assign(specs_.size(), ForwardState::starting);
     retry_delays_.assign(specs_.size(), k_forward_retry_initial);
-    for (std::size_t i = 0; i < specs_.size(); ++i)
+    for (std::size_t i = 0; i < specs_.size(); ++i) {
         retry_timers_.push_back(std::make_unique<asio::steady_timer>(io));
+        show_keep(i); // an earlier run's: shown while this one connects
+    }
+}
+
+// A keep (the VPN capture) outlives runs and counts during outages: its
+// state shows with its forward from the run's start.
+void TunnelRun::show_keep(std::size_t index)
+{
+    if (const auto &keep = keeps_->slots[index])
+        status_->set_capture(index, keep->capture_state());
 }
 
 TunnelRun::~TunnelRun()
@@ -253,6 +263,7 @@ void TunnelRun::start_forward(std::size_t index)
     };
     handlers.described = [this, self, index](const std::string &detail) { status_->set_detail(index, detail); };
     forward->start(ForwardContext{*connection_, *pool_, *admission_, keeps_->slots[index]}, std::move(handlers));
+    show_keep(index); // made by the first run's start
 }
 
 void TunnelRun::on_forward_ready(std::size_t index, std::uint16_t bound_port)

@@ -73,6 +73,7 @@ private:
 
     void on_ready();
     void start_forward(std::size_t index);
+    void show_keep(std::size_t index);
     void on_forward_ready(std::size_t index, std::uint16_t bound_port);
     void on_forward_failed(std::size_t index, std::error_code ec, const std::string &message);
     void check_started();

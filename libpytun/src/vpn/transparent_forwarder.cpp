@@ -19,6 +19,7 @@
 #include "ssh/session.h"
 #include "vpn/capture.h"
 #include "vpn/dns_relay.h"
+#include "vpn/capture_state.h"
 #include "vpn/original_dst.h"
 
 namespace pytun::detail {
@@ -185,13 +186,14 @@ public:
     bool apply(std::string &message);
     /// A connection is up: captured connections go to `serve` of `owner`
     /// (a failback's new run attaches before the old one detaches).
-    void attach(const void *owner, std::function<void(asio::ip::tcp::socket)> serve,
-                std::shared_ptr<TrafficCounters> counters);
+    void attach(const void *owner, std::function<void(asio::ip::tcp::socket)> serve);
     /// `owner`'s connection is gone: unless another has attached since,
     /// captured connections are reset, or with `lift` (fail-open) the rules
     /// are removed until the next attach.
     void detach(const void *owner, bool lift);
     void close() override;
+    std::shared_ptr<const CaptureState> capture_state() const override { return state_; }
+    CaptureState &state() { return *state_; }
 
     std::uint16_t port() const { return plan.tcp_port; }
     const char *method() const { return capture_ ? to_string(capture_->method()) : "none"; }
@@ -220,8 +222,11 @@ private:
     std::unique_ptr<Capture> capture_;
     std::function<void(asio::ip::tcp::socket)> serve_;
     const void *owner_ = nullptr; ///< whose serve_
-    std::shared_ptr<TrafficCounters> counters_;
     const void *dns_owner_ = nullptr;
+    /// Counts across the tunnel's sessions (a session's TrafficCounters
+    /// start at zero, and while down there is none to count in). A DNS
+    /// relay, once open, shows its counts here: state_->set_dns(relay.counters()).
+    std::shared_ptr<CaptureState> state_ = std::make_shared<CaptureState>();
     bool closed_ = false;
 };
 
@@ -251,6 +256,8 @@ bool CaptureKeep::open(const TransparentForward &spec, const std::string &tunnel
     plan.router = router_address(spec.listen_address);
     plan.carry_ipv6 = spec.ipv6;
     capture_ = std::make_unique<Capture>(plan.id, tunnel, *method, log_);
+    state_->set_port(plan.tcp_port);
+    state_->set_installed(false, this->method());
     return true;
 }
 
@@ -370,15 +377,15 @@ bool CaptureKeep::apply(std::string &message)
 {
     if (!capture_)
         return false;
-    return capture_->apply(plan, message);
+    const bool applied = capture_->apply(plan, message);
+    state_->set_installed(capture_->installed(), method());
+    return applied;
 }
 
-void CaptureKeep::attach(const void *owner, std::function<void(asio::ip::tcp::socket)> serve,
-                         std::shared_ptr<TrafficCounters> counters)
+void CaptureKeep::attach(const void *owner, std::function<void(asio::ip::tcp::socket)> serve)
 {
     owner_ = owner;
     serve_ = std::move(serve);
-    counters_ = std::move(counters);
 }
 
 void CaptureKeep::detach(const void *owner, bool lift)
@@ -389,19 +396,20 @@ void CaptureKeep::detach(const void *owner, bool lift)
     serve_ = nullptr;
     if (lift && capture_ && capture_->installed()) {
         capture_->remove();
+        state_->set_installed(false, method());
         log_->warn("fail-open: capture lifted while the tunnel is down; connections go their direct way");
     }
 }
 
 void CaptureKeep::on_client(asio::ip::tcp::socket socket)
 {
+    state_->captured.fetch_add(1, std::memory_order_relaxed);
     if (serve_) {
         serve_(std::move(socket));
         return;
     }
     // Fail-closed: no tunnel, so nothing leaves; the client learns at once.
-    if (counters_)
-        counters_->refused.fetch_add(1, std::memory_order_relaxed);
+    state_->reset_while_down.fetch_add(1, std::memory_order_relaxed);
     log_aggregated(*log_, spdlog::level::debug, "captured while down",
                    "captured connection reset: the tunnel is down (reconnecting)");
     reset(socket);
@@ -420,6 +428,8 @@ void CaptureKeep::close()
         dns->close();
     if (capture_ && capture_->installed())
         log_->info("capture removed");
+    if (capture_)
+        state_->set_installed(false, method());
     capture_.reset(); // removes the rules, then the journal
 }
 
@@ -643,7 +653,7 @@ void TransparentForwarder::attach_dns()
 {
     if (!keep_->dns)
         return;
-    counters_->dns.store(keep_->dns->counters());
+    keep_->state().set_dns(keep_->dns->counters()); // status and metrics read them there
     if (resolver_)
         keep_->attach_dns(this, *opener_, *resolver_);
 }
@@ -665,9 +675,8 @@ void TransparentForwarder::install()
     log_->info("{}; port {}{}", detail, keep_->port(), keep_->plan.router ? "; also for the LAN" : "");
     if (handlers_.described)
         handlers_.described(detail);
-    keep_->attach(
-        this, [this, self = shared_from_this()](asio::ip::tcp::socket socket) { serve(std::move(socket)); },
-        counters_);
+    keep_->attach(this,
+                  [this, self = shared_from_this()](asio::ip::tcp::socket socket) { serve(std::move(socket)); });
     attach_dns();
     handlers_.ready(keep_->port());
 }
@@ -686,6 +695,7 @@ void TransparentForwarder::serve(asio::ip::tcp::socket socket)
     const auto destination = original_destination(socket);
     if (ec || !destination || *destination == local) {
         // Not redirected: a client of the listener itself would loop.
+        keep_->state().not_redirected.fetch_add(1, std::memory_order_relaxed);
         log_aggregated(*log_, spdlog::level::warn, "not redirected",
                        "connection to the capture's listener that no rule redirected refused (from " +
                            (ec ? std::string("?") : endpoint_text(peer)) + ")");

@@ -37,7 +37,7 @@ class SshSession;
 /// ("" when nothing): every subnet and exclude parses (no wildcard: the
 /// capture sees addresses, not names), there is something to capture, the
 /// listen address is a loopback or wildcard address.
-std::string check_transparent_forward(const TransparentForward &spec);
+PYTUN_CONNECTOR_USES std::string check_transparent_forward(const TransparentForward &spec);
 
 class TransparentForwarder final : public Forward, public std::enable_shared_from_this<TransparentForwarder> {
 public:
