@@ -266,7 +266,8 @@ std::string iptables_install_script(const CapturePlan &plan, bool v6)
     out += add + mark + " -j RETURN\n";
     out += add + "-o lo -j RETURN\n";
     for (const char *type : {"LOCAL", "BROADCAST", "MULTICAST"})
-        out += add + "-m addrtype --dst-type " + type + " -j RETURN\n";
+        if (!v6 || std::string_view(type) != "BROADCAST") // IPv6 has none: ip6tables refuses the match
+            out += add + "-m addrtype --dst-type " + type + " -j RETURN\n";
     if (v6)
         for (const char *type : {"router-solicitation", "neighbour-solicitation", "neighbour-advertisement"})
             out += add + "-p ipv6-icmp --icmpv6-type " + type + " -j RETURN\n";
