@@ -443,9 +443,11 @@ def case_sigterm(vl):
 
 
 def case_crash(vl):
-    """Item 4: after SIGKILL the rules stay; the next start removes them first; so does --cleanup."""
+    """Item 4: after SIGKILL the rules stay; the next start removes them first; so does --cleanup,
+    also when the journal is gone too (rules restored by netfilter-persistent, /run emptied)."""
     before = rulesets(vl.client)
-    for round_ in ("next start", "--cleanup"):
+    journals = os.path.join(vl.runtime, "vpn")
+    for round_ in ("next start", "--cleanup", "--cleanup without a journal"):
         vpn = vl.start(vl.topo.lan_subnet)
         vpn.wait_up()
         installed = rulesets(vl.client)
@@ -458,22 +460,26 @@ def case_crash(vl):
         if round_ == "next start":
             vpn = vl.start(vl.topo.lan_subnet)
             vpn.wait_up()
-            check("removed the capture" in vpn.stderr(),
-                  "the next start says it removed what the killed run left: " + vpn.stderr()[-2000:])
+            said = [x for x in vpn.stderr().splitlines() if "removed the capture" in x]
+            check(said, f"the next start says it removed what the killed run left: {said}")
             check(echo_once(vl.client, vl.echo), "and carries connections")
             check(vpn.signal(signal.SIGTERM) == 0, "SIGTERM: exit 0")
             after = rulesets(vl.client)
             check(after == before, "then SIGTERM leaves the ruleset exactly as before the first run "
                                    "(the leftover is gone, not doubled) " + diff_rulesets(before, after))
         else:
+            if round_ == "--cleanup without a journal":
+                check(os.listdir(journals), f"the killed run's journal is in {journals}")
+                for name in os.listdir(journals):
+                    os.remove(os.path.join(journals, name))
             r = vl.run(["vpn", "--cleanup"])
-            check(r.returncode == 0, f"pytun vpn --cleanup exits 0 ({r.returncode}): {r.stdout}{r.stderr}")
+            check(r.returncode == 0, f"{round_}: pytun vpn --cleanup exits 0 ({r.returncode}): {r.stdout}{r.stderr}")
             check("removed" in r.stdout + r.stderr, f"and says what it removed: {r.stdout}{r.stderr}")
             after = rulesets(vl.client)
             check(after == before, "the ruleset is exactly as before " + diff_rulesets(before, after))
             r = vl.run(["vpn", "--cleanup"])
             check(r.returncode == 0, f"a second --cleanup has nothing to do and exits 0: {r.stdout}{r.stderr}")
-    check(not os.listdir(os.path.join(vl.runtime, "vpn")), "no journal is left")
+    check(not os.listdir(journals), "no journal is left")
 
 
 def host_firewall(ns):
