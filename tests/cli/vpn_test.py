@@ -508,12 +508,17 @@ def case_nat(vl):
     SIGKILL then --cleanup too."""
     # A namespace without any iptables rule: iptables-nft creates the built-in chains
     # of nat and filter on first use and never removes them; nothing else may stay.
-    vpn = vl.start("--method", "nat", vl.topo.lan_subnet)
+    t = vl.topo
+    vpn = vl.start("--method", "nat", t.lan_subnet, *([t.lan_subnet6] if t.lan_subnet6 else []))
     line = vpn.wait_up()
     check("method nat" in line, f"the up line says method nat: {line!r}")
     check(any(x.startswith(":PYTUN-") for x in pytun_rules(vl.client)),
           f"iptables chains PYTUN-*: {pytun_rules(vl.client)}")
     check(echo_once(vl.client, vl.echo), "a connection through the tunnel")
+    if t.lan_subnet6:
+        check(echo_once(vl.client, vl.echo6), "and one over IPv6 (ip6tables)")
+        outcome = connect_outcome(vl.client, (t.lan_ip6, REFUSED_PORT))
+        check(outcome in ("refused", "reset"), f"a refused IPv6 port resets the client ({outcome})")
     check(vpn.signal(signal.SIGTERM) == 0, "SIGTERM: exit 0")
     left = {name: rule_lines(text) for name, text in rulesets(vl.client).items()}
     check(not any(left.values()), f"from a namespace without rules: not one rule or chain of pytun's is left "
