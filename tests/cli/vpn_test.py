@@ -425,12 +425,23 @@ def case_bastion_subnet(vl):
 
 
 def case_sigterm(vl):
-    """Item 4: SIGTERM leaves the ruleset exactly as it was; nothing left in the journal directory."""
+    """Item 4: SIGTERM leaves the ruleset exactly as it was; nothing left in the journal directory;
+    a second run of the same capture is refused without disturbing the first."""
     before = rulesets(vl.client)
     vpn = vl.start(vl.topo.lan_subnet)
     vpn.wait_up()
     check(pytun_rules(vl.client), f"while up, pytun's rules are in the client's ruleset: {pytun_rules(vl.client)}")
     check(echo_once(vl.client, vl.echo), "a connection through the tunnel")
+    installed = rulesets(vl.client)
+    second = vl.start("-l", "12299", vl.topo.lan_subnet)  # the same capture: same bastion and user
+    try:
+        rc = second.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        rc = None
+    check(rc == 1 and f"pid {vpn.proc.pid}" in second.stderr() and not second.up_line(),
+          f"a second pytun vpn for the same bastion in this namespace exits 1 naming the first ({rc})")
+    check(rulesets(vl.client) == installed and echo_once(vl.client, vl.echo),
+          "and leaves the first one's rules alone: it still carries")
     check(vpn.signal(signal.SIGTERM) == 0, "SIGTERM: exit 0")
     after = rulesets(vl.client)
     check(after == before, "after SIGTERM nft list ruleset, iptables-save and ip6tables-save are exactly as "
