@@ -307,9 +307,6 @@ table inet {self.TABLE} {{
         out = self.ns.run([netlab._tool("nft"), "list", "counter", "inet", self.TABLE, "lan"]).stdout
         return int(re.search(r"packets (\d+)", out).group(1))
 
-    def remove(self):
-        self.ns.nft(f"delete table inet {self.TABLE}")
-
 
 # --- cases -----------------------------------------------------------------------------
 
@@ -408,8 +405,9 @@ def case_bastion_subnet(vl):
     everything = "198.18.0.0/15"  # the client's link (the bastion: 198.18.0.2) and the LAN
     counter = LanCounter(vl)
     vpn = vl.start(everything)
-    vpn.wait_up()
-    check(True, f"with {everything}, which contains the bastion {t.ssh_host}, the tunnel comes up")
+    line = vpn.wait_up()
+    check(f"capturing {everything} through" in line,
+          f"with {everything}, which contains the bastion {t.ssh_host}, the tunnel comes up: {line!r}")
     check(echo_once(vl.client, vl.echo), "and carries connections to the LAN")
     check(counter.packets() == 0, "nothing went to the LAN directly")
     t.stop_sshd()
