@@ -95,6 +95,11 @@ bool build_spec(const VpnArgs &args, TransparentForward &spec, std::string &erro
         error = "nothing to capture: give at least one SUBNET (e.g. 10.0.0.0/8), -s FILE or -N";
         return false;
     }
+    // A bad CIDR is the command line's fault (exit 2), found before connecting.
+    for (const auto *list : {&spec.subnets, &spec.exclude})
+        for (const auto &subnet : *list)
+            if (!check_destination(subnet, error))
+                return false;
     spec.auto_nets = args.auto_nets;
     spec.nameservers = split_commas(args.ns_hosts);
     spec.dns = args.dns || !spec.nameservers.empty();
