@@ -56,12 +56,18 @@ class StartError(PhaseError):
 # /proc helpers
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process (all its threads) in seconds."""
+def cpu_times(pid):
+    """(utime + stime of a process, all its threads; cutime + cstime, its
+    children that have ended and been waited for) in seconds."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process (all its threads) in seconds."""
+    return cpu_times(pid)[0]
 
 
 def status_kib(pid, key):
@@ -84,10 +90,11 @@ def pss_kib(pid):
 
 
 def listen_overflows():
-    """TcpExt ListenOverflows of this network namespace: SYNs dropped because
-    an accept queue was full (tells whether a backlog shaped the result)."""
+    """TcpExt ListenOverflows of this thread's network namespace (netlab's
+    Namespace.call runs it in a lab namespace): SYNs dropped because an
+    accept queue was full (tells whether a backlog shaped the result)."""
     try:
-        with open("/proc/net/netstat") as f:
+        with open("/proc/thread-self/net/netstat") as f:
             lines = f.read().splitlines()
         for names, values in zip(lines[::2], lines[1::2]):
             if names.startswith("TcpExt:"):
@@ -340,6 +347,23 @@ def restrict_server_crypto(info):
     text = Path(cfg).read_text()
     Path(cfg).write_text("Ciphers %s\nMACs %s\n%s" % (CIPHER, MAC, text))
     return "sshd restricted to Ciphers %s, MACs %s" % (CIPHER, MAC)
+
+
+# --------------------------------------------------------------------------
+# Tables: rows of strings, the first column a label, the others right-aligned
+
+
+def text_table(head, rows):
+    """Lines of a plain-text table."""
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    fmt = "  ".join("%%-%ds" % w if i == 0 else "%%%ds" % w for i, w in enumerate(widths))
+    return [fmt % tuple(head), "  ".join("-" * w for w in widths)] + [fmt % tuple(r) for r in rows]
+
+
+def markdown_table(head, rows):
+    """Lines of a Markdown table; the last column (e.g. "better") left-aligned."""
+    out = ["| %s |" % " | ".join(head), "|---|%s---|" % ("---:|" * (len(head) - 2))]
+    return out + ["| %s |" % " | ".join(r) for r in rows]
 
 
 # --------------------------------------------------------------------------

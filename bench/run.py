@@ -33,8 +33,8 @@ import socks_burst  # noqa: E402  (tests/support/socks_burst.py)
 import sshd_fixture  # noqa: E402  (tests/support/sshd_fixture.py)
 from measure import (  # noqa: E402  (bench/measure.py: what run.py and vpn.py share)
     CIPHER, GiB, MAC, MiB, START_TIMEOUT, Entry, FixtureInfo, PhaseError, StartError, comm, concurrent,
-    cpu_seconds, download, environment, latency, listen_overflows, log, parse_size, percentile, pss_kib,
-    restrict_server_crypto, status_kib, upload)
+    cpu_seconds, download, environment, latency, listen_overflows, log, markdown_table, parse_size, percentile,
+    pss_kib, restrict_server_crypto, status_kib, text_table, upload)
 
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 
@@ -732,27 +732,11 @@ def header(results):
 
 
 def render_text(results, args):
-    rows = build_rows(results, args)
-    head = header(results)
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = []
-    fmt = "  ".join("%%-%ds" % w if i == 0 else "%%%ds" % w for i, w in enumerate(widths))
-    lines.append(fmt % head)
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append(fmt % r)
-    lines.append("")
-    lines.extend(describe(results, args))
-    return "\n".join(lines)
+    return "\n".join(text_table(header(results), build_rows(results, args)) + [""] + describe(results, args))
 
 
 def render_markdown(results, args):
-    rows = build_rows(results, args)
-    head = header(results)
-    out = ["| %s |" % " | ".join(head), "|---|%s---|" % ("---:|" * (len(head) - 2))]
-    for r in rows:
-        out.append("| %s |" % " | ".join(r))
-    out.append("")
+    out = markdown_table(header(results), build_rows(results, args)) + [""]
     out.extend("- " + line for line in describe(results, args) if line)
     return "\n".join(out) + "\n"
 

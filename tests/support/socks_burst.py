@@ -9,12 +9,15 @@ destination (IPv4, IPv6 or a name the proxy resolves), then PAYLOAD random
 bytes, then wait until the same bytes come back. Its time is from its own
 connect() call to the last byte of the echo. All sockets are created first
 and connected in one tight loop; one selector loop then drives them all.
+Without a proxy (None; no --proxy) each connection goes to the destination
+itself and sends the payload at once: the same burst through a port forward
+(ssh -L) or a transparent proxy (a VPN capturing the destination).
 
 As a module: burst(proxy, destination, count=100) -> dict (see below).
 As a program (prints that dict as JSON; exit 0 when every connection got its
 echo, 1 otherwise, 2 on bad arguments):
 
-    socks_burst.py --proxy HOST:PORT --to HOST:PORT [-n 100] [--size 32] [--timeout 30]
+    socks_burst.py [--proxy HOST:PORT] --to HOST:PORT [-n 100] [--size 32] [--timeout 30]
                    [--username U --password P]
 
 Result: count, ok, failed, p50_ms, p99_ms, min_ms, max_ms, mean_ms (over the
@@ -108,6 +111,7 @@ class _Connection:
 class _Burst:
     def __init__(self, proxy, destination, count, size, username, password):
         self.proxy = proxy
+        self.connect_to = proxy or destination
         self.request = connect_request(*destination)
         self.auth = None
         if username is not None:
@@ -120,14 +124,14 @@ class _Burst:
         self.sel = selectors.DefaultSelector()
 
     def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.proxy[0] else socket.AF_INET
+        family = socket.AF_INET6 if ":" in self.connect_to[0] else socket.AF_INET
         for c in self.conns:  # sockets first, so the connects below leave together
             c.sock = socket.socket(family, socket.SOCK_STREAM)
             c.sock.setblocking(False)
             c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for c in self.conns:
             c.start = time.perf_counter()
-            err = c.sock.connect_ex(self.proxy)
+            err = c.sock.connect_ex(self.connect_to)
             if err not in (0, errno.EINPROGRESS):
                 c.fail(os.strerror(err))
                 self._close(c)
@@ -167,7 +171,7 @@ class _Burst:
             err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
-            c.stage, c.out = "method", self.greeting
+            c.stage, c.out = ("method", self.greeting) if self.proxy else ("echo", c.payload)
         if c.out:
             sent = c.sock.send(c.out)
             c.out = c.out[sent:]
@@ -229,7 +233,7 @@ class _Burst:
     def report(self) -> dict:
         times = [c.ms for c in self.conns if c.ms is not None]
         return {
-            "proxy": "%s:%d" % self.proxy,
+            "proxy": "%s:%d" % self.proxy if self.proxy else None,
             "count": len(self.conns),
             "ok": len(times),
             "failed": len(self.conns) - len(times),
@@ -253,9 +257,10 @@ def _raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
-def burst(proxy: tuple[str, int], destination: tuple[str, int], count: int = 100, size: int = 32,
+def burst(proxy: tuple[str, int] | None, destination: tuple[str, int], count: int = 100, size: int = 32,
           timeout: float = 30.0, username: str | None = None, password: str | None = None) -> dict:
-    """Start `count` SOCKS5 connections through `proxy` to `destination` at once; see the module doc."""
+    """Start `count` SOCKS5 connections through `proxy` (None: plain TCP) to `destination` at once;
+    see the module doc."""
     if count < 1 or size < 1:
         raise ValueError("count and size must be >= 1")
     _raise_fd_limit(count + 64)
@@ -275,9 +280,10 @@ def burst(proxy: tuple[str, int], destination: tuple[str, int], count: int = 100
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--proxy", required=True, type=parse_endpoint, metavar="HOST:PORT")
+    parser.add_argument("--proxy", type=parse_endpoint, metavar="HOST:PORT",
+                        help="the SOCKS5 proxy (without it: plain TCP connections to --to)")
     parser.add_argument("--to", required=True, type=parse_endpoint, metavar="HOST:PORT",
-                        help="destination the proxy connects to (an echo service)")
+                        help="destination (an echo service), through the proxy when one is given")
     parser.add_argument("-n", "--count", type=int, default=100)
     parser.add_argument("--size", type=int, default=32, help="payload bytes per connection")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole burst")
