@@ -211,6 +211,24 @@ def latency(entry, samples, deadline):
     return out
 
 
+def round_trips(entry, samples, deadline):
+    """On one open connection: `samples` sequential 32-byte requests, each
+    timed until its echo is back (the tunnel's per-message latency, without
+    the connect); return a list of ms."""
+    payload = os.urandom(32)
+    out = []
+    with entry.connect(min(_remaining(deadline), 10)) as s:
+        for _ in range(samples):
+            s.settimeout(min(_remaining(deadline), 10))
+            t0 = time.perf_counter()
+            s.sendall(payload)
+            echoed = services.recv_exact(s, 32)
+            out.append((time.perf_counter() - t0) * 1000.0)
+            if echoed != payload:
+                raise PhaseError("echo returned different bytes")
+    return out
+
+
 def percentile(values, p):
     """Nearest-rank percentile (p in 0..100)."""
     v = sorted(values)

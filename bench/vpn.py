@@ -35,7 +35,8 @@ Phases, interleaved per phase (pytun vpn, sshuttle, ssh -L, then the next):
                helper) plus every process in the bastion's (sshd and its
                children: sshuttle's server-side Python), from /proc/PID/stat
   echo         latency: --latency-samples sequential connect + 32-byte echo +
-               close (p50, p99); then --concurrent connections opened at the
+               close (p50, p99), and as many 32-byte request/responses on one
+               open connection; then --concurrent connections opened at the
                same instant, each echoing --concurrent-bytes: how many came
                back intact, and the client namespace's listen-queue overflows
   burst        a second lab topology whose sshd is behind a delay relay
@@ -75,7 +76,7 @@ import sshd_fixture  # noqa: E402  (tests/support/sshd_fixture.py)
 from measure import (  # noqa: E402  (bench/measure.py: what run.py and vpn.py share)
     CIPHER, GiB, MAC, MiB, START_TIMEOUT, Entry, PhaseError, StartError, concurrent, cpu_times, download,
     environment, latency, listen_overflows, log, markdown_table, parse_size, percentile, restrict_server_crypto,
-    text_table, upload)
+    round_trips, text_table, upload)
 from testcheck import wait_until  # noqa: E402  (tests/support/testcheck.py)
 
 EXIT_SKIP = 77
@@ -336,6 +337,9 @@ def measure_echo(contender, topo, args):
             ms = topo.client.call(latency, entry, args.latency_samples, time.monotonic() + args.latency_timeout)
             res.update(latency_p50_ms=percentile(ms, 50), latency_p99_ms=percentile(ms, 99),
                        latency_samples_ms=[round(x, 4) for x in ms])
+            ms = topo.client.call(round_trips, entry, args.latency_samples, time.monotonic() + args.latency_timeout)
+            res.update(latency_rr_p50_ms=percentile(ms, 50), latency_rr_p99_ms=percentile(ms, 99),
+                       latency_rr_samples_ms=[round(x, 4) for x in ms])
         if "concurrent" in args.phases:
             overflows0 = topo.client.call(listen_overflows)
             intact, failed, wall, done_at = topo.client.call(
@@ -453,6 +457,8 @@ METRICS = [
     ("down_server_cpu_s_per_gib", "  of which the bastion", "%.2f", "lower"),
     ("latency_p50_ms", "connect+echo latency p50 ms", "%.3f", "lower"),
     ("latency_p99_ms", "connect+echo latency p99 ms", "%.3f", "lower"),
+    ("latency_rr_p50_ms", "request/response on one connection p50 ms", "%.3f", "lower"),
+    ("latency_rr_p99_ms", "request/response on one connection p99 ms", "%.3f", "lower"),
     ("concurrent_intact", "{n} opened at once: intact (x {k} KiB)", "%d", "higher"),
     ("concurrent_wall_s", "{n} opened at once: wall time s", "%.2f", "lower"),
     ("concurrent_listen_overflows", "{n} opened at once: listen-queue overflows", "%d", "lower"),
