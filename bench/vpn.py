@@ -164,9 +164,10 @@ class PytunVpn(Contender):
     def unavailable(self):
         if not os.access(self.binary, os.X_OK):
             return "%s not built" % self.binary
-        r = subprocess.run([self.binary, "vpn", "--help"], stdin=subprocess.DEVNULL, capture_output=True)
-        if r.returncode != 0:
-            return "%s has no vpn command (vpn --help exits %d)" % (self.binary, r.returncode)
+        # A binary without the command prints its general help (exit 0) for `vpn --help`.
+        r = subprocess.run([self.binary, "vpn", "--help"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if r.returncode != 0 or "Usage: pytun vpn" not in r.stdout:
+            return "%s has no vpn command" % self.binary
         return None
 
     def command(self, topo):
