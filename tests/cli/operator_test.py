@@ -21,7 +21,7 @@ from clitest import (REPO, Env, Failure, Skip, check, echo_roundtrip, kill_pid, 
 
 BUILD = os.environ.get("PYTUN_BUILD_ROOT", "")
 MODE_FLAGS = ["--check", "--test_smtp", "--test_http", "--test_connections", "--test_tunnels", "--test_all",
-              "--make-key", "--version", "--log-level", "--log-format", "forward"]
+              "--make-key", "--version", "--log-level", "--log-format", "forward", "vpn"]
 
 
 def help_flags(binary, *command):
@@ -29,7 +29,7 @@ def help_flags(binary, *command):
     r = subprocess.run([binary, *command, "--help"], capture_output=True, text=True, timeout=30)
     check(r.returncode == 0, "pytun %s--help: exit 0" % "".join(c + " " for c in command))
     options = r.stdout.split("Examples:")[0]
-    return r.stdout, sorted(set(re.findall(r"(--[a-z][a-z_-]+)", options)))
+    return r.stdout, sorted(set(re.findall(r"(--[a-z][a-z0-9_-]+)", options)))
 
 
 def tool(name):
@@ -231,6 +231,14 @@ def case_help(binary):
         check(flag in man, "pytun(1) documents pytun forward %s" % flag)
         check(re.search(r"\s%s(\s|\))" % re.escape(flag), forward_completion),
               "the bash completion offers pytun forward %s" % flag)
+    vpn_text, vpn_flags = help_flags(binary, "vpn")
+    vpn_completion = completion.split("_pytun_vpn()", 1)[1]
+    for flag in vpn_flags:
+        check(flag in man, "pytun(1) documents pytun vpn %s" % flag)
+        check(re.search(r"\s%s(\s|\))" % re.escape(flag), vpn_completion),
+              "the bash completion offers pytun vpn %s" % flag)
+    check({"--remote", "--dns", "--to-ns", "--ns-hosts", "--method", "--cleanup", "--fail-open"} <= set(vpn_flags),
+          "pytun vpn --help lists its options: %s" % " ".join(vpn_flags))
     check({"--remote", "--identity", "--known-hosts", "--allow"} <= set(forward_flags)
           and re.search(r"^\s+pytun forward -r \S+ -i ", forward_text.split("Examples:", 1)[-1], re.M),
           "pytun forward --help lists its options and has examples: %s" % " ".join(forward_flags))

@@ -27,94 +27,6 @@
 namespace pytun::cli {
 namespace {
 
-// Errors a retry cannot mend: the command says why and exits 1.
-bool is_permanent(const std::error_code &ec)
-{
-    if (ec.category() != error_category())
-        return false;
-    switch (static_cast<Errc>(ec.value())) {
-    case Errc::invalid_options:
-    case Errc::host_key_unknown:
-    case Errc::host_key_changed:
-    case Errc::host_key_revoked:
-    case Errc::known_hosts_unreadable:
-    case Errc::key_file_unreadable:
-    case Errc::key_encrypted:
-    case Errc::key_unsupported:
-    case Errc::rsa_key_refused:
-    case Errc::key_not_authorized:
-    case Errc::local_port_unavailable: // every forward: one that fails beside others is retried
-    case Errc::proxy_auth_failed:
-        return true;
-    default:
-        return false;
-    }
-}
-
-std::string current_user()
-{
-    if (const passwd *pw = getpwuid(geteuid()))
-        return pw->pw_name;
-    return "root";
-}
-
-std::string host_port(const std::string &host, std::uint16_t port)
-{
-    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
-}
-
-// [USER@]HOST[:PORT]; HOST a name, an IPv4 address, an [IPv6] address, or a
-// bare IPv6 address (then without a port, as for ssh).
-bool parse_remote(const std::string &text, TunnelOptions &o, std::string &error)
-{
-    const std::string form = "-r '" + text + "': expected [USER@]HOST[:PORT]";
-    std::string rest = text;
-    o.username = current_user();
-    if (auto at = rest.rfind('@'); at != std::string::npos) {
-        o.username = rest.substr(0, at);
-        rest = rest.substr(at + 1);
-    }
-    std::string port;
-    bool has_port = false;
-    if (!rest.empty() && rest[0] == '[') {
-        const auto close = rest.find(']');
-        if (close == std::string::npos) {
-            error = form + " ('[' without ']')";
-            return false;
-        }
-        o.server_host = rest.substr(1, close - 1);
-        if (close + 1 < rest.size()) {
-            if (rest[close + 1] != ':') {
-                error = form + " (':PORT' after ']')";
-                return false;
-            }
-            port = rest.substr(close + 2);
-            has_port = true;
-        }
-    } else if (std::count(rest.begin(), rest.end(), ':') == 1) {
-        const auto colon = rest.find(':');
-        o.server_host = rest.substr(0, colon);
-        port = rest.substr(colon + 1);
-        has_port = true;
-    } else {
-        o.server_host = rest;
-    }
-    if (o.server_host.empty() || o.username.empty()) {
-        error = form;
-        return false;
-    }
-    if (has_port) {
-        unsigned value = 0;
-        auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-        if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value == 0 || value > 65535) {
-            error = "-r '" + text + "': '" + port + "' is not a port (1-65535)";
-            return false;
-        }
-        o.server_port = static_cast<std::uint16_t>(value);
-    }
-    return true;
-}
-
 // The first line of a file, for the SOCKS password (never on the command
 // line, where every local user could read it in ps).
 bool read_secret(const std::string &path, std::string &secret, std::string &error)
@@ -239,11 +151,6 @@ std::vector<std::string> serving_key(const std::vector<ForwardStatus> &forwards)
     return out;
 }
 
-bool serving(ManagedState s)
-{
-    return s == ManagedState::up || s == ManagedState::degraded;
-}
-
 } // namespace
 
 int run_forward(const ForwardArgs &args)
@@ -290,83 +197,24 @@ int run_forward(const ForwardArgs &args)
     }
     if (!add_forwards(args, socks_password, o, error))
         return usage(error);
-    set_log_level(args.verbose ? LogLevel::debug : LogLevel::warning);
-    std::string message;
-    raise_descriptor_limit(message);
-
-    ManagerOptions mo;
-    mo.threads = 1;
-    mo.grace_period = std::chrono::seconds(args.grace);
-    TunnelManager manager(mo);
-    // State changes reach the main thread through this queue: it prints them,
-    // and ends the command on an error no retry can mend.
-    std::mutex mutex;
-    std::deque<TunnelEvent> events;
-    Subscription subscription = manager.subscribe([&](const TunnelEvent &e) {
-        std::lock_guard lock(mutex);
-        events.push_back(e);
-    });
-    if (ApplyResult applied = manager.apply({o}); applied.error)
-        return usage(applied.message);
-
-    ServiceNotifier notifier;
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGHUP);
-    // Often enough that "connected" is printed as soon as it is true.
-    const auto tick = std::min(notifier.tick(), std::chrono::milliseconds(200));
-    bool up = false;
+    Foreground run;
+    run.command = "pytun forward";
+    run.grace = args.grace;
+    run.verbose = args.verbose;
     std::vector<std::string> shown;
-    for (;;) {
-        timespec timeout{static_cast<time_t>(tick.count() / 1000), static_cast<long>(tick.count() % 1000) * 1000000L};
-        const int sig = sigtimedwait(&signals, nullptr, &timeout);
-        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
-            std::cerr << "pytun forward: " << strsignal(sig) << ": stopping; open connections get up to "
-                      << args.grace << " s to finish\n";
-            break;
+    run.serving = [&o, &shown](const TunnelStatus &status, bool first) {
+        auto key = serving_key(status.forwards);
+        if (first) {
+            const std::string route = describe_route(o);
+            std::cerr << "pytun forward: connected to " << o.name << (route.empty() ? "" : " " + route)
+                      << forwards_text(o.forwards, status.forwards) << "\n";
+        } else if (key != shown) {
+            std::cerr << "pytun forward: forwards of " << o.name << " now:" << forwards_text(o.forwards, status.forwards)
+                      << "\n";
         }
-        std::deque<TunnelEvent> changes;
-        {
-            std::lock_guard lock(mutex);
-            changes.swap(events);
-        }
-        for (const TunnelEvent &e : changes) {
-            if (e.to != ManagedState::backing_off)
-                continue;
-            const std::string why = e.message.empty() ? e.error.message() : e.message;
-            if (is_permanent(e.error)) {
-                std::cerr << "pytun forward: " << why << "\n";
-                notifier.stopping();
-                manager.stop();
-                return k_exit_failed;
-            }
-            std::cerr << "pytun forward: " << (serving(e.from) ? "connection lost: " : "cannot connect: ") << why
-                      << "; retrying\n";
-        }
-        const auto status = manager.status();
-        const bool now_up = !status.empty() && serving(status[0].state);
-        if (now_up) {
-            auto key = serving_key(status[0].forwards);
-            if (!up) {
-                const std::string route = describe_route(o);
-                std::cerr << "pytun forward: connected to " << o.name << (route.empty() ? "" : " " + route)
-                          << forwards_text(o.forwards, status[0].forwards) << "\n";
-                notifier.ready("connected to " + o.name);
-            } else if (key != shown) {
-                std::cerr << "pytun forward: forwards of " << o.name << " now:"
-                          << forwards_text(o.forwards, status[0].forwards) << "\n";
-            }
-            shown = std::move(key);
-        }
-        up = now_up;
-        if (notifier.enabled() && manager.responsive(std::chrono::seconds(1)))
-            notifier.watchdog();
-    }
-    notifier.stopping();
-    manager.stop();
-    return k_exit_ok;
+        shown = std::move(key);
+    };
+    return run_foreground(o, run);
 }
 
 } // namespace pytun::cli

@@ -2,12 +2,14 @@
 // The pytun command's sub-commands (one file each) and what they share.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include <pytun/config.h>
+#include <pytun/manager.h>
 #include <pytun/logging.h>
 
 namespace pytun::cli {
@@ -62,6 +64,25 @@ TunnelOptions tunnel_options(const TunnelConfig &tunnel, const EnvironmentProxy 
 std::optional<Config> load_or_report(const std::string &path, const LoadOptions &options = {},
                                      std::vector<Diagnostic> *warnings = nullptr);
 
+/// "host:port", or "[v6]:port".
+std::string host_port(const std::string &host, std::uint16_t port);
+/// -r [USER@]HOST[:PORT] into o.username (default: the current user),
+/// o.server_host and o.server_port; false and `error` when it does not parse.
+bool parse_remote(const std::string &text, TunnelOptions &o, std::string &error);
+
+/// How a foreground command (pytun forward, pytun vpn) runs its one tunnel.
+struct Foreground {
+    std::string command;  ///< begins each of its lines: "pytun forward"
+    unsigned grace = 5;   ///< seconds open connections get when it stops
+    bool verbose = false; ///< the library's lines from debug on (else warnings only)
+    /// While serving, at each check; `first`: since start or since it was lost.
+    std::function<void(const TunnelStatus &, bool first)> serving;
+};
+/// Runs `o` (its options already parsed) until SIGTERM, SIGINT or SIGHUP
+/// (exit 0), or an error no retry can mend (exit 1); options the library
+/// rejects exit 2. Notifies systemd (READY once serving, the watchdog).
+int run_foreground(const TunnelOptions &o, const Foreground &how);
+
 /// `pytun forward` (docs/cli.md): its command line.
 struct ForwardArgs {
     std::string remote;       ///< -r [USER@]HOST[:PORT]
@@ -80,8 +101,40 @@ struct ForwardArgs {
     bool verbose = false;
 };
 
+/// `pytun vpn` (docs/vpn.md): sshuttle's options where sshuttle has them.
+struct VpnArgs {
+    std::string remote;       ///< -r [USER@]HOST[:PORT]
+    std::string key_file;     ///< -i
+    std::string known_hosts;  ///< --known-hosts
+    std::vector<std::string> subnets;      ///< SUBNET... (after @FILE expansion)
+    std::vector<std::string> exclude;      ///< -x
+    std::vector<std::string> exclude_files; ///< -X
+    std::vector<std::string> subnet_files;  ///< -s
+    bool dns = false;
+    std::string ns_hosts;     ///< --ns-hosts IP[,IP]
+    std::string to_ns;        ///< --to-ns IP[:PORT]
+    bool auto_nets = false;   ///< -N
+    std::string method = "auto";
+    std::string listen;       ///< -l [IP:]PORT
+    bool disable_ipv6 = false;
+    bool fail_open = false;
+    bool daemon = false;      ///< -D
+    std::string pidfile;
+    bool cleanup = false;
+    unsigned keep_alive = 30;
+    unsigned max_sessions = 8;
+    unsigned min_sessions = 1;
+    unsigned grace = 5;
+    bool verbose = false;
+};
+
+/// sshuttle's @FILE arguments: each line of FILE (without its line end) is
+/// one argument; empty when every argument was read, else the error.
+std::string expand_argument_files(std::vector<std::string> &args);
+
 int run_connector(const std::string &config_path, const LogFlags &log_flags);
 int run_forward(const ForwardArgs &args);
+int run_vpn(const VpnArgs &args);
 int check_config(const std::string &config_path);
 int test_smtp(const Config &config, std::ostream &out);
 int test_http(const Config &config, std::ostream &out);

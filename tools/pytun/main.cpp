@@ -4,6 +4,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -32,6 +33,8 @@ std::string help_examples()
            "    pytun --config_ini /etc/pytun/connector.ini --test_all\n"
            "  forward ports through one SSH connection, like ssh -N (see pytun forward --help):\n"
            "    pytun forward -r tunnel@bastion.example.com -i key --known-hosts known_hosts -L 5432:db:5432\n"
+           "  reach whole subnets through the bastion, sshuttle-style, DNS included (see pytun vpn --help):\n"
+           "    pytun vpn -r tunnel@bastion.example.com -i key --known-hosts known_hosts --dns 10.0.0.0/8\n"
            "  make a key that may only listen on one tunnel's port:\n"
            "    pytun --make-key /etc/pytun/tunnels/ldap.ini\n"
            "  the versions of pytun, libssh2 and OpenSSL:\n"
@@ -156,8 +159,89 @@ int main(int argc, char **argv)
                     "        --proxy http://proxy.corp:3128 -L 5432:db.internal:5432\n"
                     "More: man pytun; " PYTUN_DOCDIR "/docs/cli.md");
 
+    VpnArgs vpn_args;
+    CLI::App *vpn = app.add_subcommand(
+        "vpn", "sshuttle's transparent proxy over plain SSH channels: capture TCP to SUBNETs (and DNS) with "
+               "nftables or iptables and carry it through the bastion; nothing to install there. In the "
+               "foreground until SIGTERM or SIGINT (rules removed, exit 0); needs root or CAP_NET_ADMIN; exit 2 "
+               "for a command line that cannot work, 1 when it cannot capture or the bastion refuses");
+    vpn->add_option("subnets", vpn_args.subnets,
+                    "captured: IP/MASK[:PORT[-PORT]], an address, a host name (all its addresses), 0/0, ::/0; "
+                    "@FILE reads arguments from FILE, one per line")
+        ->type_name("SUBNET...");
+    vpn->add_option("-r,--remote", vpn_args.remote, "the bastion (an IPv6 address in brackets when a port follows)")
+        ->type_name("[USER@]HOST[:PORT]");
+    vpn->add_option("-i,--identity", vpn_args.key_file, "private key (OpenSSH or PEM)")->type_name("KEYFILE");
+    vpn->add_option("--known-hosts", vpn_args.known_hosts, "known_hosts file with the bastion's host key")
+        ->type_name("FILE");
+    vpn->add_flag("--dns", vpn_args.dns,
+                  "capture DNS to this machine's nameservers and resolve through the bastion's resolver");
+    vpn->add_option("--ns-hosts", vpn_args.ns_hosts, "capture DNS to these nameservers instead (implies --dns)")
+        ->type_name("IP[,IP]");
+    vpn->add_option("--to-ns", vpn_args.to_ns,
+                    "the resolver to ask, as the bastion reaches it (default: one of its resolv.conf)")
+        ->type_name("IP[:PORT]");
+    vpn->add_option("-x,--exclude", vpn_args.exclude, "never captured, same syntax as SUBNET (repeatable)")
+        ->type_name("SUBNET")
+        ->allow_extra_args(false);
+    vpn->add_option("-X,--exclude-from", vpn_args.exclude_files, "excluded subnets from a file (repeatable)")
+        ->type_name("FILE")
+        ->allow_extra_args(false);
+    vpn->add_option("-s,--subnets", vpn_args.subnet_files, "captured subnets from a file (repeatable)")
+        ->type_name("FILE")
+        ->allow_extra_args(false);
+    vpn->add_flag("-N,--auto-nets", vpn_args.auto_nets,
+                  "also capture the bastion's routes (minus loopback, link-local and the default route)");
+    vpn->add_option("--method", vpn_args.method, "nft, nat (iptables), or auto: nft when it is installed")
+        ->check(CLI::IsMember({"auto", "nft", "nat"}))
+        ->capture_default_str();
+    vpn->add_option("-l,--listen", vpn_args.listen,
+                    "where captured connections arrive (default 127.0.0.1 and ::1, port 12300 or the first free "
+                    "below); 0.0.0.0 or [::] also captures what this machine routes for its LAN")
+        ->type_name("[IP:]PORT");
+    vpn->add_flag("--disable-ipv6", vpn_args.disable_ipv6, "do not carry IPv6: IPv6 to the subnets is blocked");
+    vpn->add_flag("--fail-open", vpn_args.fail_open,
+                  "while the SSH connection is down, lift the capture (default: captured connections are reset)");
+    vpn->add_flag("-D,--daemon", vpn_args.daemon, "run in the background once up; log to syslog");
+    vpn->add_option("--pidfile", vpn_args.pidfile, "with -D: write the pid here (default ./pytun-vpn.pid)")
+        ->type_name("FILE");
+    vpn->add_flag("--cleanup", vpn_args.cleanup,
+                  "remove the rules that crashed pytun runs left in this network namespace, then exit");
+    vpn->add_option("--keep-alive", vpn_args.keep_alive, "seconds between health checks (0: none)")
+        ->check(CLI::Range(0, 86400))
+        ->capture_default_str();
+    vpn->add_option("--max-sessions", vpn_args.max_sessions, "SSH connections for bursts of connections")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+    vpn->add_option("--min-sessions", vpn_args.min_sessions, "of those, kept open while idle")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+    vpn->add_option("--grace", vpn_args.grace, "seconds open connections get to finish when stopped")
+        ->check(CLI::Range(0, 3600))
+        ->capture_default_str();
+    vpn->add_flag("-v,--verbose", vpn_args.verbose, "debug lines, one per connection");
+    vpn->footer("Examples:\n"
+                "  the office network and its DNS, through the bastion:\n"
+                "    pytun vpn -r tunnel@bastion.example.com -i key --known-hosts kh --dns 10.0.0.0/8\n"
+                "  everything but the LAN, IPv4 and IPv6, as a router for the LAN:\n"
+                "    pytun vpn -r tunnel@bastion.example.com -i key --known-hosts kh -l 0.0.0.0:12300 \\\n"
+                "        -x 192.168.1.0/24 0/0 ::/0\n"
+                "  remove the rules of a pytun vpn that was killed:\n"
+                "    pytun vpn --cleanup\n"
+                "More: man pytun; " PYTUN_DOCDIR "/docs/vpn.md");
+
+    // sshuttle's @FILE arguments (pytun vpn only).
+    std::vector<std::string> arguments(argv + 1, argv + argc);
+    if (!arguments.empty() && arguments[0] == "vpn") {
+        if (std::string error = expand_argument_files(arguments); !error.empty()) {
+            std::cerr << "pytun vpn: " << error << "\n";
+            return k_exit_usage;
+        }
+    }
+    std::reverse(arguments.begin(), arguments.end()); // CLI11 takes them last first
+
     try {
-        app.parse(argc, argv);
+        app.parse(arguments);
     } catch (const CLI::CallForHelp &e) {
         return app.exit(e);
     } catch (const CLI::ParseError &e) {
@@ -171,6 +255,8 @@ int main(int argc, char **argv)
 
     if (*forward)
         return run_forward(fwd);
+    if (*vpn)
+        return run_vpn(vpn_args);
     if (show_version)
         return print_version(std::cout);
     if (!make_key_file.empty())

@@ -106,6 +106,17 @@ struct TransparentForward {
     friend bool operator==(const TransparentForward &, const TransparentForward &) = default;
 };
 
+/// "" when this process can install a VPN capture with `method`; else why
+/// not (not root and no CAP_NET_ADMIN, nft or iptables missing) and what to
+/// do about it.
+PYTUN_EXPORT std::string capture_unavailable(CaptureMethod method);
+
+/// Removes what pytun processes that are no longer running left of their
+/// VPN captures in this network namespace (their firewall rules, then their
+/// journals), and pytun's tables and chains that no running pytun's journal
+/// accounts for. A line per capture removed. Needs root or CAP_NET_ADMIN.
+PYTUN_EXPORT std::vector<std::string> remove_stale_captures();
+
 using ForwardSpec = std::variant<RemoteForward, LocalForward, DynamicForward, RemoteDynamicForward, TransparentForward>;
 
 /// "R 127.0.0.1:4000 -> ldap.local:389", "L 127.0.0.1:8080 -> db:5432",
@@ -254,6 +265,9 @@ struct ForwardStatus {
     bool serving = false;
     std::uint16_t bound_port = 0;           ///< where it listens (on the bastion for remote kinds), once serving
     std::string error;                      ///< why it does not serve (it is retried), or ""
+    /// What the kind tells once serving; a VPN capture: "capturing NETS[ (not
+    /// EXCLUDED)]; method nft|nat".
+    std::string detail;
     TunnelStats traffic;
 };
 

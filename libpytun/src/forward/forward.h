@@ -81,6 +81,9 @@ public:
         std::function<void(std::uint16_t bound_port)> ready;
         /// Cannot serve (e.g. the bastion refused the port): the tunnel ends.
         std::function<void(std::error_code, const std::string &)> failed;
+        /// Optional: what the forward tells about itself once serving, for
+        /// status (ForwardStatus::detail).
+        std::function<void(const std::string &)> described;
     };
 
     virtual ~Forward() = default;

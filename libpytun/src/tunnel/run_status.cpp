@@ -29,6 +29,12 @@ void RunStatus::set_failed(std::size_t forward, const std::string &error)
     rows_[forward].error = error;
 }
 
+void RunStatus::set_detail(std::size_t forward, const std::string &detail)
+{
+    std::lock_guard lock(mutex_);
+    rows_[forward].detail = detail;
+}
+
 std::vector<ForwardStatus> RunStatus::forwards() const
 {
     std::vector<ForwardStatus> out;

@@ -26,6 +26,7 @@ public:
     const std::shared_ptr<TrafficCounters> &counters(std::size_t forward) const { return counters_[forward]; }
     void set_serving(std::size_t forward, std::uint16_t bound_port);
     void set_failed(std::size_t forward, const std::string &error);
+    void set_detail(std::size_t forward, const std::string &detail);
 
     std::vector<ForwardStatus> forwards() const;
     /// The sum over every forward.

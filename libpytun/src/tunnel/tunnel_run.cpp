@@ -253,6 +253,7 @@ void TunnelRun::start_forward(std::size_t index)
         if (round == round_)
             on_forward_failed(index, ec, why);
     };
+    handlers.described = [this, self, index](const std::string &detail) { status_->set_detail(index, detail); };
     forward->start(ForwardContext{*connection_, *pool_, *admission_, keeps_->slots[index]}, std::move(handlers));
 }
 

@@ -232,3 +232,24 @@ std::optional<CaptureJournal> live_owner(const std::string &id)
 }
 
 } // namespace pytun::detail
+
+namespace pytun {
+
+std::string capture_unavailable(CaptureMethod method)
+{
+    using namespace detail;
+    if (!has_net_admin())
+        return "the VPN capture changes the firewall: run pytun as root or give it CAP_NET_ADMIN (systemd: "
+               "AmbientCapabilities=CAP_NET_ADMIN)";
+    std::string error;
+    if (!resolve_capture_method(method, error))
+        return error;
+    return {};
+}
+
+std::vector<std::string> remove_stale_captures()
+{
+    return detail::cleanup_captures(true);
+}
+
+} // namespace pytun

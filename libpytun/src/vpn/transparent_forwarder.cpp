@@ -390,11 +390,16 @@ void TransparentForwarder::install()
         fail(Errc::capture_failed, message);
         return;
     }
-    std::string nets;
-    for (const auto &net : sorted_nets(keep_->plan.nets))
-        nets += std::string(nets.empty() ? "" : ", ") + (net.exclude ? "not " : "") + net.rule.to_string();
-    log_->info("capturing {} ({}, port {}{})", nets, keep_->method(), keep_->port(),
-               keep_->plan.router ? ", also for the LAN" : "");
+    std::string nets, excluded;
+    for (const auto &net : sorted_nets(keep_->plan.nets)) {
+        std::string &list = net.exclude ? excluded : nets;
+        list += (list.empty() ? "" : ", ") + net.rule.to_string();
+    }
+    const std::string detail =
+        "capturing " + nets + (excluded.empty() ? "" : " (not " + excluded + ")") + "; method " + keep_->method();
+    log_->info("{}; port {}{}", detail, keep_->port(), keep_->plan.router ? "; also for the LAN" : "");
+    if (handlers_.described)
+        handlers_.described(detail);
     keep_->attach([this, self = shared_from_this()](asio::ip::tcp::socket socket) { serve(std::move(socket)); },
                   counters_);
     handlers_.ready(keep_->port());
