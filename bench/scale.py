@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))
 import sshd_fixture  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import cpu_seconds, pss_kib, status_kib  # noqa: E402
+from measure import cpu_seconds, pss_kib, status_kib  # noqa: E402
 
 
 def log(msg):

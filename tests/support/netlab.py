@@ -771,7 +771,8 @@ class Lab:
         if self.ipv6:
             names += [topo.links[c.role].b_ip6 for c in topo.clients]
         try:
-            topo.sshd = sshd_fixture.prepare(self.path("sshd"), SSH_PORT,
+            # A directory per topology: a second one in the same lab must not replace the first's keys.
+            topo.sshd = sshd_fixture.prepare(self.path(f"sshd-{len(self.namespaces)}"), SSH_PORT,
                                              listen=[behind_relay] if delay_ms > 0 else wildcard,
                                              host_names=names)
         except sshd_fixture.MissingTool as e:

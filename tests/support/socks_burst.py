@@ -6,11 +6,12 @@
 Every connection: TCP connect to the proxy, SOCKS5 greeting (no
 authentication, or RFC 1929 username/password when given), CONNECT to the
 destination (IPv4, IPv6 or a name the proxy resolves), then PAYLOAD random
-bytes, then wait until the same bytes come back. Without a proxy, each
-connection goes straight to the destination (an echo reached through a
-transparent capture such as `pytun vpn`). Its time is from its own
+bytes, then wait until the same bytes come back. Its time is from its own
 connect() call to the last byte of the echo. All sockets are created first
 and connected in one tight loop; one selector loop then drives them all.
+Without a proxy (None; no --proxy) each connection goes to the destination
+itself and sends the payload at once: the same burst through a port forward
+(ssh -L) or a transparent proxy (a VPN capturing the destination).
 
 As a module: burst(proxy, destination, count=100) -> dict (see below).
 As a program (prints that dict as JSON; exit 0 when every connection got its
@@ -110,7 +111,7 @@ class _Connection:
 class _Burst:
     def __init__(self, proxy, destination, count, size, username, password):
         self.proxy = proxy
-        self.target = proxy or destination  # where each connect() goes
+        self.connect_to = proxy or destination
         self.request = connect_request(*destination)
         self.auth = None
         if username is not None:
@@ -123,14 +124,14 @@ class _Burst:
         self.sel = selectors.DefaultSelector()
 
     def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
+        family = socket.AF_INET6 if ":" in self.connect_to[0] else socket.AF_INET
         for c in self.conns:  # sockets first, so the connects below leave together
             c.sock = socket.socket(family, socket.SOCK_STREAM)
             c.sock.setblocking(False)
             c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for c in self.conns:
             c.start = time.perf_counter()
-            err = c.sock.connect_ex(self.target)
+            err = c.sock.connect_ex(self.connect_to)
             if err not in (0, errno.EINPROGRESS):
                 c.fail(os.strerror(err))
                 self._close(c)
@@ -258,7 +259,7 @@ def _raise_fd_limit(needed: int) -> None:
 
 def burst(proxy: tuple[str, int] | None, destination: tuple[str, int], count: int = 100, size: int = 32,
           timeout: float = 30.0, username: str | None = None, password: str | None = None) -> dict:
-    """Start `count` SOCKS5 connections through `proxy` (None: straight) to `destination` at once;
+    """Start `count` SOCKS5 connections through `proxy` (None: plain TCP) to `destination` at once;
     see the module doc."""
     if count < 1 or size < 1:
         raise ValueError("count and size must be >= 1")
@@ -280,9 +281,9 @@ def burst(proxy: tuple[str, int] | None, destination: tuple[str, int], count: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proxy", type=parse_endpoint, metavar="HOST:PORT",
-                        help="the SOCKS5 proxy (without: straight to the destination)")
+                        help="the SOCKS5 proxy (without it: plain TCP connections to --to)")
     parser.add_argument("--to", required=True, type=parse_endpoint, metavar="HOST:PORT",
-                        help="destination the proxy connects to (an echo service)")
+                        help="destination (an echo service), through the proxy when one is given")
     parser.add_argument("-n", "--count", type=int, default=100)
     parser.add_argument("--size", type=int, default=32, help="payload bytes per connection")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole burst")
