@@ -849,10 +849,11 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
         t.min_sessions = t.max_sessions;
     }
     const bool opens_channels = std::any_of(t.forwards.begin(), t.forwards.end(), [](const ForwardSpec &spec) {
-        return std::holds_alternative<LocalForward>(spec) || std::holds_alternative<DynamicForward>(spec);
+        return std::holds_alternative<LocalForward>(spec) || std::holds_alternative<DynamicForward>(spec) ||
+               std::holds_alternative<TransparentForward>(spec);
     });
     if (t.min_sessions > 1 && !opens_channels)
-        f.warning("min_sessions", "no local_forward or dynamic_forward opens channels here: only the tunnel's own "
+        f.warning("min_sessions", "no local_forward, dynamic_forward or VPN capture opens channels here: only the tunnel's own "
                                   "connection is kept, min_sessions has no effect");
     t.open_timeout = std::chrono::seconds(f.integer(
         "open_timeout", 10, 0, 3600, "the seconds the bastion gets to connect a forwarded connection (0: no limit)"));

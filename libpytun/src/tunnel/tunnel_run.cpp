@@ -176,11 +176,9 @@ void TunnelRun::start()
     connection_ = std::make_shared<SshConnection>(io_, connection, log_, std::move(handlers));
     SessionPool::Limits limits;
     limits.max_sessions = std::max(1u, options_.max_sessions);
-    // Warm sessions only serve channels pytun opens (-L, -D).
-    const bool opens_channels = std::any_of(specs_.begin(), specs_.end(), [](const ForwardSpec &spec) {
-        return std::holds_alternative<LocalForward>(spec) || std::holds_alternative<DynamicForward>(spec);
-    });
-    limits.min_sessions = opens_channels ? std::clamp(options_.min_sessions, 1u, limits.max_sessions) : 1u;
+    // Warm sessions only serve channels pytun opens (-L, -D, the VPN).
+    const bool opening = std::any_of(specs_.begin(), specs_.end(), opens_channels);
+    limits.min_sessions = opening ? std::clamp(options_.min_sessions, 1u, limits.max_sessions) : 1u;
     pool_ = std::make_shared<SessionPool>(io_, connection, log_, limits, status_);
     admission_ = std::make_unique<Admission>(options_.max_connections,
                                              [status = status_] { return status->total().connections_active; });

@@ -115,11 +115,14 @@ public:
     bool open(const TransparentForward &spec, const std::string &tunnel, std::string &message);
     /// Install the plan (or replace what is installed).
     bool apply(std::string &message);
-    /// A connection is up: captured connections go to `serve`.
-    void attach(std::function<void(asio::ip::tcp::socket)> serve, std::shared_ptr<TrafficCounters> counters);
-    /// The connection is gone: captured connections are reset, or with
-    /// `lift` (fail-open) the rules are removed until the next attach.
-    void detach(bool lift);
+    /// A connection is up: captured connections go to `serve` of `owner`
+    /// (a failback's new run attaches before the old one detaches).
+    void attach(const void *owner, std::function<void(asio::ip::tcp::socket)> serve,
+                std::shared_ptr<TrafficCounters> counters);
+    /// `owner`'s connection is gone: unless another has attached since,
+    /// captured connections are reset, or with `lift` (fail-open) the rules
+    /// are removed until the next attach.
+    void detach(const void *owner, bool lift);
     void close() override;
 
     std::uint16_t port() const { return plan.tcp_port; }
@@ -137,6 +140,7 @@ private:
     std::vector<std::shared_ptr<LocalListener>> listeners_;
     std::unique_ptr<Capture> capture_;
     std::function<void(asio::ip::tcp::socket)> serve_;
+    const void *owner_ = nullptr; ///< whose serve_
     std::shared_ptr<TrafficCounters> counters_;
     bool closed_ = false;
 };
@@ -222,14 +226,19 @@ bool CaptureKeep::apply(std::string &message)
     return capture_->apply(plan, message);
 }
 
-void CaptureKeep::attach(std::function<void(asio::ip::tcp::socket)> serve, std::shared_ptr<TrafficCounters> counters)
+void CaptureKeep::attach(const void *owner, std::function<void(asio::ip::tcp::socket)> serve,
+                         std::shared_ptr<TrafficCounters> counters)
 {
+    owner_ = owner;
     serve_ = std::move(serve);
     counters_ = std::move(counters);
 }
 
-void CaptureKeep::detach(bool lift)
+void CaptureKeep::detach(const void *owner, bool lift)
 {
+    if (owner != owner_)
+        return;
+    owner_ = nullptr;
     serve_ = nullptr;
     if (lift && capture_ && capture_->installed()) {
         capture_->remove();
@@ -344,7 +353,13 @@ void TransparentForwarder::resolve_names(std::function<void(const std::string &e
     }
     auto finish = [this, pending] {
         if (pending->error.empty()) {
-            keep_->plan.nets = pending->nets;
+            // A subnet given twice (or a name that resolves into one) is one rule.
+            keep_->plan.nets.clear();
+            for (auto &net : pending->nets)
+                if (std::none_of(keep_->plan.nets.begin(), keep_->plan.nets.end(), [&net](const CapturePlan::Net &n) {
+                        return n.rule == net.rule && n.exclude == net.exclude;
+                    }))
+                    keep_->plan.nets.push_back(std::move(net));
             // Whatever -N adds later comes on top of these.
         }
         pending->done(pending->error);
@@ -400,8 +415,9 @@ void TransparentForwarder::install()
     log_->info("{}; port {}{}", detail, keep_->port(), keep_->plan.router ? "; also for the LAN" : "");
     if (handlers_.described)
         handlers_.described(detail);
-    keep_->attach([this, self = shared_from_this()](asio::ip::tcp::socket socket) { serve(std::move(socket)); },
-                  counters_);
+    keep_->attach(
+        this, [this, self = shared_from_this()](asio::ip::tcp::socket socket) { serve(std::move(socket)); },
+        counters_);
     handlers_.ready(keep_->port());
 }
 
@@ -442,7 +458,7 @@ void TransparentForwarder::stop_accepting(std::function<void()> done)
     if (!stopped_) {
         stopped_ = true;
         if (keep_)
-            keep_->detach(spec_.fail_open);
+            keep_->detach(this, spec_.fail_open);
         opener_ = nullptr;
         admission_ = nullptr;
     }
