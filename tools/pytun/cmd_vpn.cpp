@@ -124,7 +124,7 @@ int cleanup()
         std::cerr << k_command << " --cleanup: " << why << "\n";
         return k_exit_failed;
     }
-    const auto removed = remove_stale_captures();
+    const auto removed = remove_stale_captures(true);
     for (const auto &line : removed)
         std::cout << k_command << " --cleanup: " << line << "\n";
     if (removed.empty())
@@ -282,6 +282,11 @@ int run_vpn(const VpnArgs &args)
         std::cerr << k_command << ": " << why << "\n";
         return k_exit_failed;
     }
+
+    // What a crashed run left goes now, not only once the bastion answers:
+    // its rules would reset the captured connections until then.
+    for (const auto &line : remove_stale_captures())
+        std::cerr << k_command << ": " << line << "\n";
 
     Daemon daemon;
     if (args.daemon) {

@@ -113,9 +113,10 @@ PYTUN_EXPORT std::string capture_unavailable(CaptureMethod method);
 
 /// Removes what pytun processes that are no longer running left of their
 /// VPN captures in this network namespace (their firewall rules, then their
-/// journals), and pytun's tables and chains that no running pytun's journal
-/// accounts for. A line per capture removed. Needs root or CAP_NET_ADMIN.
-PYTUN_EXPORT std::vector<std::string> remove_stale_captures();
+/// journals) and, with `unjournalled`, pytun's tables and chains that no
+/// running pytun's journal accounts for. A line per capture removed. Needs
+/// root or CAP_NET_ADMIN.
+PYTUN_EXPORT std::vector<std::string> remove_stale_captures(bool unjournalled = false);
 
 using ForwardSpec = std::variant<RemoteForward, LocalForward, DynamicForward, RemoteDynamicForward, TransparentForward>;
 

@@ -247,9 +247,9 @@ std::string capture_unavailable(CaptureMethod method)
     return {};
 }
 
-std::vector<std::string> remove_stale_captures()
+std::vector<std::string> remove_stale_captures(bool unjournalled)
 {
-    return detail::cleanup_captures(true);
+    return detail::cleanup_captures(unjournalled);
 }
 
 } // namespace pytun

@@ -245,8 +245,9 @@ bool CaptureKeep::open(const TransparentForward &spec, const std::string &tunnel
         log_->warn("{}", line);
     if (auto other = live_owner(plan.id)) {
         message = "another pytun (pid " + std::to_string(other->owner.pid) + ", tunnel '" + other->tunnel +
-                  "') captures as '" + plan.id + "' in this network namespace: stop it first, or name this "
-                  "tunnel differently";
+                  "') captures as '" + plan.id +
+                  "' in this network namespace: stop it first (pytun vpn runs once per bastion and user in a "
+                  "network namespace; in tunnel files give each VPN tunnel its own tunnel_name)";
         return false;
     }
     if (!open_listeners(spec, message))
