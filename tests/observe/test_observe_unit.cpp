@@ -484,7 +484,7 @@ pytun::TunnelStatus vpn_tunnel(bool dns)
     c.reset_while_down = 2;
     c.not_redirected = 1;
     if (dns)
-        c.dns = pytun::CaptureStatus::Dns{.queries = 40, .answered = 35, .truncated = 3, .servfail = 4, .timeouts = 1,
+        c.dns = pytun::CaptureDnsStatus{.queries = 40, .answered = 35, .truncated = 3, .servfail = 4, .timeouts = 1,
                                           .rejected = 1};
     v.capture = c;
     t.forwards = {v};

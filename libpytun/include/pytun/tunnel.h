@@ -262,6 +262,18 @@ struct TunnelStats {
 
 /// A VPN forward's capture (TransparentForward). The capture outlives SSH
 /// sessions, so unlike TunnelStats its counters run from the tunnel's start.
+/// A VPN capture's DNS relay counts (outside CaptureStatus: a nested class
+/// with member initializers cannot be an optional's type inside its
+/// enclosing class for clang).
+struct CaptureDnsStatus {
+    std::uint64_t queries = 0;   ///< received, over UDP and TCP, malformed ones included
+    std::uint64_t answered = 0;  ///< answers of the server's resolver passed on
+    std::uint64_t truncated = 0; ///< of those, cut for UDP (TC set): the client asks again over TCP
+    std::uint64_t servfail = 0;  ///< answered SERVFAIL here: no tunnel, timeout, overload, channel lost
+    std::uint64_t timeouts = 0;  ///< of those, no answer in time
+    std::uint64_t rejected = 0;  ///< malformed or unsupported: answered FORMERR/NOTIMP/REFUSED, or dropped
+};
+
 struct CaptureStatus {
     bool installed = false;             ///< the firewall rules are in place now
     std::string method;                 ///< "nft" or "nat"; "" until the capture could open
@@ -270,15 +282,7 @@ struct CaptureStatus {
     std::uint64_t reset_while_down = 0; ///< of those, reset at once: no SSH session (fail-closed)
     std::uint64_t not_redirected = 0;   ///< connections to the listener that no rule redirected: reset
     /// The DNS relay's counts (vpn_dns, --dns); absent when DNS is not captured.
-    struct Dns {
-        std::uint64_t queries = 0;   ///< received, over UDP and TCP, malformed ones included
-        std::uint64_t answered = 0;  ///< answers of the server's resolver passed on
-        std::uint64_t truncated = 0; ///< of those, cut for UDP (TC set): the client asks again over TCP
-        std::uint64_t servfail = 0;  ///< answered SERVFAIL here: no tunnel, timeout, overload, channel lost
-        std::uint64_t timeouts = 0;  ///< of those, no answer in time
-        std::uint64_t rejected = 0;  ///< malformed or unsupported: answered FORMERR/NOTIMP/REFUSED, or dropped
-    };
-    std::optional<Dns> dns;
+    std::optional<CaptureDnsStatus> dns;
 };
 
 /// One forward of a running tunnel.

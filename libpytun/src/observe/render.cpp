@@ -694,25 +694,25 @@ std::string render_metrics(const RenderContext &ctx, const Snapshot &snap, const
             }
         }
     }
-    auto per_dns = [&](const char *name, const char *help, std::uint64_t CaptureStatus::Dns::*field) {
+    auto per_dns = [&](const char *name, const char *help, std::uint64_t CaptureDnsStatus::*field) {
         per_forward(name, "counter", help, [field](const ForwardStatus &f) {
             return f.capture && f.capture->dns ? number((*f.capture->dns).*field) : std::string();
         });
     };
     per_dns("pytun_forward_dns_queries_total", "DNS queries the VPN capture's relay received (UDP and TCP).",
-            &CaptureStatus::Dns::queries);
+            &CaptureDnsStatus::queries);
     per_dns("pytun_forward_dns_answered_total", "DNS answers of the server's resolver passed on.",
-            &CaptureStatus::Dns::answered);
+            &CaptureDnsStatus::answered);
     per_dns("pytun_forward_dns_truncated_total", "DNS answers cut for UDP (TC set; the client asks again over TCP).",
-            &CaptureStatus::Dns::truncated);
+            &CaptureDnsStatus::truncated);
     per_dns("pytun_forward_dns_servfail_total",
             "DNS queries answered SERVFAIL by the relay: no tunnel, timeout, overload, channel lost.",
-            &CaptureStatus::Dns::servfail);
+            &CaptureDnsStatus::servfail);
     per_dns("pytun_forward_dns_timeouts_total", "DNS queries the server's resolver did not answer in time.",
-            &CaptureStatus::Dns::timeouts);
+            &CaptureDnsStatus::timeouts);
     per_dns("pytun_forward_dns_rejected_total",
             "Malformed or unsupported DNS queries: answered FORMERR, NOTIMP or REFUSED, or dropped.",
-            &CaptureStatus::Dns::rejected);
+            &CaptureDnsStatus::rejected);
 
     auto per_channel = [&](const char *name, const char *type, const char *help, auto &&value) {
         Family f(out, name, type, help);
