@@ -46,6 +46,10 @@ bool is_channel_level(int rc)
 // connection cannot starve the others.
 constexpr std::size_t k_send_budget_per_pass = 512 * 1024;
 
+// Upper bound of bytes read from the SSH socket in one pass, so that what
+// arrives is delivered in steady steps rather than in window-sized gulps.
+constexpr std::size_t k_recv_budget_per_pass = 64 * 1024;
+
 // Reads shorter than this look like interactive traffic (see recv_callback).
 constexpr ssize_t k_small_read = 4096;
 
@@ -108,10 +112,16 @@ ssize_t SshSession::recv_callback(libssh2_socket_t fd, void *buffer, std::size_t
     auto *self = static_cast<SshSession *>(*abstract);
     if (self->closed_)
         return -ECONNRESET;
+    if (self->recv_budget_ == 0) {
+        self->recv_deferred_ = true;
+        return -EAGAIN;
+    }
+    length = std::min(length, self->recv_budget_);
     for (;;) {
         ssize_t n = ::recv(fd, buffer, length, flags);
         if (n > 0) {
             self->bytes_received_ += static_cast<std::uint64_t>(n);
+            self->recv_budget_ -= static_cast<std::size_t>(n);
             // Quick ACKs are not sticky in Linux: re-arm after each small read
             // so the bastion never waits for a delayed ACK (its Nagle + our
             // delayed ACK would add up to 40 ms to small exchanges). Bulk
@@ -375,6 +385,7 @@ void SshSession::service()
         return;
     auto self = shared_from_this(); // callbacks below may drop the last owner
     batching_sends_ = true;
+    recv_budget_ = k_recv_budget_per_pass;
     bool go_on = run_pinned() && run_ops() && pump_transport();
     if (go_on) {
         const bool scan = rescan_receive_ || bytes_received_ != bytes_received_at_scan_;
@@ -415,6 +426,11 @@ void SshSession::service()
         return;
     }
     sweep_finished();
+    if (recv_deferred_) {
+        recv_deferred_ = false;
+        transport_readable_ = true;
+        wake();
+    }
     arm();
 }
 
@@ -423,6 +439,11 @@ void SshSession::service()
 void SshSession::push_batched_sends()
 {
     batching_sends_ = false;
+    push_held_sends();
+}
+
+void SshSession::push_held_sends()
+{
     if (!sends_held_ || closed_)
         return;
     sends_held_ = false;
@@ -638,6 +659,12 @@ bool SshSession::receive(ChannelStream &stream)
             return true; // backpressure: the window stops the bastion
         ssize_t rc = libssh2_channel_read(stream.channel(), space.data(), space.size());
         if (rc > 0) {
+            // A read that sent a WINDOW_ADJUST pushes it now: held (MSG_MORE)
+            // until the end of the pass, it would reach the bastion only
+            // after this pass has delivered everything libssh2 buffered, a
+            // window's worth, so the bastion would stop and restart in
+            // bursts (measured: download at a third of ssh -L's).
+            push_held_sends();
             stream.received(static_cast<std::size_t>(rc));
             if (!flush_if_partial())
                 return false;

@@ -171,6 +171,7 @@ private:
     void service();
     void arm();
     void push_batched_sends();
+    void push_held_sends();
     /// Each returns false when the pass must stop (a call is pinned or the
     /// session failed).
     bool run_pinned();
@@ -218,6 +219,8 @@ private:
     bool peer_closed_ = false;
     int socket_errno_ = 0;
     std::uint64_t bytes_received_ = 0;
+    std::size_t recv_budget_ = SIZE_MAX; ///< left to read in this pass
+    bool recv_deferred_ = false;        ///< a read was cut short by the budget
     std::uint64_t bytes_received_at_scan_ = 0;
     std::uint64_t bytes_received_at_pump_ = 0;
     bool rescan_receive_ = false;
