@@ -42,6 +42,7 @@ DIRECT_TIMEOUT = 2.0  # a direct connection to the LAN is dropped by the bastion
 BULK = 64 << 20
 BURST = 200
 OUTAGE = 8.0          # seconds the bastion is away in the outage cases
+WARM_SESSIONS = 12    # pytun vpn's default --min-sessions (TransparentForward::default_min_sessions)
 
 
 def run_bounded(args, env, timeout):
@@ -310,6 +311,12 @@ table inet {self.TABLE} {{
 
 # --- cases -----------------------------------------------------------------------------
 
+def commands_run(topo):
+    """How many sessions sshd started with a command (its log at LogLevel VERBOSE)."""
+    with open(topo.sshd["sshd_log"], errors="replace") as f:
+        return f.read().count("Starting session: command")
+
+
 def case_traffic(vl):
     """Item 1: nothing reaches the LAN directly; through pytun vpn: echo, 64 MiB both ways
     intact, 200 connections at once, an HTTP GET, all to the LAN's real addresses."""
@@ -323,6 +330,12 @@ def case_traffic(vl):
     check(t.lan_subnet in line and f"through {vl.remote}" in line and "method nft" in line and "DNS off" in line,
           f"the up line names the subnet, the bastion, DNS off and the method: {line!r}")
     check(len([x for x in vpn.lines if x.startswith(UP_PREFIX)]) == 1, "pytun vpn prints one up line")
+    # Bursts (docs/vpn.md): WARM_SESSIONS SSH connections stay open by default, and each runs `true` once,
+    # which is what makes sshd turn on TCP_NODELAY for it.
+    check(wait_until(lambda: t.sshd_connections() == WARM_SESSIONS, 20),
+          f"{WARM_SESSIONS} SSH connections kept open while idle by default (sshd holds {t.sshd_connections()})")
+    check(wait_until(lambda: commands_run(t) >= WARM_SESSIONS, 20),
+          f"each of them ran a command on the bastion (sshd.log: {commands_run(t)} sessions with a command)")
     check(echo_once(vl.client, vl.echo), f"an echo to the LAN's {t.lan_ip}:{t.echo_port} through the tunnel")
     vpn.wait_stderr(f"-> {t.lan_ip}:{t.echo_port}", 10)
     check(re.search(r"connection #\d+: \S+ -> " + re.escape(f"{t.lan_ip}:{t.echo_port}"), vpn.stderr()),

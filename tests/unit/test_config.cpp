@@ -1117,6 +1117,24 @@ TEST_CASE("a VPN capture in a tunnel file: the vpn_ keys make one TransparentFor
     // pytun vpn's defaults: automatic method, loopback, port chosen, IPv6 carried, fail-closed, no DNS.
     const auto &d = std::get<pytun::TransparentForward>(r.config->tunnels.at(0).forwards.at(0));
     CHECK(d == pytun::TransparentForward{.subnets = {"0/0"}});
+    // ... and its sessions kept warm for bursts, unlike a tunnel without a capture.
+    CHECK(r.config->tunnels.at(0).min_sessions == pytun::TransparentForward::default_min_sessions);
+    CHECK(r.config->tunnels.at(0).max_sessions == pytun::TransparentForward::default_max_sessions);
+
+    SUBCASE("max_sessions alone below the warm default lowers min_sessions with it, without an error")
+    {
+        TempDir few;
+        LoadResult small = load_tunnel_files(few, {{"few.ini", k_connection + "vpn_subnets = 0/0\nmax_sessions = 4\n"},
+                                                   {"fwd.ini", k_connection + "tunnel_name = fwd\n"
+                                                                              "local_forward = 5432:db:5432\n"}});
+        INFO(dump(small));
+        REQUIRE(small.ok());
+        CHECK(small.diagnostics.empty());
+        CHECK(small.config->tunnels.at(0).max_sessions == 4);
+        CHECK(small.config->tunnels.at(0).min_sessions == 4);
+        CHECK(small.config->tunnels.at(1).max_sessions == 8); // no capture: the plain defaults
+        CHECK(small.config->tunnels.at(1).min_sessions == 1);
+    }
 
     SUBCASE("with a reverse tunnel and other forwards over the same connection")
     {

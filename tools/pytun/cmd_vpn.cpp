@@ -9,6 +9,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -265,7 +266,7 @@ int run_vpn(const VpnArgs &args)
         return usage(error);
     if (args.min_sessions > args.max_sessions)
         return usage("--min-sessions " + std::to_string(args.min_sessions) + " is more than --max-sessions " +
-                     std::to_string(args.max_sessions));
+                     std::to_string(args.max_sessions) + "; lower it or raise --max-sessions");
     TransparentForward spec;
     if (!build_spec(args, spec, error))
         return usage(error);
@@ -275,7 +276,9 @@ int run_vpn(const VpnArgs &args)
     o.remote_host.clear(); // every forward is in `forwards`
     o.keep_alive = std::chrono::seconds(args.keep_alive);
     o.max_sessions = args.max_sessions;
-    o.min_sessions = args.min_sessions;
+    o.min_sessions = args.min_sessions != 0
+                         ? args.min_sessions
+                         : std::min(TransparentForward::default_min_sessions, args.max_sessions);
     o.forwards.push_back(spec);
     // Before connecting anywhere: a capture that cannot work says so at once.
     if (std::string why = capture_unavailable(spec.method); !why.empty()) {

@@ -122,8 +122,8 @@ struct VpnArgs {
     std::string pidfile;
     bool cleanup = false;
     unsigned keep_alive = 30;
-    unsigned max_sessions = 8;
-    unsigned min_sessions = 1;
+    unsigned max_sessions = TransparentForward::default_max_sessions;
+    unsigned min_sessions = 0; ///< 0: TransparentForward::default_min_sessions, at most max_sessions
     unsigned grace = 5;
     bool verbose = false;
 };

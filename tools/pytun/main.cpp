@@ -213,9 +213,10 @@ int main(int argc, char **argv)
     vpn->add_option("--max-sessions", vpn_args.max_sessions, "SSH connections for bursts of connections")
         ->check(CLI::Range(1, 64))
         ->capture_default_str();
-    vpn->add_option("--min-sessions", vpn_args.min_sessions, "of those, kept open while idle")
-        ->check(CLI::Range(1, 64))
-        ->capture_default_str();
+    vpn->add_option("--min-sessions", vpn_args.min_sessions,
+                    "of those, kept open while idle (default " +
+                        std::to_string(pytun::TransparentForward::default_min_sessions) + ", at most --max-sessions)")
+        ->check(CLI::Range(1, 64));
     vpn->add_option("--grace", vpn_args.grace, "seconds open connections get to finish when stopped")
         ->check(CLI::Range(0, 3600))
         ->capture_default_str();

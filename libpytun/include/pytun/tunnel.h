@@ -104,6 +104,14 @@ struct TransparentForward {
     std::vector<std::string> nameservers;
     std::string to_ns;                         ///< the resolver reached from the bastion, IP[:PORT]; empty: its resolv.conf's
     friend bool operator==(const TransparentForward &, const TransparentForward &) = default;
+
+    /// TunnelOptions::min_sessions and max_sessions that `pytun vpn` and
+    /// tunnel files with a capture use unless told otherwise: a machine's
+    /// connections come in bursts (a web page opens dozens), and libssh2
+    /// opens one channel at a time per SSH connection, so sessions are kept
+    /// warm (docs/vpn.md, "Bursts"). Each costs an sshd process on the bastion.
+    static constexpr unsigned default_min_sessions = 12;
+    static constexpr unsigned default_max_sessions = 16;
 };
 
 /// "" when this process can install a VPN capture with `method`; else why

@@ -952,10 +952,18 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
         f.integer("keep_alive_time", 30, 1, 86400, "the seconds between health checks"));
     t.max_connections = static_cast<std::uint32_t>(f.integer(
         "max_connections", 512, 1, 1'000'000, "the most forwarded connections this tunnel keeps open at once"));
-    t.max_sessions = static_cast<unsigned>(f.integer(
-        "max_sessions", 8, 1, 64, "the most SSH connections to the bastion for channel opens, the first included"));
+    // A VPN capture opens a channel per connection a whole machine makes
+    // (a web page: dozens at once), so it keeps sessions warm by default
+    // (docs/vpn.md, "Bursts"); min_sessions alone never exceeds max_sessions.
+    const bool vpn = std::any_of(t.forwards.begin(), t.forwards.end(), [](const ForwardSpec &spec) {
+        return std::holds_alternative<TransparentForward>(spec);
+    });
+    t.max_sessions = static_cast<unsigned>(f.integer("max_sessions", vpn ? TransparentForward::default_max_sessions : 8, 1, 64,
+                                                     "the most SSH connections to the bastion for channel opens, "
+                                                     "the first included"));
     t.min_sessions = static_cast<unsigned>(f.integer(
-        "min_sessions", 1, 1, 64, "the SSH connections to the bastion kept open while idle, the first included"));
+        "min_sessions", vpn ? std::min(TransparentForward::default_min_sessions, t.max_sessions) : 1, 1, 64,
+        "the SSH connections to the bastion kept open while idle, the first included"));
     if (t.min_sessions > t.max_sessions) {
         f.error("min_sessions", "is " + std::to_string(t.min_sessions) + ", more than max_sessions (" +
                                     std::to_string(t.max_sessions) + "); lower it or raise max_sessions");

@@ -9,6 +9,7 @@
 #include <pytun/error.h>
 
 #include "loop/connect.h"
+#include "ssh/command.h"
 #include "ssh/proxy.h"
 #include "ssh/session.h"
 #include "ssh/user_auth.h"
@@ -246,9 +247,28 @@ void SshConnection::on_authenticated(int rc)
         open_anchor();
         return;
     }
+    become_ready();
+}
+
+void SshConnection::become_ready()
+{
     setup_timer_.cancel();
+    if (options_.server_nodelay)
+        ask_server_nodelay();
     if (handlers_.ready)
         handlers_.ready();
+}
+
+void SshConnection::ask_server_nodelay()
+{
+    CommandLimits limits;
+    limits.max_output = 0;
+    run_command(*session_, "true", limits, [log = log_, where = where()](CommandResult result) {
+        if (result.failure != CommandResult::Failure::none)
+            log->debug("{}: running `true` to make sshd send without delay failed ({}); small replies may wait a "
+                       "round trip",
+                       where, result.message);
+    });
 }
 
 void SshConnection::open_anchor()
@@ -271,9 +291,7 @@ void SshConnection::open_anchor()
                 log_->info("the {} {} refused an idle session channel ({}); going on without one", options_.role, where(),
                            session_->last_error_text());
             (void)rc;
-            setup_timer_.cancel();
-            if (handlers_.ready)
-                handlers_.ready();
+            become_ready();
         },
         SshSession::Lane::open);
 }

@@ -74,6 +74,13 @@ struct ConnectionOptions {
     /// connects (the VPN capture returns packets with this mark first, so it
     /// never captures its own connection, a reconnect's included).
     std::uint32_t socket_mark = 0;
+    /// Once authenticated, run `true` on the bastion (through the user's
+    /// shell, or the key's forced command) in the background: sshd turns on
+    /// TCP_NODELAY for a connection only when one of its sessions runs a
+    /// command. Without it, sshd holds a small packet (a channel-open reply,
+    /// an echo) until the one before it is acknowledged: a round trip more
+    /// for connections opened back to back.
+    bool server_nodelay = false;
 };
 
 class SshConnection : public std::enable_shared_from_this<SshConnection> {
@@ -129,6 +136,8 @@ private:
     void on_handshake(int rc);
     void on_authenticated(int rc);
     void open_anchor();
+    void become_ready();
+    void ask_server_nodelay();
     void schedule_health_check();
     void run_health_check();
     void fail(std::error_code ec, const std::string &message);

@@ -54,7 +54,10 @@ ConnectionOptions connection_options(const TunnelOptions &o)
     c.anchor = std::any_of(forwards.begin(), forwards.end(), opens_channels);
     if (std::any_of(forwards.begin(), forwards.end(),
                     [](const ForwardSpec &f) { return std::holds_alternative<TransparentForward>(f); }))
+    {
         c.socket_mark = k_capture_mark; // the capture must let the bastion connections through
+        c.server_nodelay = true;        // captured connections open back to back (docs/vpn.md, "Bursts")
+    }
     const std::string route = describe_route(o);
     c.route = route.empty() ? route : " " + route;
     if (o.jump.host.empty()) {
