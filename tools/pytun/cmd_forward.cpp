@@ -201,6 +201,8 @@ int run_forward(const ForwardArgs &args)
     run.command = "pytun forward";
     run.grace = args.grace;
     run.verbose = args.verbose;
+    if (!args.local.empty() || !args.dynamic.empty()) // only they open channels, and so keep sessions warm
+        run.warm_sessions = o.min_sessions;
     std::vector<std::string> shown;
     run.serving = [&o, &shown](const TunnelStatus &status, bool first) {
         auto key = serving_key(status.forwards);

@@ -303,6 +303,7 @@ int run_vpn(const VpnArgs &args)
     run.command = k_command;
     run.grace = args.grace;
     run.verbose = args.verbose;
+    run.warm_sessions = o.min_sessions; // the up line means: ready for a burst
     bool announced = false;
     run.serving = [&](const TunnelStatus &status, bool first) {
         if (!first || status.forwards.empty())

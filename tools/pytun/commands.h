@@ -2,6 +2,7 @@
 // The pytun command's sub-commands (one file each) and what they share.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <optional>
 #include <ostream>
@@ -77,6 +78,12 @@ struct Foreground {
     bool verbose = false; ///< the library's lines from debug on (else warnings only)
     /// While serving, at each check; `first`: since start or since it was lost.
     std::function<void(const TunnelStatus &, bool first)> serving;
+    /// Serving counts (and systemd hears READY) once this many SSH connections
+    /// are set up, the sessions kept warm for bursts, or after warm_wait at
+    /// the latest (a bastion that refuses extra connections must not hold
+    /// it up).
+    unsigned warm_sessions = 1;
+    std::chrono::milliseconds warm_wait{5000};
 };
 /// Runs `o` (its options already parsed) until SIGTERM, SIGINT or SIGHUP
 /// (exit 0), or an error no retry can mend (exit 1); options the library

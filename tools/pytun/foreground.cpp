@@ -154,6 +154,7 @@ int run_foreground(const TunnelOptions &o, const Foreground &how)
     // Often enough that "connected" is printed as soon as it is true.
     const auto tick = std::min(notifier.tick(), std::chrono::milliseconds(200));
     bool up = false;
+    std::chrono::steady_clock::time_point connected_since{}; // {}: not connected
     std::vector<std::string> shown;
     for (;;) {
         timespec timeout{static_cast<time_t>(tick.count() / 1000), static_cast<long>(tick.count() % 1000) * 1000000L};
@@ -182,7 +183,14 @@ int run_foreground(const TunnelOptions &o, const Foreground &how)
                       << "; retrying\n";
         }
         const auto status = manager.status();
-        const bool now_up = !status.empty() && serving(status[0].state);
+        const bool connected = !status.empty() && serving(status[0].state);
+        const auto now = std::chrono::steady_clock::now();
+        if (!connected)
+            connected_since = {};
+        else if (connected_since == std::chrono::steady_clock::time_point{})
+            connected_since = now;
+        const bool now_up = connected && (up || status[0].sessions >= how.warm_sessions ||
+                                          now - connected_since >= how.warm_wait);
         if (now_up) {
             how.serving(status[0], !up);
             if (!up)

@@ -60,7 +60,7 @@ struct TunnelStatus {
 
     TunnelStats traffic;                 ///< of the current run, every forward summed
     std::vector<ForwardStatus> forwards; ///< of the current run, in all_forwards() order
-    unsigned sessions = 0;               ///< SSH connections to the bastion now (extra ones carry channel opens)
+    unsigned sessions = 0;               ///< SSH connections to the bastion set up now (extra ones carry channel opens)
 
     /// The bastion ("host:port") that serves, or served last; empty before
     /// the first time up. With a failover list it may be a later entry than

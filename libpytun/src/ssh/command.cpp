@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <utility>
 
 #include <asio.hpp>
 
@@ -21,9 +22,9 @@ using Failure = CommandResult::Failure;
 class CommandStream final : public ChannelStream {
 public:
     CommandStream(asio::io_context &io, std::shared_ptr<spdlog::logger> log, std::string command,
-                  CommandLimits limits, std::function<void(CommandResult)> done)
+                  CommandLimits limits, std::function<void(CommandResult)> done, std::function<void()> started)
         : ChannelStream(std::move(log)), io_(io), command_(std::move(command)), limits_(limits),
-          done_(std::move(done)), timer_(io)
+          done_(std::move(done)), started_(std::move(started)), timer_(io)
     {
     }
 
@@ -45,6 +46,7 @@ public:
 private:
     void on_opened() override
     {
+        report_started(); // sshd answered the exec request
         if (*exec_rc != 0) {
             finish(Failure::refused, "the bastion refused to run '" + printable(command_) + "' (libssh2 error " +
                                          std::to_string(*exec_rc) +
@@ -96,10 +98,17 @@ private:
         finish(Failure::none, result_.message);
     }
 
+    void report_started()
+    {
+        if (started_)
+            asio::post(io_, std::exchange(started_, nullptr));
+    }
+
     void finish(Failure failure, std::string message)
     {
         if (!done_)
             return;
+        report_started(); // before `done`, also when no answer came
         result_.failure = failure;
         result_.message = std::move(message);
         if (failure != Failure::none) {
@@ -114,6 +123,7 @@ private:
     std::string command_;
     CommandLimits limits_;
     std::function<void(CommandResult)> done_;
+    std::function<void()> started_;
     asio::steady_timer timer_;
     CommandResult result_;
     std::string signal_;
@@ -123,9 +133,10 @@ private:
 } // namespace
 
 void run_command(SshSession &session, std::string command, CommandLimits limits,
-                 std::function<void(CommandResult)> done)
+                 std::function<void(CommandResult)> done, std::function<void()> started)
 {
-    auto stream = std::make_shared<CommandStream>(session.io(), session.logger(), command, limits, std::move(done));
+    auto stream = std::make_shared<CommandStream>(session.io(), session.logger(), command, limits, std::move(done),
+                                                  std::move(started));
     session.log().debug("running '{}' on the bastion", printable(command));
     stream->start_timer();
     // The open makes a "session" channel, then sends "exec" on it: both in

@@ -43,8 +43,10 @@ struct CommandResult {
 
 /// Runs `command` on the bastion of `session` (through the user's shell, as
 /// sshd does). `done` runs once, posted on the loop thread, also when the
-/// session fails or closes meanwhile.
+/// session fails or closes meanwhile. `started`, if set, runs once before
+/// it, as soon as sshd has answered the exec request (or the attempt ended
+/// without an answer).
 void run_command(SshSession &session, std::string command, CommandLimits limits,
-                 std::function<void(CommandResult)> done);
+                 std::function<void(CommandResult)> done, std::function<void()> started = {});
 
 } // namespace pytun::detail

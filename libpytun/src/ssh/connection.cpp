@@ -252,23 +252,35 @@ void SshConnection::on_authenticated(int rc)
 
 void SshConnection::become_ready()
 {
+    if (options_.server_nodelay && !asked_server_nodelay_) {
+        asked_server_nodelay_ = true;
+        ask_server_nodelay(); // comes back here once sshd has answered
+        return;
+    }
     setup_timer_.cancel();
-    if (options_.server_nodelay)
-        ask_server_nodelay();
     if (handlers_.ready)
         handlers_.ready();
 }
 
+// Ready only once sshd has answered the exec request (it has set
+// TCP_NODELAY by then), not when the command ends: a forced command may
+// run on until the command's timeout.
 void SshConnection::ask_server_nodelay()
 {
     CommandLimits limits;
     limits.max_output = 0;
-    run_command(*session_, "true", limits, [log = log_, where = where()](CommandResult result) {
-        if (result.failure != CommandResult::Failure::none)
-            log->debug("{}: running `true` to make sshd send without delay failed ({}); small replies may wait a "
-                       "round trip",
-                       where, result.message);
-    });
+    run_command(
+        *session_, "true", limits,
+        [log = log_, where = where()](CommandResult result) {
+            if (result.failure != CommandResult::Failure::none)
+                log->debug("{}: running `true` to make sshd send without delay failed ({}); small replies may wait "
+                           "a round trip",
+                           where, result.message);
+        },
+        [weak = weak_from_this()] {
+            if (auto self = weak.lock(); self && !self->ended_)
+                self->become_ready();
+        });
 }
 
 void SshConnection::open_anchor()

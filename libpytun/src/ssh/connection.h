@@ -156,6 +156,7 @@ private:
     KeyFileInfo key_;
     KnownHosts known_hosts_;
     bool ended_ = false;
+    bool asked_server_nodelay_ = false;
     bool checking_health_ = false;
     bool proxying_ = false; ///< in the proxy's handshake
 };

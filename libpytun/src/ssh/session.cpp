@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include <pytun/crypto.h>
 #include <pytun/error.h>
@@ -418,6 +419,8 @@ void SshSession::service()
             wake();
     }
     push_batched_sends();
+    recv_budget_ = SIZE_MAX; // calls outside a pass (the handshake's first steps, close) read unbounded
+    const bool recv_deferred = std::exchange(recv_deferred_, false);
     if (closed_)
         return;
     if (!failed_ && (peer_closed_ || socket_errno_)) {
@@ -426,8 +429,7 @@ void SshSession::service()
         return;
     }
     sweep_finished();
-    if (recv_deferred_) {
-        recv_deferred_ = false;
+    if (recv_deferred) { // the socket still holds data: the next pass reads on
         transport_readable_ = true;
         wake();
     }

@@ -37,7 +37,7 @@ public:
     /// The sum over every forward.
     TunnelStats total() const;
 
-    std::atomic<unsigned> sessions{0}; ///< SSH connections to the bastion, the tunnel's own included
+    std::atomic<unsigned> sessions{0}; ///< SSH connections to the bastion ready for channels, the tunnel's own included
 
 private:
     mutable std::mutex mutex_;

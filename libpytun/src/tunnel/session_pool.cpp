@@ -143,6 +143,7 @@ void SessionPool::on_extra_ready(std::uint64_t id)
     if (it == members_.end())
         return;
     it->ready = true;
+    publish();
     it->connection->start_health_checks();
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
                                                                             it->started);
@@ -274,7 +275,9 @@ void SessionPool::close()
 void SessionPool::publish()
 {
     if (status_)
-        status_->sessions.store(static_cast<unsigned>(members_.size()), std::memory_order_relaxed);
+        status_->sessions.store(
+            static_cast<unsigned>(std::count_if(members_.begin(), members_.end(), [](const Member &m) { return m.ready; })),
+            std::memory_order_relaxed);
 }
 
 } // namespace pytun::detail
