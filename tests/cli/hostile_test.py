@@ -133,8 +133,10 @@ def case_fd_limit_raised(binary):
         check(metric(text, "pytun_descriptors_limit") == 4096, "/metrics shows the raised limit")
         check(stop(env, proc) == 0, "exit 0")
         # Too small a limit for the tunnels configured: --check and the start say so.
-        for i in range(300):
-            env.tunnel_ini("x%03d" % i, "X%03d" % i, 20000 + i, echo.port)
+        # Bastion ports the first tunnel's (`port`, free at random) cannot be, or --check rightly refuses both.
+        extra_ports = [p for p in range(20000, 20301) if p != port][:300]
+        for i, bastion_port in enumerate(extra_ports):
+            env.tunnel_ini("x%03d" % i, "X%03d" % i, bastion_port, echo.port)
         r = env.run(["--config_ini", "connector.ini", "--check"], preexec_fn=lambda: resource.setrlimit(
             resource.RLIMIT_NOFILE, (1024, 1024)))
         check(r.returncode == 0 and "descriptor limit 1024 cannot hold 301 tunnel(s)" in r.stderr,

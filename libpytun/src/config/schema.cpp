@@ -958,9 +958,9 @@ BuiltTunnel build_tunnel(const RawSection &s, const fs::path &base_dir, std::str
     const bool vpn = std::any_of(t.forwards.begin(), t.forwards.end(), [](const ForwardSpec &spec) {
         return std::holds_alternative<TransparentForward>(spec);
     });
-    t.max_sessions = static_cast<unsigned>(f.integer("max_sessions", vpn ? TransparentForward::default_max_sessions : 8, 1, 64,
-                                                     "the most SSH connections to the bastion for channel opens, "
-                                                     "the first included"));
+    t.max_sessions = static_cast<unsigned>(
+        f.integer("max_sessions", vpn ? TransparentForward::default_max_sessions : 8, 1, 64,
+                  "the most SSH connections to the bastion for channel opens, the first included"));
     t.min_sessions = static_cast<unsigned>(f.integer(
         "min_sessions", vpn ? std::min(TransparentForward::default_min_sessions, t.max_sessions) : 1, 1, 64,
         "the SSH connections to the bastion kept open while idle, the first included"));

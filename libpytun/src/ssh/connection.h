@@ -75,11 +75,11 @@ struct ConnectionOptions {
     /// never captures its own connection, a reconnect's included).
     std::uint32_t socket_mark = 0;
     /// Once authenticated, run `true` on the bastion (through the user's
-    /// shell, or the key's forced command) in the background: sshd turns on
-    /// TCP_NODELAY for a connection only when one of its sessions runs a
-    /// command. Without it, sshd holds a small packet (a channel-open reply,
-    /// an echo) until the one before it is acknowledged: a round trip more
-    /// for connections opened back to back.
+    /// shell, or the key's forced command); ready once sshd has answered the
+    /// exec request. sshd turns on TCP_NODELAY for a connection only when
+    /// one of its sessions runs a command. Without it, sshd holds a small
+    /// packet (a channel-open reply, an echo) until the one before it is
+    /// acknowledged: a round trip more for connections opened back to back.
     bool server_nodelay = false;
 };
 

@@ -275,9 +275,9 @@ void SessionPool::close()
 void SessionPool::publish()
 {
     if (status_)
-        status_->sessions.store(
-            static_cast<unsigned>(std::count_if(members_.begin(), members_.end(), [](const Member &m) { return m.ready; })),
-            std::memory_order_relaxed);
+        status_->sessions.store(static_cast<unsigned>(std::count_if(members_.begin(), members_.end(),
+                                                                    [](const Member &m) { return m.ready; })),
+                                std::memory_order_relaxed);
 }
 
 } // namespace pytun::detail
