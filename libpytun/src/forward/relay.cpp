@@ -142,8 +142,15 @@ void Relay::on_open(std::string opened, Refused refused, std::chrono::millisecon
 
 void Relay::on_connected(const ConnectOutcome &outcome)
 {
-    if (finished() || phase() == Phase::closing)
+    if (finished() || phase() == Phase::closing) {
+        // The channel's client left first. A service that refused or did
+        // not answer still failed this connection: count it (a slow loop
+        // under a flood must not hide a dead service), but nobody is left
+        // to tell.
+        if (!outcome && !is_fd_exhaustion(outcome.error))
+            counters_->failed.fetch_add(1, std::memory_order_relaxed);
         return;
+    }
     const bool negotiated = static_cast<bool>(connect_reply_);
     if (negotiated) { // the channel's client learns the outcome first
         send_to_channel(connect_reply_(outcome));
