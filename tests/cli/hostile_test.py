@@ -133,7 +133,8 @@ def case_fd_limit_raised(binary):
         check(metric(text, "pytun_descriptors_limit") == 4096, "/metrics shows the raised limit")
         check(stop(env, proc) == 0, "exit 0")
         # Too small a limit for the tunnels configured: --check and the start say so.
-        # Bastion ports the first tunnel's (`port`, free at random) cannot be, or --check rightly refuses both.
+        # 300 bastion ports other than the first tunnel's (`port`, a random free one): a port asked
+        # for twice is an error of its own, which --check would report instead.
         extra_ports = [p for p in range(20000, 20301) if p != port][:300]
         for i, bastion_port in enumerate(extra_ports):
             env.tunnel_ini("x%03d" % i, "X%03d" % i, bastion_port, echo.port)
