@@ -615,6 +615,26 @@ TEST_CASE("TOML table headers that do not start with a key are a syntax error, n
     }
 }
 
+TEST_CASE("TOML: a non-ASCII character where whitespace may be is text or a syntax error, never undefined")
+{
+    // toml++ 3.3 reaches __builtin_unreachable() for these (marzer/tomlplusplus#190); found by fuzz_config.
+    // UBSan (the sanitizer CI run) stops on it; other builds may read any value or crash.
+    TempDir tmp;
+    // Valid TOML: a line-ending backslash in a """ string skips the newline and the whitespace after it.
+    LoadResult r = pytun::load_config_from_string("[pytun]\ntunnel_manager_id = \"\"\"\\\n  \u00a7 1\"\"\"\n", "toml",
+                                                  tmp.path.string());
+    INFO(dump(r));
+    REQUIRE(r.config);
+    CHECK(r.config->connector.tunnel_manager_id == "\u00a7 1");
+    for (const char *text : {"[pytun]\n  t=701\u0409nel\n", "a = 1 \u00e9\n", "a = 1\u3041\n", "a = 1\ufc10\n"}) {
+        r = pytun::load_config_from_string(text, "toml", tmp.path.string());
+        INFO(text, dump(r));
+        CHECK_FALSE(r.ok());
+        REQUIRE_FALSE(r.diagnostics.empty());
+        CHECK(r.diagnostics[0].to_string().find("fix the TOML syntax") != std::string::npos);
+    }
+}
+
 TEST_CASE("main file structure errors")
 {
     TempDir tmp;
