@@ -386,7 +386,7 @@ def case_warm(binary):
         check(socks_echo(("127.0.0.1", dp), ("127.0.0.1", echo.port))["ok"] == 1, "still serves")
         check("connection lost" not in fw.text(), "the tunnel's own connection was not disturbed")
         rc, _ = fw.stop()
-        check(rc == 0, "exit 0")
+        check(rc == 0, "exit 0 after SIGTERM (%s); its output:\n%s" % (rc, fw.text()[-4000:]))
         check(wait_until(lambda: connections_to(info["port"]) == 0, 10), "no connection left after SIGTERM")
 
 

@@ -153,12 +153,28 @@ void SshSession::disconnect_callback(LIBSSH2_SESSION *, int, const char *, int, 
     static_cast<SshSession *>(*abstract)->peer_closed_ = true;
 }
 
+void *SshSession::alloc_callback(std::size_t size, void **abstract)
+{
+    return static_cast<SshSession *>(*abstract)->heap_.allocate(size);
+}
+
+void SshSession::free_callback(void *block, void **abstract)
+{
+    static_cast<SshSession *>(*abstract)->heap_.release(block);
+}
+
+void *SshSession::realloc_callback(void *block, std::size_t size, void **abstract)
+{
+    return static_cast<SshSession *>(*abstract)->heap_.reallocate(block, size);
+}
+
 std::error_code SshSession::begin(const std::string &hostkey_preference, std::string &message)
 {
     ensure_libssh2_initialised();
     static std::once_flag logged_cipher;
     std::call_once(logged_cipher, [this] { log_->debug("AES-CTR for libssh2: {}", aes_ctr_implementation()); });
-    ssh_ = libssh2_session_init_ex(nullptr, nullptr, nullptr, this);
+    ssh_ = libssh2_session_init_ex(&SshSession::alloc_callback, &SshSession::free_callback,
+                                   &SshSession::realloc_callback, this);
     if (!ssh_) {
         message = "libssh2 could not allocate a session";
         return Errc::handshake_failed;
@@ -811,6 +827,10 @@ void SshSession::close()
         // cannot block on the network.
         libssh2_session_free(ssh_);
         ssh_ = nullptr;
+        const Libssh2Heap::Leftover left = heap_.release_all();
+        if (left.blocks)
+            log_->debug("libssh2 left {} blocks ({} bytes) allocated at the session's end; freed them", left.blocks,
+                        left.bytes);
     }
     asio::error_code ignored;
     housekeeping_timer_.cancel();

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "internal.h"
+#include "ssh/libssh2_heap.h"
 
 #include <array>
 #include <cstdint>
@@ -137,6 +138,8 @@ public:
     /// libssh2's text for its last error on this session.
     std::string last_error_text() const;
     bool closed() const { return closed_; }
+    /// Blocks libssh2 holds now from this session's heap.
+    std::size_t libssh2_blocks() const { return heap_.outstanding(); }
     /// The bastion closed the TCP connection or sent SSH_MSG_DISCONNECT.
     bool peer_closed() const { return peer_closed_; }
 
@@ -167,6 +170,9 @@ private:
                                  void **abstract);
     static void disconnect_callback(LIBSSH2_SESSION *session, int reason, const char *message, int message_len,
                                     const char *language, int language_len, void **abstract);
+    static void *alloc_callback(std::size_t size, void **abstract);
+    static void free_callback(void *block, void **abstract);
+    static void *realloc_callback(void *block, std::size_t size, void **abstract);
 
     void service();
     void arm();
@@ -203,6 +209,7 @@ private:
     Socket socket_;
     bool tcp_;
     asio::steady_timer housekeeping_timer_;
+    Libssh2Heap heap_; ///< before ssh_: outlives the session it serves
     LIBSSH2_SESSION *ssh_ = nullptr;
 
     std::array<std::deque<Op>, 3> lanes_; ///< by Lane

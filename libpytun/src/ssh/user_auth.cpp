@@ -198,9 +198,10 @@ int UserAuth::sign_callback(LIBSSH2_SESSION *, unsigned char **sig, std::size_t 
         self->sign_error_ = "OpenSSL could not sign as " + printable(algorithm);
         return -1;
     }
-    // libssh2 frees the signature with its allocator: free(), as SshSession
-    // gives it none of its own. On an error return it frees nothing, so
-    // nothing is allocated before this point.
+    // libssh2 frees the signature with the session's allocator, and that
+    // (Libssh2Heap) frees blocks it did not hand out with free(). On an
+    // error return it frees nothing, so nothing is allocated before this
+    // point.
     auto *copy = static_cast<unsigned char *>(std::malloc(signature.size()));
     if (!copy) {
         self->sign_error_ = "out of memory";
