@@ -464,6 +464,29 @@ def case_sigterm(vl):
     check(vpn.signal(signal.SIGINT) == 0 and rulesets(vl.client) == before, "SIGINT: the same")
 
 
+def case_sigterm_slow_shell(vl):
+    """Item 4 with a bastion whose shell does not finish the `true` each SSH connection runs (a forced
+    command that goes on, a login script stuck on a lock): up and carrying all the same, and SIGTERM
+    exits at once, not after the 5 s grace period that connections get, with the ruleset as before."""
+    with open(vl.topo.sshd["sshd_config"], "a") as f:
+        f.write("ForceCommand sleep 20\n")
+    vl.topo.stop_sshd()
+    vl.topo.start_sshd()
+    before = rulesets(vl.client)
+    vpn = vl.start(vl.topo.lan_subnet)
+    vpn.wait_up()
+    check(echo_once(vl.client, vl.echo), "a connection through the tunnel")
+    forced = lambda: open(vl.topo.sshd["sshd_log"], errors="replace").read().count("Starting session: forced-command")
+    check(wait_until(lambda: forced() >= 12, 10), f"the 12 warm SSH connections each run the forced command "
+                                                   f"({forced()})")
+    started = time.monotonic()
+    rc = vpn.signal(signal.SIGTERM)
+    took = time.monotonic() - started
+    check(rc == 0 and took < 2.5, f"SIGTERM with no connection open: exit 0 within 2.5 s ({rc} after {took:.1f} s; "
+                                  f"connections get 5 s)")
+    check(rulesets(vl.client) == before, "the ruleset is as before")
+
+
 def case_crash(vl):
     """Item 4: after SIGKILL the rules stay; the next start removes them first; so does --cleanup,
     also when the journal is gone too (rules restored by netfilter-persistent, /run emptied)."""
@@ -681,6 +704,7 @@ CASES = {
     "exclude": case_exclude,
     "bastion-subnet": case_bastion_subnet,
     "sigterm": case_sigterm,
+    "sigterm-slow-shell": case_sigterm_slow_shell,
     "crash": case_crash,
     "nat": case_nat,
     "outage": case_outage,

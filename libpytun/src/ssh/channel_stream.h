@@ -65,6 +65,10 @@ public:
     bool finished() const { return phase_ == Phase::closed; }
     /// Graceful stop or a local error: close the channel when possible.
     void begin_close(const char *why);
+    /// A channel pytun opened for itself (a command on the bastion), not
+    /// anyone's connection: a graceful stop neither waits for it nor counts
+    /// it; it ends with its session.
+    virtual bool is_background() const { return false; }
     /// Why the stream closes, for the log ("both directions finished",
     /// "channel error", the reason given to begin_close); "" while open.
     const char *close_reason() const { return close_reason_; }

@@ -31,6 +31,11 @@ public:
     /// What the open saw of the exec request: 0, or why it was refused.
     std::shared_ptr<int> exec_rc = std::make_shared<int>(0);
 
+    /// A stop does not wait for the bastion's shell: a slow login script or
+    /// a forced command that never ends would hold it for the whole grace
+    /// period (the CommandLimits timeout still applies while running).
+    bool is_background() const override { return true; }
+
     void start_timer()
     {
         timer_.expires_after(limits_.timeout);

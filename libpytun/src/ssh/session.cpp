@@ -377,6 +377,12 @@ void SshSession::close_all_streams()
     wake();
 }
 
+std::size_t SshSession::stream_count() const
+{
+    return static_cast<std::size_t>(
+        std::count_if(streams_.begin(), streams_.end(), [](const auto &s) { return !s->is_background(); }));
+}
+
 void SshSession::when_no_streams(std::function<void()> then)
 {
     when_no_streams_ = std::move(then);
@@ -797,7 +803,7 @@ void SshSession::fail(std::error_code ec, const std::string &message)
 void SshSession::sweep_finished()
 {
     std::erase_if(streams_, [](const std::shared_ptr<ChannelStream> &stream) { return stream->finished(); });
-    if (streams_.empty() && when_no_streams_) {
+    if (when_no_streams_ && stream_count() == 0) {
         auto then = std::move(when_no_streams_);
         when_no_streams_ = nullptr;
         asio::post(io_, std::move(then));

@@ -103,9 +103,11 @@ public:
     void adopt(std::shared_ptr<ChannelStream> stream);
     /// Begin closing every stream's channel (graceful stop).
     void close_all_streams();
-    std::size_t stream_count() const { return streams_.size(); }
-    /// `then` runs (posted, on the loop thread) once no stream is left;
-    /// at the next pass if none is left now. One waiter at a time.
+    /// Streams that carry connections: background ones (commands pytun
+    /// runs for itself, ChannelStream::is_background) are not counted.
+    std::size_t stream_count() const;
+    /// `then` runs (posted, on the loop thread) once stream_count() is 0;
+    /// at the next pass if it is 0 now. One waiter at a time.
     void when_no_streams(std::function<void()> then);
 
     /// Ask for a driver pass soon (coalesced; never runs inside the caller).
