@@ -41,6 +41,11 @@ _SSHD_OPTIONS = [
     ("MaxSessions", "1000"),
     ("LogLevel", "VERBOSE"),
     ("ClientAliveInterval", "0"),
+    # The sessions' bash skips ~/.bashrc (it reads it for sshd's commands only
+    # at SHLVL 1): the bastion must not run the dotfiles of whoever runs the
+    # tests. Root's here runs `pyenv init`, whose rehash takes a lock: a dozen
+    # commands at once queued on it for seconds, and sshuttle's server behind them.
+    ("SetEnv", "SHLVL=1"),
     # PubkeyAcceptedAlgorithms deliberately left at the OpenSSH default, so
     # tests see what a stock server accepts (e.g. no ssh-rsa with SHA-1).
 ]
