@@ -51,6 +51,9 @@ constexpr std::size_t k_send_budget_per_pass = 512 * 1024;
 // arrives is delivered in steady steps rather than in window-sized gulps.
 constexpr std::size_t k_recv_budget_per_pass = 64 * 1024;
 
+// Most bytes gathered for one send (see SshSession::gathered_).
+constexpr std::size_t k_gather_limit = 256 * 1024;
+
 // Reads shorter than this look like interactive traffic (see recv_callback).
 constexpr ssize_t k_small_read = 4096;
 
@@ -84,6 +87,23 @@ ssize_t SshSession::send_callback(libssh2_socket_t fd, const void *buffer, std::
     auto *self = static_cast<SshSession *>(*abstract);
     if (self->closed_)
         return -EPIPE; // close(): let libssh2 free everything without touching the network
+    // Gathered bytes go first; a packet they leave no room for stays with
+    // libssh2, untouched, until they are out (it is then "half-sent").
+    std::vector<char> &gathered = self->gathered_;
+    if (!gathered.empty() && gathered.size() + length > k_gather_limit && !self->flush_gathered(MSG_MORE)) {
+        self->outbound_partial_ = true;
+        return self->socket_errno_ ? -self->socket_errno_ : -EAGAIN;
+    }
+    if (self->batching_sends_ && self->tcp_ && length < k_gather_limit) {
+        const auto *bytes = static_cast<const char *>(buffer);
+        gathered.insert(gathered.end(), bytes, bytes + length);
+        self->outbound_partial_ = false;
+        return static_cast<ssize_t>(length);
+    }
+    if (!gathered.empty() && !self->flush_gathered(MSG_MORE)) {
+        self->outbound_partial_ = true;
+        return self->socket_errno_ ? -self->socket_errno_ : -EAGAIN;
+    }
     if (self->batching_sends_ && self->tcp_) {
         flags |= MSG_MORE;
         self->sends_held_ = true;
@@ -221,7 +241,7 @@ std::error_code SshSession::begin(const std::string &hostkey_preference, std::st
 // into the socket's send buffer.
 bool SshSession::keepalive_fits() const
 {
-    if (outbound_partial_)
+    if (sends_waiting())
         return false;
     const int fd = const_cast<Socket &>(socket_).native_handle();
     int queued = 0;
@@ -366,6 +386,8 @@ void SshSession::schedule_housekeeping()
             return;
         for (auto &stream : streams_)
             stream->release_idle_buffers();
+        if (gathered_.empty())
+            std::vector<char>().swap(gathered_); // an idle session holds no send buffer
         schedule_housekeeping();
     });
 }
@@ -460,6 +482,28 @@ void SshSession::service()
 
 // Sends the bytes the pass's MSG_MORE sends may have held back: setting
 // TCP_NODELAY (already on) makes Linux push pending frames at once.
+bool SshSession::flush_gathered(int flags)
+{
+    std::size_t sent = 0;
+    while (sent < gathered_.size()) {
+        const ssize_t n = ::send(socket_.native_handle(), gathered_.data() + sent, gathered_.size() - sent,
+                                 flags | MSG_NOSIGNAL);
+        if (n >= 0) {
+            sent += static_cast<std::size_t>(n);
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            socket_errno_ = errno;
+        break;
+    }
+    if (flags & MSG_MORE)
+        sends_held_ = true;
+    gathered_.erase(gathered_.begin(), gathered_.begin() + static_cast<std::ptrdiff_t>(sent));
+    return gathered_.empty();
+}
+
 void SshSession::push_batched_sends()
 {
     batching_sends_ = false;
@@ -468,7 +512,11 @@ void SshSession::push_batched_sends()
 
 void SshSession::push_held_sends()
 {
-    if (!sends_held_ || closed_)
+    if (closed_)
+        return;
+    if (!gathered_.empty())
+        flush_gathered(); // what stays waits for writability (arm)
+    if (!sends_held_)
         return;
     sends_held_ = false;
     const int one = 1;
@@ -489,7 +537,7 @@ void SshSession::arm()
                 service();
         });
     }
-    if (outbound_partial_ && !write_armed_) {
+    if (sends_waiting() && !write_armed_) {
         write_armed_ = true;
         socket_.async_wait(asio::socket_base::wait_write, [this, self](const asio::error_code &ec) {
             write_armed_ = false;

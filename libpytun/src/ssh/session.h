@@ -205,6 +205,8 @@ private:
     void sweep_finished();
     void schedule_housekeeping();
     bool keepalive_fits() const;
+    /// Gathered bytes wait for the socket (see gathered_).
+    bool sends_waiting() const { return outbound_partial_ || !gathered_.empty(); }
 
     asio::io_context &io_;
     Logger log_;
@@ -239,6 +241,14 @@ private:
     // the pass ends with push_batched_sends().
     bool batching_sends_ = false;
     bool sends_held_ = false; ///< a MSG_MORE send may have left bytes queued
+    // A pass's packets, gathered so that they reach the socket in one send:
+    // one libssh2 packet per send made GSO packets of about 20 KiB and
+    // twice the ACKs (docs/benchmarks.md). Sent at the end of the pass, or
+    // when full; bytes the socket did not take wait here for writability,
+    // before anything libssh2 sends next.
+    std::vector<char> gathered_;
+    /// Send what is gathered; false if some of it is still waiting.
+    bool flush_gathered(int flags = 0);
 
     bool housekeeping_armed_ = false;
     bool service_posted_ = false;
