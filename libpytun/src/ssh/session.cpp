@@ -480,8 +480,6 @@ void SshSession::service()
     arm();
 }
 
-// Sends the bytes the pass's MSG_MORE sends may have held back: setting
-// TCP_NODELAY (already on) makes Linux push pending frames at once.
 bool SshSession::flush_gathered(int flags)
 {
     std::size_t sent = 0;
@@ -504,6 +502,8 @@ bool SshSession::flush_gathered(int flags)
     return gathered_.empty();
 }
 
+// Sends what the pass gathered, and what MSG_MORE sends may have held back:
+// setting TCP_NODELAY (already on) makes Linux push pending frames at once.
 void SshSession::push_batched_sends()
 {
     batching_sends_ = false;
